@@ -1,0 +1,41 @@
+# batchserve: `make serve` sets up and serves the shipped models; `make test` runs every check.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: serve test lint typecheck unit models clean
+
+# The virtual environment, rebuilt when pyproject.toml changes.
+$(BIN)/batchserve: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "batchserve needs Python 3.11 or newer; set PYTHON=python3.11 (or newer)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.test-deps: $(BIN)/batchserve
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+serve: $(BIN)/batchserve
+	$(BIN)/batchserve serve --model-repository models --host $(HOST) --port $(PORT)
+
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check app tests models
+	$(BIN)/ruff format --check app tests models
+
+typecheck: $(VENV)/.test-deps
+	$(BIN)/mypy app
+
+test: lint typecheck
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Rebuild models/digits (model.onnx, held-out set, sample request) from scikit-learn's data.
+models: $(BIN)/batchserve
+	$(BIN)/python -m pip install --quiet -e '.[models]'
+	$(BIN)/python models/digits/build_digits.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
