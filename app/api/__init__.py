@@ -1,0 +1,1 @@
+"""FastAPI routers only: they translate HTTP to the service and back."""

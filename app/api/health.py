@@ -1,0 +1,32 @@
+"""GET /v2/health/live, /v2/health/ready and /v2 (server metadata): trivial and fast."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from app import __version__
+from app.api.deps import service_of
+from app.api.responses import error_response, json_response
+
+router = APIRouter(tags=["health"])
+
+EXTENSIONS = ["model_repository"]
+
+
+@router.get("/v2/health/live")
+async def live() -> Response:
+    return json_response({"live": True})
+
+
+@router.get("/v2/health/ready")
+async def ready(request: Request) -> Response:
+    reason = service_of(request).not_ready_reason()
+    if reason is not None:
+        return error_response(503, reason)
+    return json_response({"ready": True})
+
+
+@router.get("/v2")
+async def server_metadata() -> Response:
+    return json_response({"name": "batchserve", "version": __version__, "extensions": EXTENSIONS})

@@ -1,0 +1,35 @@
+"""GET /v2/models/{m}[/versions/{v}] metadata and .../ready."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from app.api.deps import service_of
+from app.api.responses import json_response
+
+router = APIRouter(tags=["models"])
+
+
+@router.get("/v2/models/{model_name}")
+@router.get("/v2/models/{model_name}/versions/{model_version}")
+async def model_metadata(
+    request: Request, model_name: str, model_version: str | None = None
+) -> Response:
+    repository = service_of(request).repository
+    loaded = repository.version(model_name, model_version)
+    versions = sorted(repository.entry(model_name).versions)
+    if model_version is not None:
+        versions = [loaded.version]
+    return json_response(loaded.metadata(versions))
+
+
+@router.get("/v2/models/{model_name}/ready")
+@router.get("/v2/models/{model_name}/versions/{model_version}/ready")
+async def model_ready(
+    request: Request, model_name: str, model_version: str | None = None
+) -> Response:
+    """200 when the model (version) can serve; 404 unknown, 503 not ready, with the reason."""
+    service = service_of(request)
+    loaded = service.repository.version(model_name, model_version)
+    return json_response({"name": model_name, "version": str(loaded.version), "ready": True})

@@ -1,0 +1,45 @@
+"""Response helpers: JSON bodies through orjson, errors as `{"error": "..."}`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+from fastapi.responses import Response
+
+from app.errors import (
+    InferenceFailedError,
+    InvalidInputError,
+    NotFoundError,
+    OverloadedError,
+    ServingError,
+    UnavailableError,
+)
+from app.protocol.json_codec import encode_error
+
+
+def json_response(content: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+
+
+STATUS = {
+    InvalidInputError: 400,
+    NotFoundError: 404,
+    OverloadedError: 429,
+    UnavailableError: 503,
+    InferenceFailedError: 500,
+}
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        encode_error(message), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def response_for(exc: ServingError) -> Response:
+    headers = None
+    if isinstance(exc, OverloadedError):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    return error_response(STATUS.get(type(exc), 500), exc.message, headers)

@@ -1,0 +1,34 @@
+"""What a model's config tells the batcher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingPolicy:
+    """How requests of one model version are grouped into executions.
+
+    `max_batch_size` counts samples along the batch axis; 0 means the model does not batch and
+    each request runs alone, as sent. `max_queue_delay_s` > 0 lets a batch below the target
+    size wait for more, at most that long after its OLDEST request arrived.
+    """
+
+    max_batch_size: int
+    max_queue_size: int
+    max_queue_delay_s: float = 0.0
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+    @property
+    def batches(self) -> bool:
+        return self.max_batch_size > 0
+
+    @property
+    def target_batch_size(self) -> int:
+        """The size worth waiting for when a queue delay is set."""
+        return max(self.preferred_batch_sizes, default=self.max_batch_size)
+
+    def take_limit(self, pending_samples: int) -> int:
+        """Samples to take now: the largest preferred size that can be formed, else the max."""
+        fitting = [p for p in self.preferred_batch_sizes if p <= pending_samples]
+        return max(fitting) if fitting else self.max_batch_size

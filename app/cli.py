@@ -1,0 +1,110 @@
+"""The `batchserve` command line.
+
+`batchserve serve [--model-repository DIR] [--host H] [--port P]`; every option also reads
+BATCHSERVE_* from the environment (app.settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import uvicorn
+
+from app.main import create_app
+from app.service import InferenceService
+from app.settings import Settings
+
+log = logging.getLogger("batchserve")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, plus one log line once it listens and the models have loaded."""
+
+    def __init__(self, config: uvicorn.Config, service: InferenceService) -> None:
+        super().__init__(config)
+        self._service = service
+        self._announce_task: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.should_exit:
+            self._announce_task = asyncio.get_running_loop().create_task(self._announce())
+
+    async def _announce(self) -> None:
+        await self._service.loaded.wait()
+        host, port = self.servers[0].sockets[0].getsockname()[:2]
+        url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+        reason = self._service.not_ready_reason()
+        state = "ready" if reason is None else f"NOT ready ({reason})"
+        log.info("batchserve %s on %s; models: %s", state, url, self._service.models_summary())
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Flags given on the command line override BATCHSERVE_* variables and defaults."""
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "model_repository": args.model_repository,
+            "host": args.host,
+            "port": args.port,
+            "log_level": args.log_level,
+        }.items()
+        if value is not None
+    }
+    return Settings(**overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # one log line per request costs more than small models' inference
+        lifespan="on",
+        timeout_graceful_shutdown=None,
+    )
+    server = _Server(config, app.state.service)
+    server.run()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchserve", description="Serve ONNX models over the KServe v2 protocol."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model repository",
+        description="Serve every model in a repository. Each option can also be set with the "
+        "environment variable BATCHSERVE_<OPTION>, e.g. BATCHSERVE_PORT=9000.",
+    )
+    serve.add_argument(
+        "--model-repository", metavar="DIR", help="model repository (default ./models)"
+    )
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on, 0 for any (default 8000)")
+    serve.add_argument(
+        "--log-level", choices=["critical", "error", "warning", "info", "debug"], default=None
+    )
+    serve.set_defaults(handler=_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = args.handler
+    result: int = handler(args)
+    return result

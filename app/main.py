@@ -1,0 +1,47 @@
+"""create_app(): the FastAPI application with its lifespan (load models, drain at the end)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.api import errors, health, infer, metrics, models, repository
+from app.service import InferenceService
+from app.settings import Settings
+
+log = logging.getLogger("batchserve")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; models load in the background once it starts, so liveness answers
+    while they load and readiness turns 200 only when they have."""
+    service = InferenceService(settings or Settings())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(service.load(), name="load model repository")
+        try:
+            yield
+        finally:
+            service.draining = True
+            await loading
+            await service.close()
+            log.info("batchserve stopped: every queued request was served")
+
+    app = FastAPI(
+        title="batchserve",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.service = service
+    errors.install(app)
+    for module in (health, models, infer, repository, metrics):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,140 @@
+"""A model's config.toml: its schema, defaults and error messages.
+
+Everything not in the ONNX graph lives here: batching, instances, version policy. Unknown keys
+and bad values fail the load with a message naming the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from app.errors import ModelLoadError
+
+CONFIG_FILE = "config.toml"
+
+#: max_batch_size given to a model with no config whose graph has a dynamic first axis.
+AUTO_MAX_BATCH_SIZE = 32
+
+
+class _Strict(BaseModel):
+    # strict: a TOML string or boolean where a number belongs is an error, not coerced.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class BatchingConfig(_Strict):
+    """`[batching]`: how long a batch may wait to fill, and how much may queue."""
+
+    max_queue_delay_ms: Annotated[float, Field(ge=0, le=60_000)] = 0.0
+    preferred_batch_sizes: list[Annotated[int, Field(ge=1)]] = []
+    max_queue_size: Annotated[int, Field(ge=1)] | None = None
+
+
+class InstanceConfig(_Strict):
+    """`[[instances]]`: `count` workers on `device`, each an ORT session with `threads`."""
+
+    device: Annotated[str, Field(pattern=r"^(cpu|cuda:\d+)$")] = "cpu"
+    count: Annotated[int, Field(ge=1, le=256)] = 1
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+
+    def resolved_threads(self) -> int:
+        """Threads per session; by default half the cores, so the event loop keeps one."""
+        if self.threads is not None:
+            return self.threads
+        return max(1, (os.cpu_count() or 2) // 2)
+
+
+class VersionPolicy(_Strict):
+    """`version_policy`: exactly one of `latest = N`, `all = true`, `specific = [..]`."""
+
+    latest: Annotated[int, Field(ge=1)] | None = None
+    all: bool | None = None
+    specific: list[Annotated[int, Field(ge=1)]] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VersionPolicy:
+        chosen = [k for k in ("latest", "all", "specific") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"give only one of latest, all, specific (got {chosen})")
+        if self.all is False:
+            raise ValueError("'all' can only be true; use latest = N or specific = [..]")
+        return self
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to load out of those present on disk, ascending."""
+        ordered = sorted(available)
+        if self.all:
+            return ordered
+        if self.specific is not None:
+            return [v for v in ordered if v in set(self.specific)]
+        return ordered[-(self.latest or 1) :]
+
+
+class ModelConfig(_Strict):
+    """The whole config.toml; every key is optional."""
+
+    max_batch_size: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    batching: BatchingConfig = BatchingConfig()
+    instances: list[InstanceConfig] = Field(default_factory=lambda: [InstanceConfig()])
+    version_policy: VersionPolicy = VersionPolicy()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if not self.instances:
+            raise ValueError("instances must list at least one instance")
+        too_big = [p for p in self.batching.preferred_batch_sizes if p > (self.max_batch_size or 0)]
+        if self.max_batch_size is not None and too_big:
+            raise ValueError(
+                f"batching.preferred_batch_sizes {too_big} exceed max_batch_size "
+                f"{self.max_batch_size}"
+            )
+        return self
+
+
+def load_model_config(model_dir: Path) -> ModelConfig:
+    """Read `<model_dir>/config.toml`, or the defaults when there is none."""
+    path = model_dir / CONFIG_FILE
+    if not path.exists():
+        return ModelConfig()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot be read: {exc}") from None
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ModelLoadError(f"{path}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+
+
+def _describe(error: Any) -> str:
+    """One pydantic error as `key: problem (allowed: ...)`."""
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        allowed = ", ".join(_fields_at(loc[:-1]))
+        return f"unknown key '{key}' (allowed here: {allowed})"
+    message = str(error["msg"])
+    if error["type"] == "value_error":
+        return f"{key}: " + message.removeprefix("Value error, ")
+    if loc:
+        return f"{key}: {message} (got {error.get('input')!r})"
+    return message
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    """Field names of the config section at `loc` (list indices skipped)."""
+    model: type[BaseModel] = ModelConfig
+    for part in loc:
+        if part.isdigit():
+            continue
+        annotation = model.model_fields[part].annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        model = next(c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel))
+    return list(model.model_fields)

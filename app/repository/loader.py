@@ -1,0 +1,82 @@
+"""Load one model version: sessions per instance, specs from the graph, warm-up, batcher.
+
+Blocking (ORT session creation and warm-up): call it from a thread, not the event loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.batching import Batcher, BatchingPolicy, BatchObserver
+from app.errors import ModelLoadError
+from app.protocol.types import TensorSpec
+from app.repository.config import AUTO_MAX_BATCH_SIZE, ModelConfig
+from app.repository.state import LoadedVersion
+from app.runtime import OnnxInstance
+
+MODEL_FILE = "model.onnx"
+
+
+def resolve_max_batch_size(config: ModelConfig, inputs: tuple[TensorSpec, ...]) -> int:
+    """The config's max_batch_size checked against the graph, or the auto-complete default."""
+    fixed = [s for s in inputs if not s.shape or s.shape[0] >= 0]
+    if config.max_batch_size is None:
+        return 0 if fixed else AUTO_MAX_BATCH_SIZE
+    if config.max_batch_size > 0 and fixed:
+        spec = fixed[0]
+        raise ModelLoadError(
+            f"max_batch_size = {config.max_batch_size} needs a dynamic first (batch) axis, but "
+            f"input '{spec.name}' has shape {list(spec.shape)}; set max_batch_size = 0 or "
+            "export the model with a dynamic batch axis"
+        )
+    return config.max_batch_size
+
+
+def load_version(
+    model: str,
+    version: int,
+    version_dir: Path,
+    config: ModelConfig,
+    default_max_queue_size: int,
+    observer: BatchObserver | None = None,
+) -> LoadedVersion:
+    """Create and warm every instance of one version; the batcher is built but not started."""
+    model_path = version_dir / MODEL_FILE
+    instances: list[OnnxInstance] = []
+    for instance_config in config.instances:
+        for _ in range(instance_config.count):
+            instances.append(
+                OnnxInstance(
+                    model_path,
+                    instance_config.device,
+                    instance_config.resolved_threads(),
+                    index=sum(i.device == instance_config.device for i in instances),
+                )
+            )
+    first = instances[0]
+    max_batch_size = resolve_max_batch_size(config, first.inputs)
+    batching = config.batching
+    policy = BatchingPolicy(
+        max_batch_size=max_batch_size,
+        max_queue_size=batching.max_queue_size or default_max_queue_size,
+        max_queue_delay_s=batching.max_queue_delay_ms / 1000.0,
+        preferred_batch_sizes=tuple(sorted(set(batching.preferred_batch_sizes))),
+    )
+    too_big = [p for p in policy.preferred_batch_sizes if p > max(max_batch_size, 1)]
+    if too_big:
+        raise ModelLoadError(
+            f"batching.preferred_batch_sizes {too_big} exceed max_batch_size {max_batch_size}"
+        )
+    warm_sizes = policy.preferred_batch_sizes or (max(max_batch_size, 1),)
+    for instance in instances:
+        instance.warm_up(warm_sizes, batches=policy.batches)
+    return LoadedVersion(
+        model=model,
+        version=version,
+        config=config,
+        max_batch_size=max_batch_size,
+        inputs=first.inputs,
+        outputs=first.outputs,
+        instances=instances,
+        batcher=Batcher(f"{model}/{version}", policy, instances, observer),
+    )

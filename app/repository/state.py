@@ -1,0 +1,80 @@
+"""What the repository knows about each model and version: loaded parts and state."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.batching import Batcher
+from app.protocol.types import TensorSpec
+from app.repository.config import ModelConfig
+from app.runtime import OnnxInstance
+
+
+class ModelState(enum.StrEnum):
+    """Triton's model states, as the repository index reports them."""
+
+    LOADING = "LOADING"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(slots=True)
+class LoadedVersion:
+    """One version ready to serve: its specs, sessions and batcher."""
+
+    model: str
+    version: int
+    config: ModelConfig
+    max_batch_size: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    instances: list[OnnxInstance]
+    batcher: Batcher
+    outputs_by_name: dict[str, TensorSpec] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outputs_by_name = {spec.name: spec for spec in self.outputs}
+
+    def metadata(self, versions: list[int]) -> dict[str, Any]:
+        """The v2 model metadata response (plus the devices and providers really used)."""
+        return {
+            "name": self.model,
+            "versions": [str(v) for v in versions],
+            "platform": "onnxruntime_onnx",
+            "inputs": [spec.metadata() for spec in self.inputs],
+            "outputs": [spec.metadata() for spec in self.outputs],
+            "parameters": {
+                "max_batch_size": self.max_batch_size,
+                "instances": [
+                    {
+                        "name": i.label,
+                        "device": i.device,
+                        "threads": i.threads,
+                        "providers": i.providers,
+                    }
+                    for i in self.instances
+                ],
+            },
+        }
+
+    def describe(self) -> str:
+        """`digits v1 [cpu/0 CPUExecutionProvider]`, for the startup log."""
+        parts = ", ".join(f"{i.label} {'+'.join(i.providers)}" for i in self.instances)
+        return f"{self.model} v{self.version} [{parts}]"
+
+
+@dataclass(slots=True)
+class ModelEntry:
+    """A model directory: the versions it serves, or why it does not."""
+
+    name: str
+    path: Path
+    state: ModelState = ModelState.LOADING
+    reason: str = ""
+    versions: dict[int, LoadedVersion] = field(default_factory=dict)
+
+    def latest(self) -> LoadedVersion | None:
+        return self.versions[max(self.versions)] if self.versions else None
