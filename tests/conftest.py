@@ -1,0 +1,19 @@
+"""Shared paths and data for every test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+DIGITS_ONNX = MODELS / "digits" / "1" / "model.onnx"
+
+
+@pytest.fixture(scope="session")
+def digits_test_set() -> tuple[np.ndarray, np.ndarray]:
+    """The held-out digits rows (float32 [n, 64]) and labels (int64 [n]) shipped with the model."""
+    data = MODELS / "digits" / "data"
+    return np.load(data / "test_x.npy"), np.load(data / "test_y.npy")

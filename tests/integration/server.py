@@ -1,0 +1,66 @@
+"""Run `batchserve serve` as a real process on 127.0.0.1 for the integration tests.
+
+The server is started on port 0 and the tests learn its URL from the one line it logs once it
+listens and its models have loaded, so no port is guessed and no sleep stands in for start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+ANNOUNCE = re.compile(r"batchserve (ready|NOT ready.*) on (http://127\.0\.0\.1:\d+)")
+START_TIMEOUT_S = 120.0
+
+
+class ServerProcess:
+    """One `batchserve serve` process and everything it logged."""
+
+    def __init__(self, repository: Path, env: dict[str, str] | None = None) -> None:
+        executable = Path(sys.executable).with_name("batchserve")
+        self._process = subprocess.Popen(
+            [str(executable), "serve", "--model-repository", str(repository), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self._lines: list[str] = []
+        self._announced = threading.Event()
+        self.url = ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._announced.wait(START_TIMEOUT_S) or not self.url:
+            self.stop()
+            raise RuntimeError(f"batchserve did not start; its log:\n{self.log}")
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            self._lines.append(line)
+            match = ANNOUNCE.search(line)
+            if match and not self.url:
+                self.url = match[2]
+                self._announced.set()
+        self._announced.set()  # the process ended: stop waiting
+
+    @property
+    def log(self) -> str:
+        return "".join(self._lines)
+
+    def stop(self) -> int:
+        """SIGTERM, then wait for a clean exit; returns the exit code."""
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._reader.join(timeout=5)
+        return self._process.returncode

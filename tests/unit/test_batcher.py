@@ -1,0 +1,314 @@
+"""The batcher's semantics (DESIGN.md "Batching semantics"), one test per rule.
+
+The runner here is a real in-process model (y = 2x + 1 per element) whose thread can be held at
+a gate, so queue states are reached by synchronisation, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+import pytest
+
+from app.batching import Batcher, BatchingPolicy
+from app.errors import InferenceFailedError, InvalidInputError, OverloadedError, UnavailableError
+
+T = TypeVar("T")
+WAIT_S = 10.0  # upper bound for anything that should happen promptly
+
+
+@dataclass
+class GatedRunner:
+    """Computes y = 2x + 1; records every batch; can hold its thread until released."""
+
+    label: str = "cpu/0"
+    device: str = "cpu"
+    gated: bool = False
+    fail_when: Callable[[np.ndarray], bool] | None = None
+    batches: list[np.ndarray] = field(default_factory=list)
+    started_at: list[float] = field(default_factory=list)
+    started: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+    gate: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        self.started_at.append(time.monotonic())  # the default event loop's clock
+        self.batches.append(x.copy())
+        self.started.release()
+        if self.gated:
+            assert self.gate.wait(WAIT_S), "test never released the gate"
+        if self.fail_when is not None and self.fail_when(x):
+            raise RuntimeError("bad value in batch")
+        return {"y": x * 2 + 1}
+
+    async def wait_started(self) -> None:
+        assert await asyncio.to_thread(self.started.acquire, True, WAIT_S), "runner never ran"
+
+
+def policy(**overrides: object) -> BatchingPolicy:
+    values: dict[str, object] = {"max_batch_size": 8, "max_queue_size": 100}
+    values.update(overrides)
+    return BatchingPolicy(**values)  # type: ignore[arg-type]
+
+
+def rows(n: int, start: float = 0.0, width: int = 3) -> dict[str, np.ndarray]:
+    x = np.arange(start, start + n * width, dtype=np.float32).reshape(n, width)
+    return {"x": x}
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro_fn(), WAIT_S * 2)
+
+    return asyncio.run(bounded())
+
+
+async def started_batcher(runners: list[GatedRunner], **policy_overrides: object) -> Batcher:
+    batcher = Batcher("m/1", policy(**policy_overrides), runners)
+    batcher.start()
+    return batcher
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Yield to the loop until `condition` holds (bounded)."""
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never became true")
+
+
+def test_single_request_returns_its_own_outputs() -> None:
+    async def scenario() -> None:
+        runner = GatedRunner()
+        batcher = await started_batcher([runner])
+        out = await batcher.infer(rows(2))
+        np.testing.assert_array_equal(out["y"], rows(2)["x"] * 2 + 1)
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_a_full_batch_does_not_wait_for_the_queue_delay() -> None:
+    # A 60 s delay would time the test out if the batcher waited on it with a full batch.
+    async def scenario() -> None:
+        runner = GatedRunner()
+        batcher = await started_batcher(
+            [runner], max_queue_delay_s=60.0, preferred_batch_sizes=(4,)
+        )
+        results = await asyncio.gather(*(batcher.infer(rows(1, start=i)) for i in range(4)))
+        assert [b.shape[0] for b in runner.batches] == [4]
+        assert len(results) == 4
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_queue_delay_is_measured_from_the_oldest_request() -> None:
+    delay = 0.3
+
+    async def scenario() -> None:
+        runner = GatedRunner()
+        batcher = await started_batcher([runner], max_queue_delay_s=delay)
+        loop = asyncio.get_running_loop()
+        first_at = loop.time()
+        first = asyncio.ensure_future(batcher.infer(rows(1)))
+        await asyncio.sleep(delay / 2)
+        second_at = loop.time()
+        second = asyncio.ensure_future(batcher.infer(rows(1, start=10)))
+        await asyncio.gather(first, second)
+        assert [b.shape[0] for b in runner.batches] == [2]
+        ran_at = runner.started_at[0]
+        assert ran_at >= first_at + delay
+        assert ran_at < second_at + delay  # not restarted by the second arrival
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_batches_count_samples_and_never_exceed_max_batch_size() -> None:
+    async def scenario() -> None:
+        runner = GatedRunner(gated=True)
+        batcher = await started_batcher([runner], max_batch_size=8)
+        head = asyncio.ensure_future(batcher.infer(rows(1)))
+        await runner.wait_started()
+        queued = [asyncio.ensure_future(batcher.infer(rows(3, start=i * 100))) for i in range(4)]
+        await until(lambda: batcher.depth == 4)
+        runner.gate.set()
+        results = await asyncio.gather(head, *queued)
+        assert [b.shape[0] for b in runner.batches] == [1, 6, 6]
+        for i, result in enumerate(results[1:]):
+            np.testing.assert_array_equal(result["y"], rows(3, start=i * 100)["x"] * 2 + 1)
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_preferred_sizes_take_the_largest_that_can_be_formed() -> None:
+    async def scenario() -> None:
+        runner = GatedRunner(gated=True)
+        batcher = await started_batcher([runner], max_batch_size=8, preferred_batch_sizes=(4,))
+        head = asyncio.ensure_future(batcher.infer(rows(1)))
+        await runner.wait_started()
+        queued = [asyncio.ensure_future(batcher.infer(rows(1, start=i))) for i in range(6)]
+        await until(lambda: batcher.depth == 6)
+        runner.gate.set()
+        await asyncio.gather(head, *queued)
+        assert [b.shape[0] for b in runner.batches] == [1, 4, 2]
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_a_request_above_max_batch_size_is_refused_naming_the_limit() -> None:
+    async def scenario() -> None:
+        batcher = await started_batcher([GatedRunner()], max_batch_size=8)
+        with pytest.raises(InvalidInputError, match=r"9 samples .* at most 8 .*max_batch_size"):
+            await batcher.infer(rows(9))
+        assert batcher.depth == 0
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_inputs_that_disagree_on_batch_size_are_refused() -> None:
+    async def scenario() -> None:
+        batcher = await started_batcher([GatedRunner()])
+        inputs = {"x": np.zeros((2, 3), np.float32), "z": np.zeros((3, 3), np.float32)}
+        with pytest.raises(InvalidInputError, match="disagree on the batch size"):
+            await batcher.infer(inputs)
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_a_full_queue_refuses_at_once_and_serves_the_queued() -> None:
+    async def scenario() -> None:
+        runner = GatedRunner(gated=True)
+        batcher = await started_batcher([runner], max_queue_size=2)
+        head = asyncio.ensure_future(batcher.infer(rows(1)))
+        await runner.wait_started()
+        queued = [asyncio.ensure_future(batcher.infer(rows(1, start=i))) for i in (1, 2)]
+        await until(lambda: batcher.depth == 2)
+        with pytest.raises(OverloadedError, match="queue is full") as refused:
+            await batcher.infer(rows(1, start=3))
+        assert refused.value.retry_after_s > 0
+        assert not any(q.done() for q in queued)
+        runner.gate.set()
+        await asyncio.gather(head, *queued)
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_requests_with_different_non_batch_shapes_never_share_a_batch() -> None:
+    async def scenario() -> None:
+        runner = GatedRunner(gated=True)
+        batcher = await started_batcher([runner])
+        head = asyncio.ensure_future(batcher.infer(rows(1, width=5)))
+        await runner.wait_started()
+        widths = [4, 5, 4, 5, 4]
+        queued = [asyncio.ensure_future(batcher.infer(rows(1, width=w))) for w in widths]
+        await until(lambda: batcher.depth == 5)
+        runner.gate.set()
+        results = await asyncio.gather(head, *queued)
+        # Oldest group (width 4) first, FIFO within it; then the width-5 group.
+        assert [b.shape for b in runner.batches] == [(1, 5), (3, 4), (2, 5)]
+        for width, result in zip(widths, results[1:], strict=True):
+            assert result["y"].shape == (1, width)
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_every_worker_pulls_from_the_same_queue() -> None:
+    async def scenario() -> None:
+        slow = GatedRunner(label="cpu/0", gated=True)
+        fast = GatedRunner(label="cpu/1")
+        batcher = await started_batcher([slow, fast])
+        held = asyncio.ensure_future(batcher.infer(rows(1)))
+        await slow.wait_started()
+        # While the slow worker is held, the other one serves everything else.
+        for i in range(5):
+            await batcher.infer(rows(1, start=i))
+        assert sum(b.shape[0] for b in fast.batches) == 5
+        assert not held.done()
+        slow.gate.set()
+        await held
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_a_cancelled_queued_request_is_never_computed() -> None:
+    async def scenario() -> None:
+        runner = GatedRunner(gated=True)
+        batcher = await started_batcher([runner])
+        head = asyncio.ensure_future(batcher.infer(rows(1)))
+        await runner.wait_started()
+        doomed = asyncio.ensure_future(batcher.infer(rows(1, start=-500)))
+        kept = asyncio.ensure_future(batcher.infer(rows(1, start=7)))
+        await until(lambda: batcher.depth == 2)
+        doomed.cancel()
+        runner.gate.set()
+        await asyncio.gather(head, kept)
+        seen = np.concatenate(runner.batches)
+        assert not (seen == -500).any()
+        assert batcher.depth == 0
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_a_failed_batch_fails_its_requests_and_the_worker_goes_on() -> None:
+    async def scenario() -> None:
+        runner = GatedRunner(fail_when=lambda x: bool((x < 0).any()))
+        batcher = await started_batcher([runner])
+        with pytest.raises(InferenceFailedError, match="bad value in batch"):
+            await batcher.infer(rows(1, start=-10))
+        out = await batcher.infer(rows(1))
+        np.testing.assert_array_equal(out["y"], rows(1)["x"] * 2 + 1)
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_close_serves_queued_requests_then_refuses_new_ones() -> None:
+    async def scenario() -> None:
+        runner = GatedRunner(gated=True)
+        batcher = await started_batcher([runner])
+        head = asyncio.ensure_future(batcher.infer(rows(1)))
+        await runner.wait_started()
+        queued = [asyncio.ensure_future(batcher.infer(rows(1, start=i))) for i in range(3)]
+        await until(lambda: batcher.depth == 3)
+        closing = asyncio.ensure_future(batcher.close())
+        await asyncio.sleep(0)
+        with pytest.raises(UnavailableError, match="shutting down"):
+            await batcher.infer(rows(1))
+        runner.gate.set()
+        await asyncio.gather(head, *queued, closing)
+        assert sum(b.shape[0] for b in runner.batches) == 4
+
+    run(scenario)
+
+
+def test_a_model_without_batching_runs_each_request_alone() -> None:
+    async def scenario() -> None:
+        runner = GatedRunner(gated=True)
+        batcher = await started_batcher([runner], max_batch_size=0)
+        head = asyncio.ensure_future(batcher.infer(rows(2)))
+        await runner.wait_started()
+        queued = [asyncio.ensure_future(batcher.infer(rows(3, start=i))) for i in range(3)]
+        await until(lambda: batcher.depth == 3)
+        runner.gate.set()
+        await asyncio.gather(head, *queued)
+        assert [b.shape[0] for b in runner.batches] == [2, 3, 3, 3]
+        await batcher.close()
+
+    run(scenario)

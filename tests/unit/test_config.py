@@ -1,0 +1,417 @@
+"""Unit tests for app.repository.config: config.toml schema, defaults and error messages."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.errors import ModelLoadError
+from app.repository.config import (
+    CONFIG_FILE,
+    BatchingConfig,
+    InstanceConfig,
+    ModelConfig,
+    VersionPolicy,
+    load_model_config,
+)
+
+FULL_CONFIG = """\
+max_batch_size = 16
+
+[batching]
+max_queue_delay_ms = 2.5
+preferred_batch_sizes = [4, 8]
+max_queue_size = 100
+
+[[instances]]
+device = "cpu"
+count = 2
+threads = 4
+
+[[instances]]
+device = "cuda:1"
+count = 3
+
+[version_policy]
+latest = 2
+"""
+
+
+def write_config(model_dir: Path, text: str) -> Path:
+    path = model_dir / CONFIG_FILE
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load_error(model_dir: Path, text: str) -> str:
+    """Write `text` as config.toml, load it, and return the ModelLoadError message."""
+    path = write_config(model_dir, text)
+    with pytest.raises(ModelLoadError) as info:
+        load_model_config(model_dir)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    return message
+
+
+def assert_defaults(config: ModelConfig) -> None:
+    assert config.max_batch_size is None
+    assert config.batching == BatchingConfig(
+        max_queue_delay_ms=0.0, preferred_batch_sizes=[], max_queue_size=None
+    )
+    assert config.instances == [InstanceConfig(device="cpu", count=1, threads=None)]
+    assert config.version_policy == VersionPolicy()
+    assert config.version_policy.select([1, 2, 3]) == [3]
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def test_no_config_file_gives_defaults(tmp_path: Path) -> None:
+    config = load_model_config(tmp_path)
+
+    assert_defaults(config)
+    assert config == ModelConfig()
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "\n\n"])
+def test_empty_config_file_gives_defaults(tmp_path: Path, text: str) -> None:
+    write_config(tmp_path, text)
+
+    assert_defaults(load_model_config(tmp_path))
+
+
+def test_defaults_are_not_shared_between_configs() -> None:
+    a, b = ModelConfig(), ModelConfig()
+
+    assert a.instances == b.instances
+    assert a.instances is not b.instances
+
+
+# --------------------------------------------------------------------------- valid configs
+
+
+def test_full_config_parses(tmp_path: Path) -> None:
+    write_config(tmp_path, FULL_CONFIG)
+
+    config = load_model_config(tmp_path)
+
+    assert config.max_batch_size == 16
+    assert config.batching.max_queue_delay_ms == 2.5
+    assert config.batching.preferred_batch_sizes == [4, 8]
+    assert config.batching.max_queue_size == 100
+    assert config.instances == [
+        InstanceConfig(device="cpu", count=2, threads=4),
+        InstanceConfig(device="cuda:1", count=3, threads=None),
+    ]
+    assert config.version_policy.latest == 2
+    assert config.version_policy.all is None
+    assert config.version_policy.specific is None
+
+
+@pytest.mark.parametrize(
+    ("text", "latest", "all_", "specific"),
+    [
+        ("version_policy = { latest = 3 }", 3, None, None),
+        ("version_policy = { all = true }", None, True, None),
+        ("version_policy = { specific = [1, 3] }", None, None, [1, 3]),
+        ("[version_policy]\nspecific = [2]", None, None, [2]),
+        ("version_policy = {}", None, None, None),
+    ],
+    ids=["latest", "all", "specific", "specific-table", "empty"],
+)
+def test_version_policy_forms_parse(
+    tmp_path: Path, text: str, latest: int | None, all_: bool | None, specific: list[int] | None
+) -> None:
+    write_config(tmp_path, text)
+
+    policy = load_model_config(tmp_path).version_policy
+
+    assert (policy.latest, policy.all, policy.specific) == (latest, all_, specific)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda:0", "cuda:1", "cuda:15"])
+def test_valid_devices_parse(tmp_path: Path, device: str) -> None:
+    write_config(tmp_path, f'[[instances]]\ndevice = "{device}"\n')
+
+    assert load_model_config(tmp_path).instances == [InstanceConfig(device=device)]
+
+
+def test_partial_sections_keep_other_defaults(tmp_path: Path) -> None:
+    write_config(tmp_path, "[batching]\nmax_queue_delay_ms = 5\n\n[[instances]]\ncount = 2\n")
+
+    config = load_model_config(tmp_path)
+
+    assert config.max_batch_size is None
+    assert config.batching == BatchingConfig(max_queue_delay_ms=5.0)
+    assert config.instances == [InstanceConfig(device="cpu", count=2, threads=None)]
+    assert config.version_policy == VersionPolicy()
+
+
+@pytest.mark.parametrize("max_batch_size", [0, 1, 1_000_000])
+def test_max_batch_size_bounds_are_accepted(tmp_path: Path, max_batch_size: int) -> None:
+    write_config(tmp_path, f"max_batch_size = {max_batch_size}\n")
+
+    assert load_model_config(tmp_path).max_batch_size == max_batch_size
+
+
+def test_preferred_batch_sizes_equal_to_max_batch_size_are_accepted(tmp_path: Path) -> None:
+    write_config(tmp_path, "max_batch_size = 8\n[batching]\npreferred_batch_sizes = [2, 8]\n")
+
+    assert load_model_config(tmp_path).batching.preferred_batch_sizes == [2, 8]
+
+
+def test_preferred_batch_sizes_are_not_checked_without_max_batch_size(tmp_path: Path) -> None:
+    # max_batch_size may still come from the graph (AUTO_MAX_BATCH_SIZE), so no check here.
+    write_config(tmp_path, "[batching]\npreferred_batch_sizes = [64]\n")
+
+    assert load_model_config(tmp_path).batching.preferred_batch_sizes == [64]
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    write_config(tmp_path, FULL_CONFIG)
+    config = load_model_config(tmp_path)
+
+    with pytest.raises(ValidationError):
+        config.max_batch_size = 4  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- unknown keys
+
+
+def test_unknown_top_level_key_names_file_key_and_allowed_keys(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "max_batch_size = 4\nmax_batch = 8\n")
+
+    assert str(tmp_path / CONFIG_FILE) in message
+    assert "unknown key 'max_batch'" in message
+    assert "(allowed here: max_batch_size, batching, instances, version_policy)" in message
+
+
+def test_unknown_key_in_batching_lists_batching_keys(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "[batching]\nmax_delay_ms = 5\n")
+
+    assert "unknown key 'batching.max_delay_ms'" in message
+    assert "(allowed here: max_queue_delay_ms, preferred_batch_sizes, max_queue_size)" in message
+    assert "max_batch_size" not in message
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_unknown_key_in_instances_lists_instance_keys(tmp_path: Path, index: int) -> None:
+    entries = ['[[instances]]\ndevice = "cpu"\n'] * 2
+    entries[index] += "gpu = 1\n"
+
+    message = load_error(tmp_path, "\n".join(entries))
+
+    assert f"unknown key 'instances.{index}.gpu'" in message
+    assert "(allowed here: device, count, threads)" in message
+
+
+def test_unknown_key_in_version_policy_lists_policy_keys(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "version_policy = { newest = 1 }\n")
+
+    assert "unknown key 'version_policy.newest'" in message
+    assert "(allowed here: latest, all, specific)" in message
+
+
+def test_every_problem_is_reported(tmp_path: Path) -> None:
+    message = load_error(tmp_path, 'typo = 1\n[batching]\nmax_queue_delay_ms = -1\nfoo = "x"\n')
+
+    assert "unknown key 'typo'" in message
+    assert "batching.max_queue_delay_ms" in message
+    assert "unknown key 'batching.foo'" in message
+
+
+# --------------------------------------------------------------------------- bad values
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "detail"),
+    [
+        ("[batching]\nmax_queue_delay_ms = -1", "batching.max_queue_delay_ms", "(got -1)"),
+        ("[batching]\nmax_queue_delay_ms = 60001", "batching.max_queue_delay_ms", "60000"),
+        ("[batching]\nmax_queue_delay_ms = nan", "batching.max_queue_delay_ms", "(got nan)"),
+        ('[batching]\nmax_queue_delay_ms = "fast"', "batching.max_queue_delay_ms", "'fast'"),
+        ("[batching]\npreferred_batch_sizes = [0]", "batching.preferred_batch_sizes.0", "1"),
+        ("[batching]\npreferred_batch_sizes = 4", "batching.preferred_batch_sizes", "list"),
+        ("[batching]\nmax_queue_size = 0", "batching.max_queue_size", "(got 0)"),
+        ('[[instances]]\ndevice = "tpu"', "instances.0.device", "(got 'tpu')"),
+        ('[[instances]]\ndevice = "cuda"', "instances.0.device", "(got 'cuda')"),
+        ('[[instances]]\ndevice = "cuda:x"', "instances.0.device", "(got 'cuda:x')"),
+        ('[[instances]]\ndevice = "CPU"', "instances.0.device", "(got 'CPU')"),
+        ("[[instances]]\ncount = 0", "instances.0.count", "(got 0)"),
+        ("[[instances]]\ncount = 257", "instances.0.count", "(got 257)"),
+        ("[[instances]]\ncount = 1.5", "instances.0.count", "(got 1.5)"),
+        ("[[instances]]\nthreads = 0", "instances.0.threads", "(got 0)"),
+        ('max_batch_size = "eight"', "max_batch_size", "(got 'eight')"),
+        ("max_batch_size = -1", "max_batch_size", "(got -1)"),
+        ("max_batch_size = 1000001", "max_batch_size", "(got 1000001)"),
+        ("batching = 3", "batching", "(got 3)"),
+        ('instances = "cpu"', "instances", "(got 'cpu')"),
+        ("version_policy = { latest = 0 }", "version_policy.latest", "(got 0)"),
+        ("version_policy = { specific = [0] }", "version_policy.specific.0", "(got 0)"),
+        ("version_policy = { all = false }", "version_policy", "'all' can only be true"),
+    ],
+)
+def test_bad_value_names_file_and_key(tmp_path: Path, text: str, key: str, detail: str) -> None:
+    message = load_error(tmp_path, text + "\n")
+
+    assert str(tmp_path / CONFIG_FILE) in message
+    assert re.search(rf"(^|: |; ){re.escape(key)}: ", message), message
+    assert detail in message
+
+
+def test_bad_value_in_second_instance_names_its_index(tmp_path: Path) -> None:
+    message = load_error(tmp_path, '[[instances]]\ncount = 1\n\n[[instances]]\ndevice = "tpu"\n')
+
+    assert "instances.1.device" in message
+    assert "instances.0" not in message
+
+
+def test_empty_instances_list_is_rejected(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "instances = []\n")
+
+    assert "instances must list at least one instance" in message
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["max_batch_size = ", "[batching\n", "max_batch_size = 1\nmax_batch_size = 2", "a = 'b"],
+    ids=["no-value", "unclosed-table", "duplicate-key", "unclosed-string"],
+)
+def test_invalid_toml_is_rejected_naming_file(tmp_path: Path, text: str) -> None:
+    message = load_error(tmp_path, text)
+
+    assert "not valid TOML" in message
+
+
+def test_non_utf8_config_is_rejected_naming_file(tmp_path: Path) -> None:
+    path = tmp_path / CONFIG_FILE
+    path.write_bytes(b"max_batch_size = 4 # \xff\xfe\n")
+
+    with pytest.raises(ModelLoadError, match=re.escape(f"{path}: not valid TOML")):
+        load_model_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("max_batch_size", "preferred", "too_big"),
+    [(4, [2, 8], [8]), (4, [5, 6, 1], [5, 6]), (0, [1], [1])],
+)
+def test_preferred_batch_sizes_above_max_batch_size_are_rejected(
+    tmp_path: Path, max_batch_size: int, preferred: list[int], too_big: list[int]
+) -> None:
+    text = f"max_batch_size = {max_batch_size}\n[batching]\npreferred_batch_sizes = {preferred}\n"
+
+    message = load_error(tmp_path, text)
+
+    assert (
+        f"batching.preferred_batch_sizes {too_big} exceed max_batch_size {max_batch_size}"
+    ) in message
+
+
+@pytest.mark.parametrize(
+    ("policy", "chosen"),
+    [
+        ("latest = 1, all = true", ["latest", "all"]),
+        ("latest = 1, specific = [1]", ["latest", "specific"]),
+        ("all = true, specific = [1]", ["all", "specific"]),
+        ("latest = 2, all = true, specific = [1]", ["latest", "all", "specific"]),
+    ],
+)
+def test_version_policy_with_more_than_one_choice_is_rejected(
+    tmp_path: Path, policy: str, chosen: list[str]
+) -> None:
+    message = load_error(tmp_path, f"version_policy = {{ {policy} }}\n")
+
+    assert f"version_policy: give only one of latest, all, specific (got {chosen})" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('max_batch_size = "8"', "max_batch_size"),
+        ("max_batch_size = true", "max_batch_size"),
+        ("[batching]\nmax_queue_delay_ms = true", "batching.max_queue_delay_ms"),
+        ('[batching]\nmax_queue_delay_ms = "5"', "batching.max_queue_delay_ms"),
+        ('[[instances]]\ncount = "2"', "instances.0.count"),
+        ('version_policy = { all = "yes" }', "version_policy.all"),
+    ],
+    ids=["string-int", "bool-int", "bool-float", "string-float", "string-count", "string-bool"],
+)
+def test_wrongly_typed_value_is_rejected(tmp_path: Path, text: str, key: str) -> None:
+    write_config(tmp_path, text + "\n")
+
+    with pytest.raises(ModelLoadError, match=re.escape(key)):
+        load_model_config(tmp_path)
+
+
+# --------------------------------------------------------------------------- VersionPolicy
+
+
+@pytest.mark.parametrize(
+    ("policy", "available", "selected"),
+    [
+        (VersionPolicy(latest=2), [1, 3, 2, 7], [3, 7]),
+        (VersionPolicy(latest=1), [1, 3, 2, 7], [7]),
+        (VersionPolicy(latest=10), [1, 3, 2, 7], [1, 2, 3, 7]),
+        (VersionPolicy(all=True), [1, 3, 2, 7], [1, 2, 3, 7]),
+        (VersionPolicy(specific=[1, 7, 9]), [1, 3, 2, 7], [1, 7]),
+        (VersionPolicy(specific=[9]), [1, 3, 2, 7], []),
+        (VersionPolicy(), [1, 3, 2, 7], [7]),
+        (VersionPolicy(), [], []),
+        (VersionPolicy(all=True), [], []),
+        (VersionPolicy(specific=[1]), [], []),
+    ],
+    ids=[
+        "latest-2",
+        "latest-1",
+        "latest-more-than-available",
+        "all-sorted",
+        "specific-present-only",
+        "specific-none-present",
+        "default-latest-1",
+        "default-empty",
+        "all-empty",
+        "specific-empty",
+    ],
+)
+def test_version_policy_select(
+    policy: VersionPolicy, available: list[int], selected: list[int]
+) -> None:
+    assert policy.select(available) == selected
+
+
+def test_version_policy_select_does_not_mutate_its_argument() -> None:
+    available = [3, 1, 2]
+
+    VersionPolicy(all=True).select(available)
+
+    assert available == [3, 1, 2]
+
+
+def test_version_policy_rejects_two_choices_directly() -> None:
+    with pytest.raises(ValidationError, match="give only one of latest, all, specific"):
+        VersionPolicy(latest=1, all=True)
+
+
+# --------------------------------------------------------------------------- InstanceConfig
+
+
+def test_resolved_threads_uses_explicit_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+
+    assert InstanceConfig(threads=3).resolved_threads() == 3
+
+
+@pytest.mark.parametrize(
+    ("cpu_count", "threads"),
+    [(16, 8), (8, 4), (3, 1), (2, 1), (1, 1), (None, 1)],
+)
+def test_resolved_threads_defaults_to_half_the_cores(
+    monkeypatch: pytest.MonkeyPatch, cpu_count: int | None, threads: int
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cpu_count)
+
+    assert InstanceConfig().resolved_threads() == threads
