@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -9,6 +11,8 @@ from starlette.exceptions import HTTPException
 
 from app.api.responses import error_response, response_for
 from app.errors import ServingError
+
+log = logging.getLogger(__name__)
 
 
 def install(app: FastAPI) -> None:
@@ -29,6 +33,11 @@ def install(app: FastAPI) -> None:
         )
         return error_response(400, f"invalid request: {problems}")
 
+    async def unexpected_error(_: Request, exc: Exception) -> Response:
+        log.exception("unexpected error while serving a request", exc_info=exc)
+        return error_response(500, f"internal server error: {type(exc).__name__}: {exc}")
+
+    app.add_exception_handler(Exception, unexpected_error)
     app.add_exception_handler(ServingError, serving_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -7,11 +7,19 @@ and bad values fail the load with a message naming the file, the key and what is
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from app.errors import ModelLoadError
 
@@ -37,9 +45,16 @@ class BatchingConfig(_Strict):
 class InstanceConfig(_Strict):
     """`[[instances]]`: `count` workers on `device`, each an ORT session with `threads`."""
 
-    device: Annotated[str, Field(pattern=r"^(cpu|cuda:\d+)$")] = "cpu"
+    device: str = "cpu"
     count: Annotated[int, Field(ge=1, le=256)] = 1
     threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if device != "cpu" and not re.fullmatch(r"cuda:\d+", device):
+            raise ValueError('device must be "cpu" or "cuda:N" (N = GPU index)')
+        return device
 
     def resolved_threads(self) -> int:
         """Threads per session; by default half the cores, so the event loop keeps one."""
@@ -121,7 +136,9 @@ def _describe(error: Any) -> str:
         return f"unknown key '{key}' (allowed here: {allowed})"
     message = str(error["msg"])
     if error["type"] == "value_error":
-        return f"{key}: " + message.removeprefix("Value error, ")
+        message = message.removeprefix("Value error, ")
+        if isinstance(error.get("input"), dict):  # a whole section: its keys are in the message
+            return f"{key}: {message}"
     if loc:
         return f"{key}: {message} (got {error.get('input')!r})"
     return message
