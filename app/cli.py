@@ -53,6 +53,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "host": args.host,
             "port": args.port,
             "log_level": args.log_level,
+            "metrics_port": args.metrics_port,
         }.items()
         if value is not None
     }
@@ -96,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on, 0 for any (default 8000)")
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        help="also serve /metrics on this port, from a thread of its own (as Triton's 8002)",
+    )
     serve.add_argument(
         "--log-level", choices=["critical", "error", "warning", "info", "debug"], default=None
     )

@@ -24,6 +24,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics_port = service.start_metrics_listener()
+        if metrics_port is not None:
+            log.info("metrics on http://%s:%d/metrics", service.settings.host, metrics_port)
         loading = asyncio.create_task(service.load(), name="load model repository")
         try:
             yield

@@ -4,29 +4,57 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIServer
 
-from app.metrics import ServerMetrics
-from app.repository import ModelRepository
+from prometheus_client import start_http_server
+
+from app.batching import BatchObserver
+from app.metrics import ModelMetrics, ModelStatistics, NoMetrics, ServerMetrics, VersionGauges
+from app.repository import ModelRepository, ModelState
 from app.settings import Settings
 
 log = logging.getLogger("batchserve")
 
+_STATE_NAMES = {
+    ModelState.LOADING: "loading",
+    ModelState.READY: "ready",
+    ModelState.UNAVAILABLE: "failed",
+}
+
 
 class InferenceService:
-    """Owns the model repository for the lifetime of the app (see main.create_app)."""
+    """Owns the model repository and metrics for the lifetime of the app (main.create_app)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.metrics = ServerMetrics()
+        self.metrics = ServerMetrics(settings.latency_buckets)
         self.repository = ModelRepository(
             settings.model_repository,
             default_max_queue_size=settings.default_max_queue_size,
-            observer_factory=self.metrics.for_version,
+            observer_factory=self._observer,
         )
+        self.metrics.watch_state(self._version_gauges)
+        self._no_metrics = NoMetrics()
+        self._metrics_server: tuple[WSGIServer, threading.Thread] | None = None
         #: Set once the startup load has finished, whatever failed in it.
         self.loaded = asyncio.Event()
         self.draining = False
         self.startup_error: str | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start_metrics_listener(self) -> int | None:
+        """Serve /metrics on settings.metrics_port from a thread; returns the bound port."""
+        if self.settings.metrics_port is None:
+            return None
+        server, thread = start_http_server(
+            self.settings.metrics_port, addr=self.settings.host, registry=self.metrics.registry
+        )
+        self._metrics_server = (server, thread)
+        return int(server.server_port)
 
     async def load(self) -> None:
         """Load the repository; the server stays live (not ready) while this runs."""
@@ -37,6 +65,17 @@ class InferenceService:
             log.error("could not load the model repository: %s", exc)
         finally:
             self.loaded.set()
+
+    async def close(self) -> None:
+        self.draining = True
+        await self.repository.close()
+        if self._metrics_server is not None:
+            server, thread = self._metrics_server
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+    # -- readiness ------------------------------------------------------------------------
 
     def not_ready_reason(self) -> str | None:
         """Why the server is not ready, or None when it is."""
@@ -61,6 +100,46 @@ class InferenceService:
                 parts.append(f"{entry.name} {entry.state.value}")
         return "; ".join(parts) or "none"
 
-    async def close(self) -> None:
-        self.draining = True
-        await self.repository.close()
+    # -- metrics --------------------------------------------------------------------------
+
+    def _observer(self, model: str, version: int) -> BatchObserver | None:
+        return self.metrics.for_version(model, version) if self.settings.metrics else None
+
+    def recorder(self, model: str, version: int) -> ModelMetrics | NoMetrics:
+        """Where the API counts a request's outcome and duration."""
+        if not self.settings.metrics:
+            return self._no_metrics
+        return self.metrics.for_version(model, version)
+
+    def _version_gauges(self) -> Iterator[VersionGauges]:
+        for entry in list(self.repository.models.values()):
+            state = _STATE_NAMES[entry.state]
+            if not entry.versions:
+                yield VersionGauges(entry.name, "", state, 0, 0)
+            for version in list(entry.versions):
+                metrics = self.metrics.known(entry.name, version)
+                yield VersionGauges(
+                    entry.name,
+                    str(version),
+                    state,
+                    metrics.depth if metrics else 0,
+                    metrics.inflight if metrics else 0,
+                )
+
+    def statistics(self, model: str | None, version: str | None) -> list[dict[str, Any]]:
+        """Triton's `model_stats` for one version, every version of a model, or everything."""
+        if model is None:
+            targets = [
+                (name, v) for name, e in self.repository.models.items() for v in sorted(e.versions)
+            ]
+        elif version is None:
+            targets = [(model, v) for v in sorted(self.repository.entry(model).versions)]
+        else:
+            targets = [(model, self.repository.version(model, version).version)]
+        stats = []
+        for name, v in targets:
+            metrics = self.metrics.known(name, v)
+            stats.append(
+                (metrics.statistics if metrics else ModelStatistics(name, str(v))).as_dict()
+            )
+        return stats

@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.metrics.families import LATENCY_BUCKETS
 
 
 class Settings(BaseSettings):
@@ -33,3 +35,25 @@ class Settings(BaseSettings):
         ge=1,
         description="Requests a model version may hold queued when its config sets no limit.",
     )
+    metrics: bool = Field(
+        default=True,
+        description="Collect metrics and statistics. Off only to measure what they cost.",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Also serve /metrics on this port (as Triton's 8002), from a thread of its "
+        "own, so it can stay private and answers while the API is saturated.",
+    )
+    latency_buckets: tuple[float, ...] = Field(
+        default=LATENCY_BUCKETS,
+        description="Upper bounds (seconds) of the latency histograms' buckets.",
+    )
+
+    @field_validator("latency_buckets")
+    @classmethod
+    def _ascending(cls, buckets: tuple[float, ...]) -> tuple[float, ...]:
+        if not buckets or any(b <= 0 for b in buckets) or list(buckets) != sorted(set(buckets)):
+            raise ValueError("latency_buckets must be positive, strictly ascending seconds")
+        return buckets

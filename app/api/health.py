@@ -11,7 +11,7 @@ from app.api.responses import error_response, json_response
 
 router = APIRouter(tags=["health"])
 
-EXTENSIONS = ["model_repository"]
+EXTENSIONS = ["model_repository", "statistics"]
 
 
 @router.get("/v2/health/live")

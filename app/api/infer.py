@@ -33,7 +33,8 @@ async def infer(request: Request, model_name: str, model_version: str | None = N
     started = time.perf_counter()
     service = service_of(request)
     loaded = service.repository.version(model_name, model_version)
-    metrics = service.metrics.for_version(model_name, loaded.version)
+    metrics = service.recorder(model_name, loaded.version)
+    metrics.request_started()
     outcome = "error"
     try:
         if service.draining:

@@ -11,6 +11,18 @@ from app.api.responses import json_response
 router = APIRouter(tags=["models"])
 
 
+@router.get("/v2/models/stats")
+@router.get("/v2/models/{model_name}/stats")
+@router.get("/v2/models/{model_name}/versions/{model_version}/stats")
+async def model_statistics(
+    request: Request, model_name: str | None = None, model_version: str | None = None
+) -> Response:
+    """Triton's statistics extension: counts and cumulative ns of success, fail, queue,
+    compute; inference and execution counts; per batch size."""
+    stats = service_of(request).statistics(model_name, model_version)
+    return json_response({"model_stats": stats})
+
+
 @router.get("/v2/models/{model_name}")
 @router.get("/v2/models/{model_name}/versions/{model_version}")
 async def model_metadata(

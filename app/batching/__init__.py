@@ -5,8 +5,8 @@ to a `BatchRunner` in that runner's own thread.
 """
 
 from app.batching.batcher import Batcher
-from app.batching.observer import BatchObserver
+from app.batching.observer import BatchObserver, BatchReport
 from app.batching.policy import BatchingPolicy
 from app.batching.runner import BatchRunner
 
-__all__ = ["BatchObserver", "BatchRunner", "Batcher", "BatchingPolicy"]
+__all__ = ["BatchObserver", "BatchReport", "BatchRunner", "Batcher", "BatchingPolicy"]

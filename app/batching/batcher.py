@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.batching.observer import BatchObserver
+from app.batching.observer import BatchObserver, BatchReport
 from app.batching.policy import BatchingPolicy
 from app.batching.runner import BatchRunner
 from app.errors import InferenceFailedError, InvalidInputError, OverloadedError, UnavailableError
@@ -54,7 +54,9 @@ class _ShapeGroup:
 @dataclass(slots=True)
 class _BatchResult:
     outputs: list[Outputs]
+    input_s: float
     compute_s: float
+    output_s: float
 
 
 class Batcher:
@@ -84,6 +86,7 @@ class Batcher:
 
     def start(self) -> None:
         """Start one worker task (with its own thread) per runner on the running loop."""
+        self._observer.workers_started([(r.label, r.device) for r in self._runners])
         for runner in self._runners:
             executor = ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix=f"{self.name}-{runner.label}"
@@ -272,9 +275,11 @@ class Batcher:
                 log.warning(
                     "model %s: batch of %d failed on %s: %s", self.name, samples, runner.label, exc
                 )
+                elapsed = loop.time() - started
                 self._observer.batch_executed(
-                    runner.label, runner.device, samples, loop.time() - started, waits, True
-                )
+                    BatchReport(runner.label, runner.device, samples, 0, waits, 0.0, elapsed, 0.0,
+                                failed=True)
+                )  # fmt: skip
                 error = InferenceFailedError(
                     f"model '{self.name}' failed to run on {runner.device}: {exc}"
                 )
@@ -283,8 +288,9 @@ class Batcher:
                         pending.future.set_exception(error)
                 continue
             self._observer.batch_executed(
-                runner.label, runner.device, samples, result.compute_s, waits, False
-            )
+                BatchReport(runner.label, runner.device, samples, 0, waits, result.input_s,
+                            result.compute_s, result.output_s, failed=False)
+            )  # fmt: skip
             for pending, outputs in zip(batch, result.outputs, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(outputs)
@@ -299,15 +305,16 @@ def _execute(
     runner: BatchRunner, requests: list[dict[str, np.ndarray]], batches: bool
 ) -> _BatchResult:
     """Runs in the worker's thread: concatenate, execute, split back per request."""
+    started = time.perf_counter()
     if len(requests) == 1:
         feeds = requests[0]
     else:
         feeds = {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}
-    started = time.perf_counter()
+    assembled = time.perf_counter()
     outputs = runner.run(feeds)
-    compute_s = time.perf_counter() - started
+    computed = time.perf_counter()
     if len(requests) == 1:
-        return _BatchResult([outputs], compute_s)
+        return _BatchResult([outputs], assembled - started, computed - assembled, 0.0)
     assert batches, "only batching models run several requests at once"
     counts = [next(iter(r.values())).shape[0] for r in requests]
     total = sum(counts)
@@ -319,7 +326,7 @@ def _execute(
             )
     bounds = np.cumsum(counts)[:-1]
     split = {name: np.split(array, bounds) for name, array in outputs.items()}
+    per_request = [{name: parts[i] for name, parts in split.items()} for i in range(len(requests))]
     return _BatchResult(
-        [{name: parts[i] for name, parts in split.items()} for i in range(len(requests))],
-        compute_s,
+        per_request, assembled - started, computed - assembled, time.perf_counter() - computed
     )

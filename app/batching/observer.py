@@ -3,10 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    """One execution: who ran it, how big it was, and where its time went."""
+
+    runner: str
+    device: str
+    samples: int
+    #: Samples the batcher added to reach an allowed size (never returned to clients).
+    padding: int
+    #: One entry per request in the batch: its time in the queue.
+    queue_waits_s: Sequence[float]
+    #: Assembling the batch (concatenation), running the model, splitting the outputs.
+    input_s: float
+    compute_s: float
+    output_s: float
+    failed: bool
+
+    @property
+    def requests(self) -> int:
+        return len(self.queue_waits_s)
 
 
 class BatchObserver:
     """Receives the batcher's events; this base class ignores them all."""
+
+    def workers_started(self, workers: Sequence[tuple[str, str]]) -> None:
+        """The batcher's workers as (label, device) pairs, once, when it starts."""
 
     def queue_depth(self, depth: int) -> None:
         """Requests now waiting in the queue."""
@@ -14,13 +40,5 @@ class BatchObserver:
     def request_cancelled(self) -> None:
         """A queued request was dropped before compute because its caller went away."""
 
-    def batch_executed(
-        self,
-        runner: str,
-        device: str,
-        samples: int,
-        compute_s: float,
-        queue_waits_s: Sequence[float],
-        failed: bool,
-    ) -> None:
-        """One execution ran on `runner`; `queue_waits_s` has one entry per request in it."""
+    def batch_executed(self, report: BatchReport) -> None:
+        """One execution finished (or failed)."""

@@ -1,5 +1,7 @@
-"""Prometheus metric families and the batcher observer that feeds them."""
+"""Prometheus metric families, Triton-style statistics, and the observer that feeds both."""
 
-from app.metrics.families import ModelMetrics, ServerMetrics
+from app.metrics.collectors import VersionGauges
+from app.metrics.families import ModelMetrics, NoMetrics, ServerMetrics
+from app.metrics.statistics import ModelStatistics
 
-__all__ = ["ModelMetrics", "ServerMetrics"]
+__all__ = ["ModelMetrics", "ModelStatistics", "NoMetrics", "ServerMetrics", "VersionGauges"]

@@ -2,17 +2,17 @@
 
 Names follow Prometheus conventions: base units, `_total` counters, histograms for every
 latency so percentiles aggregate across replicas. Label children are bound once per model
-version (`ModelMetrics`), not looked up per request.
+version and device (`ModelMetrics`), never looked up by name per request. Gauges of current
+state (queue depth, in-flight, model state) are read at scrape time (collectors.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    Gauge,
     GCCollector,
     Histogram,
     PlatformCollector,
@@ -20,7 +20,10 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from app.batching import BatchObserver
+from app.batching import BatchObserver, BatchReport
+from app.metrics.collectors import StateCollector, VersionGauges
+from app.metrics.gpu import GpuCollector
+from app.metrics.statistics import ModelStatistics
 
 #: Inference latencies: 100 us to 60 s.
 LATENCY_BUCKETS = (
@@ -35,52 +38,62 @@ OUTCOMES = ("success", "invalid", "rejected", "timeout", "cancelled", "error")
 class ServerMetrics:
     """All families of one server, registered on a registry of its own."""
 
-    def __init__(self) -> None:
-        disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series double the output for no use here
-        self.registry = CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-        GCCollector(registry=self.registry)
+    def __init__(self, latency_buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        gpu = GpuCollector.create()
+        if gpu is not None:
+            r.register(gpu)
         mv = ["model", "version"]
-        r = self.registry
+        mvd = [*mv, "device"]
+        buckets = tuple(latency_buckets)
         self.requests = Counter(
-            "batchserve_requests", "Inference requests by outcome.", [*mv, "outcome"], registry=r
-        )
+            "batchserve_requests",
+            "Inference requests by outcome; each request counts once.",
+            [*mv, "outcome"], registry=r,
+        )  # fmt: skip
         self.request_duration = Histogram(
             "batchserve_request_duration_seconds",
             "Server-side time from request received to response ready.",
-            mv, buckets=LATENCY_BUCKETS, registry=r,
+            mv, buckets=buckets, registry=r,
         )  # fmt: skip
         self.queue_duration = Histogram(
             "batchserve_queue_duration_seconds",
             "Time a request waited in the queue before its batch started.",
-            mv, buckets=LATENCY_BUCKETS, registry=r,
+            mv, buckets=buckets, registry=r,
         )  # fmt: skip
         self.compute_duration = Histogram(
             "batchserve_compute_duration_seconds",
             "Time one batch spent executing on its device.",
-            [*mv, "device"], buckets=LATENCY_BUCKETS, registry=r,
+            mvd, buckets=buckets, registry=r,
         )  # fmt: skip
         self.batch_size = Histogram(
             "batchserve_batch_size",
             "Samples per execution.",
-            [*mv, "device"], buckets=BATCH_SIZE_BUCKETS, registry=r,
+            mvd, buckets=BATCH_SIZE_BUCKETS, registry=r,
         )  # fmt: skip
         self.inferences = Counter(
-            "batchserve_inferences", "Samples inferred (batch axis).", [*mv, "device"], registry=r
+            "batchserve_inferences", "Samples inferred (batch axis).", mvd, registry=r
         )
-        self.executions = Counter(
-            "batchserve_executions", "Batches executed.", [*mv, "device"], registry=r
-        )
-        self.queue_depth = Gauge(
-            "batchserve_queue_depth", "Requests waiting in the queue.", mv, registry=r
-        )
+        self.executions = Counter("batchserve_executions", "Batches executed.", mvd, registry=r)
+        self.padding = Counter(
+            "batchserve_padding_samples",
+            "Samples the batcher added as padding (computed, never returned).",
+            mvd, registry=r,
+        )  # fmt: skip
         self.worker_busy = Counter(
             "batchserve_worker_busy_seconds",
             "Seconds each worker spent executing; rate() is its utilization.",
-            [*mv, "device", "instance"], registry=r,
+            [*mvd, "worker"], registry=r,
         )  # fmt: skip
         self._models: dict[tuple[str, int], ModelMetrics] = {}
+
+    def watch_state(self, read: Callable[[], Iterable[VersionGauges]]) -> None:
+        """Export queue depth, in-flight requests and model state from `read()` at scrape."""
+        self.registry.register(StateCollector(read))
 
     def for_version(self, model: str, version: int) -> ModelMetrics:
         """The bound children of one model version (created on first use)."""
@@ -90,9 +103,35 @@ class ServerMetrics:
             metrics = self._models[key] = ModelMetrics(self, model, str(version))
         return metrics
 
+    def known(self, model: str, version: int) -> ModelMetrics | None:
+        return self._models.get((model, version))
+
+
+class NoMetrics:
+    """Stands in for ModelMetrics when metrics are turned off (to measure their cost)."""
+
+    def request_started(self) -> None:
+        pass
+
+    def request_done(self, outcome: str, duration_s: float) -> None:
+        pass
+
+
+class _DeviceChildren:
+    """The children of one (model, version, device)."""
+
+    __slots__ = ("batch_size", "compute", "executions", "inferences", "padding")
+
+    def __init__(self, server: ServerMetrics, labels: tuple[str, str, str]) -> None:
+        self.compute = server.compute_duration.labels(*labels)
+        self.batch_size = server.batch_size.labels(*labels)
+        self.inferences = server.inferences.labels(*labels)
+        self.executions = server.executions.labels(*labels)
+        self.padding = server.padding.labels(*labels)
+
 
 class ModelMetrics(BatchObserver):
-    """Metrics of one model version; also the batcher's observer for it."""
+    """Metrics and statistics of one model version; also its batcher's observer."""
 
     def __init__(self, server: ServerMetrics, model: str, version: str) -> None:
         self._server = server
@@ -100,34 +139,65 @@ class ModelMetrics(BatchObserver):
         self._outcomes = {o: server.requests.labels(model, version, o) for o in OUTCOMES}
         self._request_duration = server.request_duration.labels(model, version)
         self._queue_duration = server.queue_duration.labels(model, version)
-        self._queue_depth = server.queue_depth.labels(model, version)
-
-    def request_done(self, outcome: str, duration_s: float | None = None) -> None:
-        self._outcomes[outcome].inc()
-        if duration_s is not None:
-            self._request_duration.observe(duration_s)
+        self._devices: dict[str, _DeviceChildren] = {}
+        self._busy: dict[str, Counter] = {}
+        self.statistics = ModelStatistics(model, version)
+        self.depth = 0
+        self.inflight = 0
 
     # BatchObserver
 
-    def queue_depth(self, depth: int) -> None:
-        self._queue_depth.set(depth)
+    def workers_started(self, workers: Sequence[tuple[str, str]]) -> None:
+        """Create every child up front (as 0), so rates see the series before traffic."""
+        for instance, device in workers:
+            self._device(device)
+            self._worker(instance, device)
 
-    def batch_executed(
-        self,
-        runner: str,
-        device: str,
-        samples: int,
-        compute_s: float,
-        queue_waits_s: Sequence[float],
-        failed: bool,
-    ) -> None:
-        s = self._server
-        labels = (*self._labels, device)
-        for wait in queue_waits_s:
+    def _device(self, device: str) -> _DeviceChildren:
+        children = self._devices.get(device)
+        if children is None:
+            children = self._devices[device] = _DeviceChildren(
+                self._server, (*self._labels, device)
+            )
+        return children
+
+    def _worker(self, instance: str, device: str) -> Counter:
+        busy = self._busy.get(instance)
+        if busy is None:
+            busy = self._busy[instance] = self._server.worker_busy.labels(
+                *self._labels, device, instance
+            )
+        return busy
+
+    def request_started(self) -> None:
+        self.inflight += 1
+
+    def request_done(self, outcome: str, duration_s: float) -> None:
+        self.inflight -= 1
+        self._outcomes[outcome].inc()
+        self._request_duration.observe(duration_s)
+        if outcome != "cancelled":
+            self.statistics.request_done(outcome == "success", duration_s)
+
+    def queue_depth(self, depth: int) -> None:
+        self.depth = depth
+
+    def batch_executed(self, report: BatchReport) -> None:
+        device = self._device(report.device)
+        busy_s = report.input_s + report.compute_s + report.output_s
+        self._worker(report.runner, report.device).inc(busy_s)
+        queue = self.statistics.queue
+        for wait in report.queue_waits_s:
             self._queue_duration.observe(wait)
-        s.worker_busy.labels(*labels, runner).inc(compute_s)
-        s.executions.labels(*labels).inc()
-        if not failed:
-            s.compute_duration.labels(*labels).observe(compute_s)
-            s.batch_size.labels(*labels).observe(samples)
-            s.inferences.labels(*labels).inc(samples)
+            queue.add(wait)
+        if report.failed:
+            return
+        device.executions.inc()
+        device.compute.observe(report.compute_s)
+        device.batch_size.observe(report.samples)
+        device.inferences.inc(report.samples)
+        if report.padding:
+            device.padding.inc(report.padding)
+        self.statistics.batch_executed(
+            report.samples, report.requests, report.input_s, report.compute_s, report.output_s
+        )

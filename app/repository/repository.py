@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 #: Model names are directory names: letters, digits, `_`, `-`, `.`; never a path.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
-ObserverFactory = Callable[[str, int], BatchObserver]
+ObserverFactory = Callable[[str, int], BatchObserver | None]
 
 
 class ModelRepository:

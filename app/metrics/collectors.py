@@ -1,0 +1,54 @@
+"""Gauges read at scrape time from the server's own state, so the hot path pays nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+STATES = ("loading", "ready", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class VersionGauges:
+    """What one model version looks like right now."""
+
+    model: str
+    version: str
+    state: str  # one of STATES
+    queue_depth: int
+    inflight: int
+
+
+class StateCollector(Collector):
+    """Exports batchserve_queue_depth, batchserve_inflight_requests, batchserve_model_state."""
+
+    def __init__(self, read: Callable[[], Iterable[VersionGauges]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["model", "version"]
+        depth = GaugeMetricFamily(
+            "batchserve_queue_depth", "Requests waiting in the queue.", labels=labels
+        )
+        inflight = GaugeMetricFamily(
+            "batchserve_inflight_requests",
+            "Requests received and not yet answered (queued or computing).",
+            labels=labels,
+        )
+        state = GaugeMetricFamily(
+            "batchserve_model_state",
+            "1 for the state each model version is in (loading, ready, failed), else 0.",
+            labels=[*labels, "state"],
+        )
+        for row in self._read():
+            values = [row.model, row.version]
+            depth.add_metric(values, row.queue_depth)
+            inflight.add_metric(values, row.inflight)
+            for name in STATES:
+                state.add_metric([*values, name], 1.0 if row.state == name else 0.0)
+        yield depth
+        yield inflight
+        yield state
