@@ -20,8 +20,8 @@ import onnxruntime as ort
 import orjson
 import pytest
 
+from load_tests.server_process import ServerProcess
 from tests.conftest import DIGITS_ONNX, MODELS
-from tests.integration.server import ServerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -326,3 +326,24 @@ def test_a_full_queue_is_429_with_retry_after_at_once(mixed: ServerProcess) -> N
 
     asyncio.run(scenario())
     assert metric(mixed, "batchserve_requests_total", model="held", outcome="rejected") == 1
+
+
+# -- the load generator (load_tests/) against the real server -------------------------------
+
+
+def test_load_generator_closed_and_open_loop_check_every_response(shipped: ServerProcess) -> None:
+    from load_tests.loadgen import LoadGenerator, request_body, session
+
+    async def both() -> tuple[dict[str, object], dict[str, object]]:
+        async with session(8) as http:
+            body = await request_body(http, shipped.url, "digits", rows=4)
+            generator = LoadGenerator(shipped.url, "digits", body, rows=4)
+            closed = await generator.closed_loop(http, concurrency=4, seconds=0.5)
+            opened = await generator.open_loop(http, rate=100, seconds=0.5)
+        return closed.summary(), opened.summary()
+
+    closed, opened = asyncio.run(both())
+    for summary in (closed, opened):
+        assert summary["requests_ok"] > 0
+        assert summary["errors_by_status"] == {} and summary["bad_responses"] == 0
+        assert summary["p50_ms"] <= summary["p99_ms"] <= summary["max_ms"]

@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.batching import Batcher, BatchingPolicy, BatchObserver
+from app.batching import Batcher, BatchingPolicy, BatchObserver, BatchReport
 from app.runtime import OnnxInstance
 from tests.conftest import DIGITS_ONNX
 
@@ -25,9 +25,9 @@ class SampleCounter(BatchObserver):
         self.samples = 0
         self.requests = 0
 
-    def batch_executed(self, runner, device, samples, compute_s, queue_waits_s, failed):  # type: ignore[no-untyped-def]
-        self.samples += samples
-        self.requests += len(queue_waits_s)
+    def batch_executed(self, report: BatchReport) -> None:
+        self.samples += report.samples
+        self.requests += report.requests
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""Run `batchserve serve` as a real process on 127.0.0.1 for the integration tests.
+"""Run `batchserve serve` as a real process on 127.0.0.1 (integration tests, benchmarks).
 
 The server is started on port 0 and the tests learn its URL from the one line it logs once it
 listens and its models have loaded, so no port is guessed and no sleep stands in for start-up.
@@ -21,10 +21,16 @@ START_TIMEOUT_S = 120.0
 class ServerProcess:
     """One `batchserve serve` process and everything it logged."""
 
-    def __init__(self, repository: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
         executable = Path(sys.executable).with_name("batchserve")
+        command = [str(executable), "serve", "--model-repository", str(repository), "--port", "0"]
         self._process = subprocess.Popen(
-            [str(executable), "serve", "--model-repository", str(repository), "--port", "0"],
+            [*command, *(extra_args or [])],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -1,0 +1,1 @@
+"""Load generators and benchmarks for batchserve (or any KServe v2 server)."""
