@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck unit models clean
+.PHONY: serve test lint typecheck models bench-metrics clean
 
 # The virtual environment, rebuilt when pyproject.toml changes.
 $(BIN)/batchserve: pyproject.toml
@@ -23,14 +23,18 @@ serve: $(BIN)/batchserve
 	$(BIN)/batchserve serve --model-repository models --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.test-deps
-	$(BIN)/ruff check app tests models
-	$(BIN)/ruff format --check app tests models
+	$(BIN)/ruff check app tests models load_tests
+	$(BIN)/ruff format --check app tests models load_tests
 
 typecheck: $(VENV)/.test-deps
 	$(BIN)/mypy app
 
 test: lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Throughput with metrics on vs off, alternating rounds in one run (load_tests/bench_metrics.py).
+bench-metrics: $(VENV)/.test-deps
+	$(BIN)/python -m load_tests.bench_metrics
 
 # Rebuild models/digits (model.onnx, held-out set, sample request) from scikit-learn's data.
 models: $(BIN)/batchserve
