@@ -1,4 +1,5 @@
-"""create_app(): the FastAPI application with its lifespan (load models, drain at the end)."""
+"""create_app(): the ASGI application: the inference fast path in front of a FastAPI app for
+everything else, whose lifespan loads the models and drains them at the end."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import errors, health, infer, metrics, models, repository
+from app.api import errors, health, metrics, models, repository
+from app.api.infer import InferenceFastPath
 from app.service import InferenceService
 from app.settings import Settings
 
 log = logging.getLogger("batchserve")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> InferenceFastPath:
     """Build the app; models load in the background once it starts, so liveness answers
     while they load and readiness turns 200 only when they have."""
     service = InferenceService(settings or Settings())
@@ -45,6 +47,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = service
     errors.install(app)
-    for module in (health, models, infer, repository, metrics):
+    for module in (health, models, repository, metrics):
         app.include_router(module.router)
-    return app
+    return InferenceFastPath(app, service)

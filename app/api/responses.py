@@ -16,7 +16,7 @@ from app.errors import (
     ServingError,
     UnavailableError,
 )
-from app.protocol.json_codec import encode_error
+from app.protocol.codec import encode_error
 
 
 def json_response(content: Any, status: int = 200) -> Response:
@@ -38,8 +38,14 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     )
 
 
-def response_for(exc: ServingError) -> Response:
-    headers = None
+def error_parts(exc: ServingError) -> tuple[int, str, list[tuple[bytes, bytes]]]:
+    """Status, message and extra headers (Retry-After on 429) of an error response."""
+    headers = []
     if isinstance(exc, OverloadedError):
-        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
-    return error_response(STATUS.get(type(exc), 500), exc.message, headers)
+        headers.append((b"retry-after", str(max(1, math.ceil(exc.retry_after_s))).encode()))
+    return STATUS.get(type(exc), 500), exc.message, headers
+
+
+def response_for(exc: ServingError) -> Response:
+    status, message, headers = error_parts(exc)
+    return error_response(status, message, {k.decode(): v.decode() for k, v in headers})

@@ -18,6 +18,7 @@ V2_TO_NUMPY: dict[str, np.dtype[np.generic]] = {
     "FP16": np.dtype("<f2"),
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),  # elements are str (UTF-8 on the wire)
 }
 
 #: ONNX Runtime's type strings (NodeArg.type) -> v2 datatype name.
@@ -34,9 +35,10 @@ ONNX_TO_V2: dict[str, str] = {
     "tensor(float16)": "FP16",
     "tensor(float)": "FP32",
     "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
 }
 
 
 def numpy_dtype(datatype: str) -> np.dtype[np.generic]:
-    """The numpy dtype for a v2 datatype; KeyError for BYTES and unknown names."""
+    """The numpy dtype for a v2 datatype (object for BYTES); KeyError for unknown names."""
     return V2_TO_NUMPY[datatype]

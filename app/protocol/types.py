@@ -34,4 +34,6 @@ class InferRequest:
     request_id: str | None = None
     #: Output names the client asked for, in its order; None means all of the model's outputs.
     outputs: list[str] | None = None
+    #: Outputs to send back as binary data (binary tensor extension) rather than JSON.
+    binary_outputs: frozenset[str] = frozenset()
     parameters: dict[str, Any] = field(default_factory=dict)

@@ -77,7 +77,10 @@ class OnnxInstance:
                 dims = [1 if d < 0 else d for d in spec.shape]
                 if batches:
                     dims[0] = size
-                feeds[spec.name] = np.zeros(dims, dtype=numpy_dtype(spec.datatype))
+                if spec.datatype == "BYTES":
+                    feeds[spec.name] = np.full(dims, "", dtype=object)
+                else:
+                    feeds[spec.name] = np.zeros(dims, dtype=numpy_dtype(spec.datatype))
             self.run(feeds)
 
 
