@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck models bench-metrics clean
+.PHONY: serve test lint typecheck models bench bench-metrics clean
 
 # The virtual environment, rebuilt when pyproject.toml changes.
 $(BIN)/batchserve: pyproject.toml
@@ -31,6 +31,15 @@ typecheck: $(VENV)/.test-deps
 
 test: lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+$(VENV)/.bench-deps: $(VENV)/.test-deps
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@touch $@
+
+# The benchmark report (load_tests/report/): raw ONNX Runtime, a hand-written endpoint, the
+# HTTP ceiling and batchserve with and without batching, measured in one run (~15 min).
+bench: $(VENV)/.bench-deps
+	$(BIN)/python -m load_tests.bench --out load_tests/report
 
 # Throughput with metrics on vs off, alternating rounds in one run (load_tests/bench_metrics.py).
 bench-metrics: $(VENV)/.test-deps

@@ -15,21 +15,20 @@ import asyncio
 import statistics
 from pathlib import Path
 
-from load_tests.loadgen import LoadGenerator, request_body, session
+from load_tests.loadgen import LoadGenerator, client_session, prepare_request
 from load_tests.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 async def round_trip(url: str, model: str, rows: int, concurrency: int, seconds: float) -> float:
-    async with session(concurrency) as http:
-        body = await request_body(http, url, model, rows)
-        generator = LoadGenerator(url, model, body, rows)
+    async with client_session(concurrency) as http:
+        request = await prepare_request(http, url, model, rows)
+        generator = LoadGenerator(url, model, request)
         await generator.closed_loop(http, concurrency, min(1.0, seconds))  # warm-up
         result = await generator.closed_loop(http, concurrency, seconds)
-    failures = sum(v for k, v in result.statuses.items() if k != 200) + result.bad_responses
-    if failures:
-        raise RuntimeError(f"{url}: {failures} failed responses: {result.summary()}")
+    if result.failures:
+        raise RuntimeError(f"{url}: {result.failures} failed responses: {result.summary()}")
     return result.throughput
 
 

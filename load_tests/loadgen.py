@@ -1,13 +1,15 @@
 """A load generator for any KServe v2 server: closed loop (C requests always in flight) or
 open loop (Poisson arrivals at R requests/s, latency counted from each request's scheduled
-send time, so a slow server cannot slow the arrivals down and hide its queueing).
+send time, so a slow server cannot slow the arrivals down and hide its queueing), with JSON
+or binary tensors (the binary tensor data extension, requests and responses).
 
-    python -m load_tests.loadgen --url http://127.0.0.1:8000 --model digits \
-        --concurrency 16 --duration 10
-    python -m load_tests.loadgen --url http://127.0.0.1:8000 --model digits --rate 500
+    python -m load_tests.loadgen --url http://127.0.0.1:8000 --model digits --concurrency 16
+    python -m load_tests.loadgen --model digits --rate 500 --binary --settle
 
-Every response is checked (status 200, every output present with the right batch size).
-Traffic goes only to the URL given; runs are bounded by --duration.
+Every response is checked (status 200, every output present with the request's batch size).
+With --settle, windows of --duration seconds repeat until the last three agree within 10%
+on throughput (as perf_analyzer does), at most --max-windows; the last three are reported.
+Traffic goes only to the URL given, and every run is bounded in time.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import argparse
 import asyncio
 import json
 import random
+import statistics
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,11 +30,12 @@ import numpy as np
 
 NUMPY = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64,
          "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}  # fmt: skip
+BINARY_HEADER = "Inference-Header-Content-Length"
 
 
 @dataclass
 class Result:
-    """What one run measured."""
+    """What one run (or the merged windows of a settled run) measured."""
 
     mode: str
     seconds: float
@@ -38,10 +43,16 @@ class Result:
     statuses: Counter[int] = field(default_factory=Counter)
     bad_responses: int = 0
     rows: int = 1
+    windows: int = 1
+    stable: bool = True
 
     @property
     def ok(self) -> int:
         return self.statuses[200] - self.bad_responses
+
+    @property
+    def failures(self) -> int:
+        return sum(v for k, v in self.statuses.items() if k != 200) + self.bad_responses
 
     @property
     def throughput(self) -> float:
@@ -55,6 +66,8 @@ class Result:
         return {
             "mode": self.mode,
             "seconds": round(self.seconds, 3),
+            "windows": self.windows,
+            "stable": self.stable,
             "requests_ok": self.ok,
             "throughput_rps": round(self.throughput, 1),
             "samples_per_s": round(self.throughput * self.rows, 1),
@@ -64,59 +77,93 @@ class Result:
             "bad_responses": self.bad_responses,
         }
 
+    @staticmethod
+    def merge(parts: list[Result]) -> Result:
+        merged = Result(parts[0].mode, sum(p.seconds for p in parts), rows=parts[0].rows)
+        for part in parts:
+            merged.latencies_s.extend(part.latencies_s)
+            merged.statuses.update(part.statuses)
+            merged.bad_responses += part.bad_responses
+        merged.windows = len(parts)
+        return merged
 
-async def request_body(session: aiohttp.ClientSession, url: str, model: str, rows: int) -> bytes:
-    """A JSON infer request with `rows` random samples, shaped from the model's metadata."""
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """One request body sent over and over, and how to read its responses."""
+
+    body: bytes
+    headers: dict[str, str]
+    rows: int
+    binary: bool
+
+
+async def prepare_request(
+    session: aiohttp.ClientSession, url: str, model: str, rows: int, binary: bool = False
+) -> PreparedRequest:
+    """A request with `rows` random samples, shaped from the model's metadata."""
     async with session.get(f"{url}/v2/models/{model}") as response:
         response.raise_for_status()
         metadata = await response.json()
     rng = np.random.default_rng(0)
     inputs = []
+    chunks = []
     for spec in metadata["inputs"]:
         shape = [1 if d < 0 else d for d in spec["shape"]]
         if spec["shape"] and spec["shape"][0] < 0:
             shape[0] = rows
-        dtype = NUMPY[spec["datatype"]]
-        data = (rng.random(shape) * 16).astype(dtype)
-        inputs.append({"name": spec["name"], "shape": shape, "datatype": spec["datatype"],
-                       "data": data.ravel().tolist()})  # fmt: skip
-    return json.dumps({"inputs": inputs}).encode()
+        data = (rng.random(shape) * 16).astype(NUMPY[spec["datatype"]])
+        entry: dict[str, Any] = {"name": spec["name"], "shape": shape,
+                                 "datatype": spec["datatype"]}  # fmt: skip
+        if binary:
+            chunks.append(data.tobytes())
+            entry["parameters"] = {"binary_data_size": len(chunks[-1])}
+        else:
+            entry["data"] = data.ravel().tolist()
+        inputs.append(entry)
+    if not binary:
+        body = json.dumps({"inputs": inputs}).encode()
+        return PreparedRequest(body, {"Content-Type": "application/json"}, rows, False)
+    header = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}}).encode()
+    headers = {"Content-Type": "application/octet-stream", BINARY_HEADER: str(len(header))}
+    return PreparedRequest(header + b"".join(chunks), headers, rows, True)
 
 
 class LoadGenerator:
-    """Sends one prepared request body over and over and checks every response."""
+    """Sends one prepared request over and over and checks every response."""
 
-    def __init__(self, url: str, model: str, body: bytes, rows: int) -> None:
+    def __init__(self, url: str, model: str, request: PreparedRequest) -> None:
         self.endpoint = f"{url}/v2/models/{model}/infer"
-        self.body = body
-        self.rows = rows
+        self.request = request
 
     async def _one(self, session: aiohttp.ClientSession, result: Result, sent_at: float) -> None:
         try:
             async with session.post(
-                self.endpoint, data=self.body, headers={"Content-Type": "application/json"}
+                self.endpoint, data=self.request.body, headers=self.request.headers
             ) as response:
                 payload = await response.read()
                 status = response.status
+                header_length = response.headers.get(BINARY_HEADER)
         except aiohttp.ClientError:
-            status = 0  # connection error
-            payload = b""
+            status, payload, header_length = 0, b"", None  # connection error
         result.latencies_s.append(time.perf_counter() - sent_at)
         result.statuses[status] += 1
-        if status == 200 and not self._valid(payload):
+        if status == 200 and not self._valid(payload, header_length):
             result.bad_responses += 1
 
-    def _valid(self, payload: bytes) -> bool:
+    def _valid(self, payload: bytes, header_length: str | None) -> bool:
         try:
-            outputs = json.loads(payload)["outputs"]
+            header = payload[: int(header_length)] if header_length else payload
+            outputs = json.loads(header)["outputs"]
         except (ValueError, KeyError):
             return False
-        return bool(outputs) and all(o["shape"] and o["shape"][0] == self.rows for o in outputs)
+        rows = self.request.rows
+        return bool(outputs) and all(o["shape"] and o["shape"][0] == rows for o in outputs)
 
     async def closed_loop(
         self, session: aiohttp.ClientSession, concurrency: int, seconds: float
     ) -> Result:
-        result = Result("closed", seconds, rows=self.rows)
+        result = Result(f"closed C={concurrency}", seconds, rows=self.request.rows)
         start = time.perf_counter()
         stop = start + seconds
 
@@ -131,7 +178,7 @@ class LoadGenerator:
     async def open_loop(
         self, session: aiohttp.ClientSession, rate: float, seconds: float, seed: int = 0
     ) -> Result:
-        result = Result("open", seconds, rows=self.rows)
+        result = Result(f"open R={rate:g}/s", seconds, rows=self.request.rows)
         rng = random.Random(seed)
         start = time.perf_counter()
         scheduled = start
@@ -145,25 +192,43 @@ class LoadGenerator:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.ensure_future(self._one(session, result, scheduled)))
         await asyncio.gather(*tasks)
-        result.seconds = seconds
         return result
 
 
-def session(concurrency: int) -> aiohttp.ClientSession:
+async def settle(
+    window: Callable[[int], Awaitable[Result]], max_windows: int = 10, tolerance: float = 0.10
+) -> Result:
+    """Repeat `window(i)` until the last three throughputs agree within `tolerance`."""
+    results: list[Result] = []
+    for index in range(max(max_windows, 3)):
+        results.append(await window(index))
+        if len(results) >= 3:
+            last = [r.throughput for r in results[-3:]]
+            if max(last) - min(last) <= tolerance * statistics.fmean(last):
+                return Result.merge(results[-3:])
+    merged = Result.merge(results[-3:])
+    merged.stable = False
+    return merged
+
+
+def client_session(concurrency: int) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=max(concurrency, 1)),
-        timeout=aiohttp.ClientTimeout(total=60),
+        timeout=aiohttp.ClientTimeout(total=120),
     )
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    async with session(args.concurrency if args.rate is None else 1000) as http:
-        body = await request_body(http, args.url, args.model, args.rows)
-        generator = LoadGenerator(args.url, args.model, body, args.rows)
-        if args.rate is None:
-            result = await generator.closed_loop(http, args.concurrency, args.duration)
-        else:
-            result = await generator.open_loop(http, args.rate, args.duration)
+    async with client_session(args.concurrency if args.rate is None else 1000) as http:
+        request = await prepare_request(http, args.url, args.model, args.rows, args.binary)
+        generator = LoadGenerator(args.url, args.model, request)
+
+        async def window(index: int) -> Result:
+            if args.rate is None:
+                return await generator.closed_loop(http, args.concurrency, args.duration)
+            return await generator.open_loop(http, args.rate, args.duration, seed=index)
+
+        result = await (settle(window, args.max_windows) if args.settle else window(0))
     return result.summary()
 
 
@@ -172,9 +237,12 @@ def main() -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--model", default="digits")
     parser.add_argument("--rows", type=int, default=1, help="samples per request")
+    parser.add_argument("--binary", action="store_true", help="binary tensors both ways")
     parser.add_argument("--concurrency", type=int, default=8, help="closed loop: in flight")
     parser.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds (bounded)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per window")
+    parser.add_argument("--settle", action="store_true", help="repeat windows until stable")
+    parser.add_argument("--max-windows", type=int, default=10)
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args)), indent=2))
 

@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from load_tests.server_process import ServerProcess
+from load_tests.synthetic_models import write_heavy_model
 from tests.conftest import DIGITS_ONNX, MODELS, ROOT
-from tests.models import write_heavy_model
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from load_tests.server_process import ServerProcess
-from tests.conftest import DIGITS_ONNX, MODELS
+from tests.conftest import DIGITS_ONNX, MODELS, ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -332,18 +332,47 @@ def test_a_full_queue_is_429_with_retry_after_at_once(mixed: ServerProcess) -> N
 
 
 def test_load_generator_closed_and_open_loop_check_every_response(shipped: ServerProcess) -> None:
-    from load_tests.loadgen import LoadGenerator, request_body, session
+    from load_tests.loadgen import LoadGenerator, client_session, prepare_request, settle
 
-    async def both() -> tuple[dict[str, object], dict[str, object]]:
-        async with session(8) as http:
-            body = await request_body(http, shipped.url, "digits", rows=4)
-            generator = LoadGenerator(shipped.url, "digits", body, rows=4)
-            closed = await generator.closed_loop(http, concurrency=4, seconds=0.5)
-            opened = await generator.open_loop(http, rate=100, seconds=0.5)
-        return closed.summary(), opened.summary()
+    async def runs() -> list[dict[str, object]]:
+        summaries = []
+        async with client_session(8) as http:
+            for binary in (False, True):
+                request = await prepare_request(http, shipped.url, "digits", 4, binary)
+                generator = LoadGenerator(shipped.url, "digits", request)
+                closed = await generator.closed_loop(http, concurrency=4, seconds=0.3)
+                settled = await settle(
+                    lambda i, g=generator: g.open_loop(http, rate=100, seconds=0.3, seed=i),
+                    max_windows=4,
+                    tolerance=10.0,  # any three windows agree: this checks the mechanics
+                )
+                assert settled.windows == 3
+                summaries += [closed.summary(), settled.summary()]
+        return summaries
 
-    closed, opened = asyncio.run(both())
-    for summary in (closed, opened):
+    for summary in asyncio.run(runs()):
         assert summary["requests_ok"] > 0
         assert summary["errors_by_status"] == {} and summary["bad_responses"] == 0
         assert summary["p50_ms"] <= summary["p99_ms"] <= summary["max_ms"]
+
+
+def test_locust_ramp_and_soak_runs_clean_against_the_server(
+    shipped: ServerProcess, tmp_path: Path
+) -> None:
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LOCUST_USERS": "4", "LOCUST_RAMP_S": "1", "LOCUST_SOAK_S": "2"}
+    locust = Path(sys.executable).with_name("locust")
+    run = subprocess.run(
+        [str(locust), "-f", str(ROOT / "load_tests" / "locustfile.py"), "--headless",
+         "-H", shipped.url, "--csv", str(tmp_path / "run"), "--only-summary"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    with (tmp_path / "run_stats.csv").open() as f:
+        total = next(row for row in csv.DictReader(f) if row["Name"] == "Aggregated")
+    assert int(total["Request Count"]) > 0
+    assert int(total["Failure Count"]) == 0

@@ -14,8 +14,8 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from load_tests.server_process import ServerProcess
+from load_tests.synthetic_models import write_text_identity_model
 from tests.conftest import DIGITS_ONNX, MODELS
-from tests.models import write_text_identity_model
 
 pytestmark = pytest.mark.integration
 

@@ -406,12 +406,12 @@ def test_resolved_threads_uses_explicit_threads(monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.mark.parametrize(
-    ("cpu_count", "threads"),
-    [(16, 8), (8, 4), (3, 1), (2, 1), (1, 1), (None, 1)],
+    ("cpu_count", "count", "threads"),
+    [(16, 1, 16), (16, 4, 4), (8, 3, 2), (2, 1, 2), (2, 2, 1), (2, 4, 1), (None, 1, 1)],
 )
-def test_resolved_threads_defaults_to_half_the_cores(
-    monkeypatch: pytest.MonkeyPatch, cpu_count: int | None, threads: int
+def test_resolved_threads_share_the_cores_among_the_workers(
+    monkeypatch: pytest.MonkeyPatch, cpu_count: int | None, count: int, threads: int
 ) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: cpu_count)
 
-    assert InstanceConfig().resolved_threads() == threads
+    assert InstanceConfig(count=count).resolved_threads() == threads

@@ -1,0 +1,511 @@
+"""The benchmark report: how close batchserve gets to the hardware, and how far ahead it is of
+what users would otherwise run, all measured in ONE run on this machine.
+
+    make bench            # or: python -m load_tests.bench [--quick] [--out DIR]
+
+For each model (digits, shipped; a medium and a heavy image CNN built here) it measures
+  raw ORT        ONNX Runtime in-process, no HTTP, per batch size (1 and 2 intra-op threads)
+  handwritten    FastAPI + pydantic endpoint, one session.run per request (baselines/)
+  no batching    batchserve with max_batch_size = 0
+  batching       batchserve with dynamic batching (JSON and binary tensors)
+and, for digits, the HTTP ceiling: constant endpoints (FastAPI and bare ASGI under uvicorn,
+bare ASGI under granian when installed). Servers and load generator share the machine; every
+server runs on 127.0.0.1 and every load is a closed loop bounded in time, settled like
+perf_analyzer. Writes REPORT.md, results.json and PNG plots into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+
+from load_tests.loadgen import LoadGenerator, Result, client_session, prepare_request, settle
+from load_tests.server_process import ServerProcess
+from load_tests.synthetic_models import write_cnn_model
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    name: str
+    description: str
+    threads: int  # of its one CPU instance
+    concurrencies: tuple[int, ...]
+    window_s: float
+
+    def write(self, path: Path) -> None:
+        if self.name == "digits":
+            shutil.copy(ROOT / "models" / "digits" / "1" / "model.onnx", path)
+        elif self.name == "medium":
+            write_cnn_model(path, channels=(64, 128, 256), size=28)
+        else:
+            write_cnn_model(path, channels=(128, 256, 512), size=56)
+
+
+MODELS = (
+    ModelCase("digits", "models/digits, MLP 64-256-256-10 (shipped; request overhead dominates)",
+              1, (1, 4, 16, 64, 128), 2.0),
+    ModelCase("medium", "CNN 1x28x28, 64-128-256 channels (built; batch-1 run 1-2 ms)",
+              2, (1, 4, 16, 64), 2.0),
+    ModelCase("heavy", "CNN 1x56x56, 128-256-512 channels (built; batch-1 run > 10 ms)",
+              2, (1, 2, 4, 8, 16), 3.0),
+)  # fmt: skip
+
+
+@dataclass
+class Measurement:
+    model: str
+    config: str
+    concurrency: int
+    throughput: float  # successful requests (= samples, one per request) per second
+    p50_ms: float
+    p99_ms: float
+    stable: bool
+    failures: int
+    mean_batch: float | None = None  # batchserve only: samples per execution at this level
+
+
+@dataclass
+class Report:
+    raw: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    measurements: list[Measurement] = field(default_factory=list)
+    batch_histograms: dict[str, dict[str, float]] = field(default_factory=dict)
+    head_to_head: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# -- models and servers -------------------------------------------------------------------
+
+
+def build_repository(root: Path, batching: bool, split_threads: bool = False) -> None:
+    """One version of every model; `split_threads` runs N 1-thread instances instead of one
+    N-thread instance (to measure which layout this machine prefers)."""
+    for case in MODELS:
+        version = root / case.name / "1"
+        version.mkdir(parents=True)
+        case.write(version / "model.onnx")
+        max_batch = 64 if batching else 0
+        count, threads = (case.threads, 1) if split_threads else (1, case.threads)
+        (root / case.name / "config.toml").write_text(
+            f"max_batch_size = {max_batch}\n[batching]\nmax_queue_size = 4096\n"
+            f'[[instances]]\ndevice = "cpu"\ncount = {count}\nthreads = {threads}\n'
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def external_server(command: list[str], env: dict[str, str], probe: str) -> Iterator[str]:
+    """Start a baseline server on a free port; yields its URL once `probe` answers 200."""
+    port = free_port()
+    process = subprocess.Popen(
+        [part.replace("{port}", str(port)) for part in command],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + probe, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{command} did not start")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@contextmanager
+def batchserve(repository: Path) -> Iterator[str]:
+    server = ServerProcess(repository)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def uvicorn(app: str) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", "{port}",
+            "--log-level", "warning", "--no-access-log", "--no-proxy-headers"]  # fmt: skip
+
+
+def granian(app: str) -> list[str] | None:
+    exe = shutil.which("granian") or str(Path(sys.executable).with_name("granian"))
+    if not Path(exe).exists():
+        return None
+    return [exe, "--interface", "asgi", "--host", "127.0.0.1", "--port", "{port}",
+            "--log-level", "warning", "--no-ws", app]  # fmt: skip
+
+
+# -- measurements -------------------------------------------------------------------------
+
+
+def raw_onnxruntime(path: Path, quick: bool) -> list[dict[str, Any]]:
+    """Samples/s and latency of session.run alone, per batch size and thread count."""
+    rows = []
+    for threads in (1, 2):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        sample_shape = [int(d) for d in session.get_inputs()[0].shape[1:]]
+        for batch in BATCH_SIZES:
+            x = np.random.default_rng(batch).random((batch, *sample_shape), dtype=np.float32)
+            session.run(None, {name: x})
+            times = []
+            budget = time.perf_counter() + (0.2 if quick else 1.0)
+            while time.perf_counter() < budget or len(times) < 3:
+                started = time.perf_counter()
+                session.run(None, {name: x})
+                times.append(time.perf_counter() - started)
+            median = statistics.median(times)
+            rows.append({"threads": threads, "batch": batch, "latency_ms": median * 1000,
+                         "samples_per_s": batch / median})  # fmt: skip
+    return rows
+
+
+async def closed_loops(
+    url: str, model: str, concurrencies: list[int], binary: bool, window_s: float
+) -> list[tuple[int, Result, float | None]]:
+    """Settled closed loops at each concurrency, with the mean batch size batchserve
+    reports for each level (None for other servers)."""
+    results = []
+    async with client_session(max(concurrencies)) as http:
+        request = await prepare_request(http, url, model, rows=1, binary=binary)
+        generator = LoadGenerator(url, model, request)
+        await generator.closed_loop(http, max(concurrencies), min(window_s, 1.0))  # warm-up
+        for concurrency in concurrencies:
+            before = await asyncio.to_thread(batch_histogram, url, model)
+            result = await settle(
+                lambda _i, c=concurrency: generator.closed_loop(http, c, window_s),
+                max_windows=6,
+            )
+            after = await asyncio.to_thread(batch_histogram, url, model)
+            executions = after.get("count", 0.0) - before.get("count", 0.0)
+            mean = (after["sum"] - before["sum"]) / executions if executions else None
+            results.append((concurrency, result, mean))
+    return results
+
+
+def measure(
+    report: Report, url: str, model: str, config: str, concurrencies: list[int],
+    window_s: float, binary: bool = False,
+) -> None:  # fmt: skip
+    for concurrency, result, mean_batch in asyncio.run(
+        closed_loops(url, model, concurrencies, binary, window_s)
+    ):
+        m = Measurement(model, config, concurrency, result.throughput, result.percentile(50) * 1000,
+                        result.percentile(99) * 1000, result.stable, result.failures,
+                        mean_batch)  # fmt: skip
+        report.measurements.append(m)
+        batch = f" batch {mean_batch:5.1f}" if mean_batch is not None else ""
+        print(f"  {model:7} {config:28} C={concurrency:<3} {m.throughput:9.1f} req/s "
+              f"p50 {m.p50_ms:8.2f} ms p99 {m.p99_ms:8.2f} ms{batch}"
+              f"{'' if m.stable else ' (unsettled)'}"
+              f"{f' FAILURES {m.failures}' if m.failures else ''}",
+              flush=True)  # fmt: skip
+
+
+def head_to_head(
+    report: Report, contenders: dict[str, tuple[str, bool]], model: str, concurrency: int,
+    rounds: int, window_s: float,
+) -> None:  # fmt: skip
+    """Alternate windows between servers (A B C ... A B C ...) so drift on a shared machine
+    hits all alike; keep each one's median throughput and p50."""
+
+    async def go() -> dict[str, list[Result]]:
+        runs: dict[str, list[Result]] = {name: [] for name in contenders}
+        async with client_session(concurrency) as http:
+            generators = {}
+            for name, (url, binary) in contenders.items():
+                request = await prepare_request(http, url, model, rows=1, binary=binary)
+                generators[name] = LoadGenerator(url, model, request)
+                await generators[name].closed_loop(http, concurrency, 0.5)  # warm-up
+            for _ in range(rounds):
+                for name, generator in generators.items():
+                    runs[name].append(await generator.closed_loop(http, concurrency, window_s))
+        return runs
+
+    for name, results in asyncio.run(go()).items():
+        row = {
+            "config": name,
+            "concurrency": concurrency,
+            "rounds": [round(r.throughput, 1) for r in results],
+            "median_rps": statistics.median(r.throughput for r in results),
+            "median_p50_ms": statistics.median(r.percentile(50) for r in results) * 1000,
+            "failures": sum(r.failures for r in results),
+        }
+        report.head_to_head.append(row)
+        print(f"  {name:32} median {row['median_rps']:9.1f} req/s  rounds {row['rounds']}",
+              flush=True)  # fmt: skip
+
+
+def batch_histogram(url: str, model: str) -> dict[str, float]:
+    """The model's batch_size histogram from /metrics: cumulative bucket counts by `le`,
+    plus `sum` and `count`."""
+    text = httpx.get(f"{url}/metrics").text
+    found: dict[str, float] = {}
+    for match in re.finditer(r"^batchserve_batch_size_(bucket|sum|count)\{(.*)\} (\S+)$", text,
+                             re.MULTILINE):  # fmt: skip
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match[2]))
+        if labels.get("model") != model:
+            continue
+        key = labels["le"] if match[1] == "bucket" else match[1]
+        found[key] = found.get(key, 0.0) + float(match[3])
+    return found
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def run(out: Path, quick: bool) -> Report:
+    report = Report()
+    scale = 0.5 if quick else 1.0
+    work = Path(tempfile.mkdtemp(prefix="batchserve-bench-"))
+    try:
+        batching_repo, plain_repo = work / "batching", work / "no-batching"
+        build_repository(batching_repo, batching=True)
+        build_repository(plain_repo, batching=False)
+        split_repo = work / "split"
+        build_repository(split_repo, batching=True, split_threads=True)
+        for case in MODELS:
+            path = batching_repo / case.name / "1" / "model.onnx"
+            print(f"raw ONNX Runtime: {case.name}", flush=True)
+            report.raw[case.name] = raw_onnxruntime(path, quick)
+
+        print("batchserve, dynamic batching", flush=True)
+        with batchserve(batching_repo) as url:
+            for case in MODELS:
+                levels, window_s = list(case.concurrencies), case.window_s * scale
+                measure(report, url, case.name, "batchserve batching (JSON)", levels, window_s)
+                report.batch_histograms[case.name] = batch_histogram(url, case.name)
+                measure(report, url, case.name, "batchserve batching (binary)", levels,
+                        window_s, binary=True)  # fmt: skip
+        print("batchserve, dynamic batching, N 1-thread instances", flush=True)
+        with batchserve(split_repo) as url:
+            for case in MODELS:
+                if case.threads == 1:
+                    continue
+                levels, window_s = list(case.concurrencies), case.window_s * scale
+                config = f"batchserve batching {case.threads}x1 thread (binary)"
+                measure(report, url, case.name, config, levels, window_s, binary=True)
+        print("batchserve, no batching", flush=True)
+        with batchserve(plain_repo) as url:
+            for case in MODELS:
+                levels, window_s = list(case.concurrencies), case.window_s * scale
+                measure(report, url, case.name, "batchserve no batching (JSON)", levels, window_s)
+        for case in MODELS:
+            print(f"hand-written FastAPI endpoint: {case.name}", flush=True)
+            env = {"BASELINE_MODEL": str(batching_repo / case.name / "1" / "model.onnx")}
+            app = "load_tests.baselines.handwritten:app"
+            levels, window_s = list(case.concurrencies), case.window_s * scale
+            with external_server(uvicorn(app), env, f"/v2/models/{case.name}") as url:
+                measure(report, url, case.name, "hand-written FastAPI", levels, window_s)
+        print("HTTP ceiling (constant endpoints, digits-shaped)", flush=True)
+        ceilings = [
+            ("constant FastAPI (uvicorn)", uvicorn("load_tests.baselines.constant:app")),
+            ("constant ASGI (uvicorn)", uvicorn("load_tests.baselines.constant:asgi")),
+            ("constant ASGI (granian)", granian("load_tests.baselines.constant:asgi")),
+        ]
+        for config, command in ceilings:
+            if command is None:
+                report.notes.append(f"{config}: granian is not installed; not measured")
+                continue
+            with external_server(command, {}, "/v2/models/digits") as url:
+                measure(report, url, "digits", config, [1, 64, 128], 2.0 * scale)
+
+        print("head to head, digits at C=64, alternating windows", flush=True)
+        with ExitStack() as stack:
+            ours = stack.enter_context(batchserve(batching_repo))
+            env = {"BASELINE_MODEL": str(batching_repo / "digits" / "1" / "model.onnx")}
+            contenders = {
+                "batchserve batching (binary)": (ours, True),
+                "batchserve batching (JSON)": (ours, False),
+                "hand-written FastAPI (JSON)": (stack.enter_context(external_server(
+                    uvicorn("load_tests.baselines.handwritten:app"), env, "/v2/models/digits")),
+                    False),
+            }  # fmt: skip
+            for config, command in ceilings:
+                if command is not None:
+                    url = stack.enter_context(external_server(command, {}, "/v2/models/digits"))
+                    contenders[config] = (url, False)
+            head_to_head(report, contenders, "digits", 64, 3 if quick else 5, 2.0 * scale)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(report, out)
+    return report
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def best_raw(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return max(rows, key=lambda r: r["samples_per_s"])
+
+
+def find(report: Report, model: str, config: str, concurrency: int) -> Measurement | None:
+    for m in report.measurements:
+        if (m.model, m.config, m.concurrency) == (model, config, concurrency):
+            return m
+    return None
+
+
+def saturation(report: Report, model: str, config: str) -> Measurement | None:
+    candidates = [m for m in report.measurements if (m.model, m.config) == (model, config)]
+    return max(candidates, key=lambda m: m.throughput, default=None)
+
+
+def write_report(report: Report, out: Path) -> None:
+    lines = ["# batchserve benchmark report", "",
+             f"Machine: {os.cpu_count()} cores; load generator and servers share it. "
+             "Closed loops of 1-row requests, settled (last three windows within 10%). "
+             "Throughput in requests/s (= samples/s).", ""]  # fmt: skip
+    for case in MODELS:
+        raw = report.raw[case.name]
+        best = best_raw(raw)
+        raw1 = next(r for r in raw if r["batch"] == 1 and r["threads"] == best["threads"])
+        lines += [f"## {case.name}: {case.description}", "",
+                  f"Raw ONNX Runtime at its best: {best['samples_per_s']:.0f} samples/s "
+                  f"(batch {best['batch']}, {best['threads']} thread(s)); batch 1: "
+                  f"{raw1['latency_ms']:.2f} ms.", "",
+                  "| configuration | C=1 req/s | C=1 p50 ms | saturation req/s | at C | "
+                  "p99 ms there | mean batch there | % of raw best |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        configs = dict.fromkeys(m.config for m in report.measurements if m.model == case.name)
+        for config in configs:
+            one = find(report, case.name, config, 1)
+            top = saturation(report, case.name, config)
+            if one is None or top is None:
+                continue
+            share = 100 * top.throughput / best["samples_per_s"]
+            batch = f"{top.mean_batch:.1f}" if top.mean_batch is not None else ""
+            lines.append(
+                f"| {config} | {one.throughput:.0f} | {one.p50_ms:.2f} | {top.throughput:.0f} | "
+                f"{top.concurrency} | {top.p99_ms:.1f} | {batch} | {share:.0f}% |"
+            )
+        if case.name == "digits" and report.head_to_head:
+            lines += ["", "Head to head at C=64, windows alternating between the servers (so "
+                      "drift hits all alike), medians:", "",
+                      "| configuration | median req/s | vs hand-written | vs constant ASGI "
+                      "(uvicorn) | median p50 ms | rounds req/s |",
+                      "|---|---|---|---|---|---|"]  # fmt: skip
+            by_name = {row["config"]: row for row in report.head_to_head}
+            handwritten = by_name.get("hand-written FastAPI (JSON)", {}).get("median_rps")
+            ceiling = by_name.get("constant ASGI (uvicorn)", {}).get("median_rps")
+            for row in report.head_to_head:
+                vs_hand = f"{row['median_rps'] / handwritten:.2f}x" if handwritten else ""
+                vs_ceiling = f"{100 * row['median_rps'] / ceiling:.0f}%" if ceiling else ""
+                lines.append(
+                    f"| {row['config']} | {row['median_rps']:.0f} | {vs_hand} | {vs_ceiling} | "
+                    f"{row['median_p50_ms']:.2f} | {', '.join(f'{r:.0f}' for r in row['rounds'])} |"
+                )
+        lines += ["", f"![{case.name}](bench_{case.name}.png)", ""]
+        lines.append("")
+    lines += [
+        "## Raw ONNX Runtime per batch size",
+        "",
+        "| model | threads | batch | latency ms | samples/s |",
+        "|---|---|---|---|---|",
+    ]
+    for name, rows in report.raw.items():
+        lines += [f"| {name} | {r['threads']} | {r['batch']} | {r['latency_ms']:.3f} | "
+                  f"{r['samples_per_s']:.0f} |" for r in rows]  # fmt: skip
+    if report.notes:
+        lines += ["", "## Notes", "", *[f"- {n}" for n in report.notes]]
+    (out / "REPORT.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "raw": report.raw,
+                "measurements": [m.__dict__ for m in report.measurements],
+                "batch_histograms": report.batch_histograms,
+                "head_to_head": report.head_to_head,
+            },
+            indent=1,
+        )
+    )
+    plot(report, out)
+
+
+def plot(report: Report, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for case in MODELS:
+        figure, (curve, histogram) = plt.subplots(1, 2, figsize=(13, 4.8))
+        configs = dict.fromkeys(m.config for m in report.measurements if m.model == case.name)
+        for config in configs:
+            points = sorted(
+                (m for m in report.measurements if (m.model, m.config) == (case.name, config)),
+                key=lambda m: m.concurrency,
+            )
+            curve.plot([m.throughput for m in points], [m.p50_ms for m in points], marker="o",
+                       label=config)  # fmt: skip
+        best = best_raw(report.raw[case.name])["samples_per_s"]
+        curve.axvline(best, color="k", linestyle="--", label="raw ORT best")
+        title = f"{case.name}: latency vs throughput, C in {case.concurrencies}"
+        curve.set(xlabel="throughput (requests/s)", ylabel="p50 latency (ms)", yscale="log",
+                  xscale="log",
+                  title=title)  # fmt: skip
+        curve.legend(fontsize=7)
+        hist = report.batch_histograms.get(case.name, {})
+        bounds = sorted((float(k), v) for k, v in hist.items() if k not in ("+Inf", "sum", "count"))
+        if bounds:
+            counts = np.diff([0.0] + [v for _, v in bounds])
+            labels = [f"≤{b:g}" for b, _ in bounds]
+            histogram.bar(labels, counts)
+            histogram.set(xlabel="samples per execution", ylabel="executions",
+                          title=f"{case.name}: batch sizes (batching, JSON run)")  # fmt: skip
+        figure.tight_layout()
+        figure.savefig(out / f"bench_{case.name}.png", dpi=90)
+        plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "load_tests" / "report")
+    parser.add_argument("--quick", action="store_true", help="shorter windows (a smoke run)")
+    args = parser.parse_args()
+    run(args.out, args.quick)
+    print(f"\nreport: {args.out / 'REPORT.md'}")
+
+
+if __name__ == "__main__":
+    main()

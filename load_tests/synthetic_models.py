@@ -1,0 +1,137 @@
+"""Synthetic ONNX models built at run time for tests and benchmarks (never downloaded or
+committed): a compute-bound MLP of any depth, and a BYTES identity model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def write_heavy_model(path: Path, width: int = 16, hidden: int = 2048, blocks: int = 16) -> None:
+    """A compute-bound MLP with little I/O: x FP32 [batch, width] -> MatMul up to `hidden`,
+    `blocks` x (MatMul hidden x hidden, Relu) sharing one weight matrix (the file stays
+    ~17 MB), MatMul back to `width` -> y FP32 [batch, width]. About 135 MFLOP a sample, so
+    a worker running it is busy computing, not waiting for requests to be parsed."""
+    rng = np.random.default_rng(0)
+
+    def weight(rows: int, cols: int) -> np.ndarray:
+        return (rng.standard_normal((rows, cols)) / np.sqrt(rows)).astype(np.float32)
+
+    nodes = [helper.make_node("MatMul", ["x", "w_in"], ["h"])]
+    current = "h"
+    for i in range(blocks):
+        nodes += [
+            helper.make_node("MatMul", [current, "w"], [f"m{i}"]),
+            helper.make_node("Relu", [f"m{i}"], [f"r{i}"]),
+        ]
+        current = f"r{i}"
+    nodes.append(helper.make_node("MatMul", [current, "w_out"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "heavy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        initializer=[
+            numpy_helper.from_array(weight(width, hidden), "w_in"),
+            numpy_helper.from_array(weight(hidden, hidden), "w"),
+            numpy_helper.from_array(weight(hidden, width), "w_out"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def write_text_identity_model(path: Path) -> None:
+    """A BYTES model: `text` string [batch] -> Identity -> `echo` string [batch]."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["echo"])],
+        "text_identity",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
+        [helper.make_tensor_value_info("echo", TensorProto.STRING, ["batch"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def write_cnn_model(
+    path: Path, channels: tuple[int, int, int] = (32, 64, 128), size: int = 28
+) -> None:
+    """A small image CNN, compute-bound with small weights: x FP32 [batch, 1, size, size] ->
+    3x (Conv 3x3 + Relu, MaxPool 2x2 after the second) -> GlobalAveragePool -> Gemm 10 ->
+    y FP32 [batch, 10]. About 60 MFLOP a sample with the default channels."""
+    rng = np.random.default_rng(0)
+    c1, c2, c3 = channels
+
+    def conv(name: str, out_c: int, in_c: int) -> list[onnx.TensorProto]:
+        w = rng.standard_normal((out_c, in_c, 3, 3)) / np.sqrt(in_c * 9)
+        return [
+            numpy_helper.from_array(w.astype(np.float32), f"{name}_w"),
+            numpy_helper.from_array(np.zeros(out_c, np.float32), f"{name}_b"),
+        ]
+
+    def conv_node(name: str, source: str) -> list[onnx.NodeProto]:
+        return [
+            helper.make_node(
+                "Conv", [source, f"{name}_w", f"{name}_b"], [f"{name}_o"], pads=[1, 1, 1, 1]
+            ),
+            helper.make_node("Relu", [f"{name}_o"], [f"{name}_r"]),
+        ]
+
+    nodes = [
+        *conv_node("c1", "x"),
+        *conv_node("c2", "c1_r"),
+        helper.make_node("MaxPool", ["c2_r"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+        *conv_node("c3", "p2"),
+        helper.make_node("GlobalAveragePool", ["c3_r"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["y"]),
+    ]
+    initializers = [
+        *conv("c1", c1, 1),
+        *conv("c2", c2, c1),
+        *conv("c3", c3, c2),
+        numpy_helper.from_array(
+            (rng.standard_normal((c3, 10)) / np.sqrt(c3)).astype(np.float32), "fc_w"
+        ),
+        numpy_helper.from_array(np.zeros(10, np.float32), "fc_b"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def write_gather_model(path: Path, rows: int = 10, width: int = 4) -> None:
+    """Looks rows up in a table: ids INT64 [batch, 1] -> Gather -> out FP32 [batch, 1, width].
+    An id outside [0, rows) makes ONNX Runtime fail the whole execution ("indices element
+    out of data bounds"): the way to test that one bad request fails alone in its batch."""
+    table = np.arange(rows * width, dtype=np.float32).reshape(rows, width)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["out"], axis=0)],
+        "gather",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 1, width])],
+        initializer=[numpy_helper.from_array(table, "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
