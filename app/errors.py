@@ -36,6 +36,14 @@ class OverloadedError(ServingError):
         self.retry_after_s = retry_after_s
 
 
+class DeadlineExceededError(ServingError):
+    """The request's deadline passed before it could be computed (HTTP 504)."""
+
+
+class PayloadTooLargeError(ServingError):
+    """The request body is over the server's limit (HTTP 413)."""
+
+
 class InferenceFailedError(ServingError):
     """The runtime failed to execute the model (HTTP 500)."""
 

@@ -35,6 +35,7 @@ class InferenceService:
             settings.model_repository,
             default_max_queue_size=settings.default_max_queue_size,
             observer_factory=self._observer,
+            default_timeout_ms=settings.default_timeout_ms,
         )
         self.metrics.watch_state(self._version_gauges)
         self._no_metrics = NoMetrics()

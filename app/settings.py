@@ -35,6 +35,17 @@ class Settings(BaseSettings):
         ge=1,
         description="Requests a model version may hold queued when its config sets no limit.",
     )
+    default_timeout_ms: float | None = Field(
+        default=None,
+        gt=0,
+        description="Deadline for requests that set no `parameters.timeout` and whose model "
+        "sets no default: past it, a request still queued is answered 504, uncomputed.",
+    )
+    max_request_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted; above it the answer is 413.",
+    )
     metrics: bool = Field(
         default=True,
         description="Collect metrics and statistics. Off only to measure what they cost.",

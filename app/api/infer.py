@@ -20,9 +20,11 @@ from typing import Any
 
 from app.api.responses import error_parts
 from app.errors import (
+    DeadlineExceededError,
     InferenceFailedError,
     InvalidInputError,
     OverloadedError,
+    PayloadTooLargeError,
     ServingError,
     UnavailableError,
 )
@@ -43,6 +45,8 @@ _JSON = [(b"content-type", b"application/json")]
 
 _OUTCOMES: dict[type[ServingError], str] = {
     InvalidInputError: "invalid",
+    PayloadTooLargeError: "invalid",
+    DeadlineExceededError: "timeout",
     OverloadedError: "rejected",
     UnavailableError: "rejected",
     InferenceFailedError: "error",
@@ -86,9 +90,10 @@ class InferenceFastPath:
                 raise UnavailableError("server is shutting down; retry on another replica")
             loaded.batcher.check_admission()
             header_length = _binary_header_length(scope)
-            body = await _read_body(receive)
+            body = await _read_body(scope, receive, service.settings.max_request_bytes)
             request = decode_infer_request(body, loaded.inputs, loaded.outputs, header_length)
-            outputs = await loaded.batcher.infer(request.inputs)
+            timeout_s = _timeout_s(request.parameters, loaded.default_timeout_s)
+            outputs = await loaded.batcher.infer(request.inputs, timeout_s)
             if request.outputs is not None:
                 outputs = {name: outputs[name] for name in request.outputs}
             encoded = encode_infer_response(
@@ -142,17 +147,45 @@ def _binary_header_length(scope: Scope) -> int | None:
     return None
 
 
-async def _read_body(receive: Receive) -> bytes:
+def _timeout_s(parameters: dict[str, Any], default_s: float | None) -> float | None:
+    """The request's deadline: `parameters.timeout` in microseconds (Triton's convention),
+    else the model's or server's default."""
+    timeout = parameters.get("timeout")
+    if timeout is None:
+        return default_s
+    if type(timeout) is not int or timeout <= 0:
+        raise InvalidInputError(
+            f"parameters.timeout must be a positive integer of microseconds, got {timeout!r}"
+        )
+    return timeout / 1_000_000
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to be over `limit` bytes."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise _too_large(int(value), limit)
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnected
         chunk = message.get("body", b"")
         if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(size, limit)
             chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"request body of {size} bytes is over the limit of {limit} bytes "
+        "(BATCHSERVE_MAX_REQUEST_BYTES); send fewer samples per request"
+    )
 
 
 async def _respond(

@@ -9,10 +9,12 @@ import orjson
 from fastapi.responses import Response
 
 from app.errors import (
+    DeadlineExceededError,
     InferenceFailedError,
     InvalidInputError,
     NotFoundError,
     OverloadedError,
+    PayloadTooLargeError,
     ServingError,
     UnavailableError,
 )
@@ -29,6 +31,8 @@ STATUS = {
     OverloadedError: 429,
     UnavailableError: 503,
     InferenceFailedError: 500,
+    DeadlineExceededError: 504,
+    PayloadTooLargeError: 413,
 }
 
 

@@ -7,15 +7,23 @@ Semantics (DESIGN.md, "Batching semantics"):
 - Batches are counted in samples and never exceed `max_batch_size`; only requests whose
   non-batch shapes agree share a batch; FIFO order is kept within each shape group, and the
   group whose head is oldest goes first.
+- Deadlines: a request whose deadline passes while queued is answered at once with
+  DeadlineExceededError and never computed (one timer, set for the nearest deadline).
+  A request whose caller went away (cancelled) leaves the queue at once, uncomputed.
 - Every worker pulls from the same queue, so a faster worker simply takes more batches.
 - One thread hand-off per batch: concatenation, execution and splitting all happen in the
   worker's thread; the event loop only resolves futures.
+- Fault isolation: when a batch fails, its requests are re-run in halves (in the same
+  thread) until the failing ones are found; only those get the error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
+import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -27,7 +35,13 @@ import numpy as np
 from app.batching.observer import BatchObserver, BatchReport
 from app.batching.policy import BatchingPolicy
 from app.batching.runner import BatchRunner
-from app.errors import InferenceFailedError, InvalidInputError, OverloadedError, UnavailableError
+from app.errors import (
+    DeadlineExceededError,
+    InferenceFailedError,
+    InvalidInputError,
+    OverloadedError,
+    UnavailableError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +49,16 @@ Outputs = dict[str, np.ndarray]
 ShapeKey = tuple[tuple[int, ...], ...]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Pending:
     inputs: dict[str, np.ndarray]
     samples: int
     enqueued: float
     future: asyncio.Future[Outputs]
+    group: _ShapeGroup
+    deadline: float | None = None
+    #: True while the request counts in the queue (not taken, expired or cancelled).
+    queued: bool = True
 
 
 @dataclass(slots=True)
@@ -53,10 +71,12 @@ class _ShapeGroup:
 
 @dataclass(slots=True)
 class _BatchResult:
-    outputs: list[Outputs]
-    input_s: float
-    compute_s: float
-    output_s: float
+    """One entry per request: its outputs, or the exception that failed it."""
+
+    outputs: list[Outputs | Exception]
+    input_s: float = 0.0
+    compute_s: float = 0.0
+    output_s: float = 0.0
 
 
 class Batcher:
@@ -81,6 +101,9 @@ class Batcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._executors: list[ThreadPoolExecutor] = []
         self._closing = False
+        self._deadlines: list[tuple[float, int, _Pending]] = []
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._sequence = itertools.count()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -103,6 +126,8 @@ class Batcher:
         self._wake_all()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
         for executor in self._executors:
             executor.shutdown(wait=False)
 
@@ -143,45 +168,98 @@ class Batcher:
             )
         return samples, tuple(array.shape[1:] for array in inputs.values())
 
-    async def infer(self, inputs: dict[str, np.ndarray]) -> Outputs:
+    async def infer(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None) -> Outputs:
         """Queue one request and wait for its own outputs (batch axis first).
 
-        Inputs must already match the model's specs (the protocol layer checks them).
-        Cancelling the caller drops the request if it has not started computing.
+        Inputs must already match the model's specs (the protocol layer checks them). With
+        `timeout_s`, a request still queued after that long fails with DeadlineExceededError
+        and is never computed. Cancelling the caller drops the request if it is still queued.
         """
         self.check_admission()
         samples, key = self._batch_samples(inputs)
         loop = asyncio.get_running_loop()
-        pending = _Pending(inputs, samples, loop.time(), loop.create_future())
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _ShapeGroup()
+        now = loop.time()
+        pending = _Pending(inputs, samples, now, loop.create_future(), group)
+        pending.future.add_done_callback(lambda _f: self._cancelled(pending))
         group.items.append(pending)
         group.samples += samples
         self._depth += 1
+        if timeout_s is not None:
+            self._add_deadline(pending, now + timeout_s)
         self._observer.queue_depth(self._depth)
         self._wake_one()
         return await pending.future
 
+    # -- leaving the queue ----------------------------------------------------------------
+
+    def _leave(self, pending: _Pending) -> None:
+        """Stop counting `pending` in the queue (it stays in its deque until pruned)."""
+        pending.queued = False
+        pending.group.samples -= pending.samples
+        self._depth -= 1
+
+    def _cancelled(self, pending: _Pending) -> None:
+        if pending.queued and pending.future.cancelled():
+            self._leave(pending)
+            self._observer.request_cancelled()
+            self._observer.queue_depth(self._depth)
+
+    def _add_deadline(self, pending: _Pending, deadline: float) -> None:
+        pending.deadline = deadline
+        heapq.heappush(self._deadlines, (deadline, next(self._sequence), pending))
+        if self._deadlines[0][2] is pending:
+            self._arm_deadline_timer()
+
+    def _arm_deadline_timer(self) -> None:
+        """Set the one timer for the nearest deadline of a request still queued."""
+        while self._deadlines and not self._deadlines[0][2].queued:
+            heapq.heappop(self._deadlines)
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        if self._deadlines:
+            loop = asyncio.get_running_loop()
+            self._deadline_timer = loop.call_at(self._deadlines[0][0], self._expire)
+
+    def _expire(self) -> None:
+        self._deadline_timer = None
+        now = asyncio.get_running_loop().time()
+        expired = 0
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, pending = heapq.heappop(self._deadlines)
+            if not pending.queued:
+                continue
+            self._leave(pending)
+            expired += 1
+            waited_ms = (now - pending.enqueued) * 1000
+            pending.future.set_exception(
+                DeadlineExceededError(
+                    f"model '{self.name}': the request's deadline passed after {waited_ms:.0f} "
+                    "ms in the queue; it was not computed"
+                )
+            )
+        if expired:
+            self._observer.queue_depth(self._depth)
+        self._arm_deadline_timer()
+
     # -- batch formation ------------------------------------------------------------------
 
     def _oldest_group(self) -> _ShapeGroup | None:
-        """The group whose head request is oldest, after dropping cancelled heads."""
+        """The group whose head request is oldest, after pruning requests that left."""
         oldest: _ShapeGroup | None = None
         for key in list(self._groups):
             group = self._groups[key]
-            while group.items and group.items[0].future.done():
-                self._drop(group, group.items.popleft())
-            if not group.items:
+            items = group.items
+            while items and not items[0].queued:
+                items.popleft()
+            if not items:
                 del self._groups[key]
-            elif oldest is None or group.items[0].enqueued < oldest.items[0].enqueued:
+            elif oldest is None or items[0].enqueued < oldest.items[0].enqueued:
                 oldest = group
         return oldest
-
-    def _drop(self, group: _ShapeGroup, pending: _Pending) -> None:
-        group.samples -= pending.samples
-        self._depth -= 1
-        self._observer.request_cancelled()
 
     def _hold_until(self, group: _ShapeGroup) -> float | None:
         """Loop time to wait until for a fuller batch, or None to take the batch now."""
@@ -197,16 +275,20 @@ class Batcher:
         limit = self.policy.take_limit(group.samples) if self.policy.batches else 1
         batch: list[_Pending] = []
         taken = 0
-        while group.items:
-            head = group.items[0]
-            if head.future.done():
-                self._drop(group, group.items.popleft())
+        items = group.items
+        while items:
+            head = items[0]
+            if not head.queued:
+                items.popleft()
+                continue
+            if head.future.done():  # cancelled; its done-callback has not run yet
+                items.popleft()
+                self._cancelled(head)
                 continue
             if batch and taken + head.samples > limit:
                 break
-            group.items.popleft()
-            group.samples -= head.samples
-            self._depth -= 1
+            items.popleft()
+            self._leave(head)
             batch.append(head)
             taken += head.samples
         self._observer.queue_depth(self._depth)
@@ -271,29 +353,30 @@ class Batcher:
                 result = await loop.run_in_executor(
                     executor, _execute, runner, [p.inputs for p in batch], self.policy.batches
                 )
-            except Exception as exc:
-                log.warning(
-                    "model %s: batch of %d failed on %s: %s", self.name, samples, runner.label, exc
-                )
-                elapsed = loop.time() - started
-                self._observer.batch_executed(
-                    BatchReport(runner.label, runner.device, samples, 0, waits, 0.0, elapsed, 0.0,
-                                failed=True)
-                )  # fmt: skip
-                error = InferenceFailedError(
-                    f"model '{self.name}' failed to run on {runner.device}: {exc}"
-                )
-                for pending in batch:
+            except Exception as exc:  # the executor itself failed (shut down, ...)
+                result = _BatchResult([exc] * len(batch))
+            failed_samples = 0
+            for pending, outcome in zip(batch, result.outputs, strict=True):
+                if isinstance(outcome, Exception):
+                    failed_samples += pending.samples
                     if not pending.future.done():
-                        pending.future.set_exception(error)
-                continue
+                        pending.future.set_exception(
+                            InferenceFailedError(
+                                f"model '{self.name}' failed to run on {runner.device}: "
+                                f"{sanitise(outcome)}"
+                            )
+                        )
+                elif not pending.future.done():
+                    pending.future.set_result(outcome)
+            if failed_samples:
+                log.warning(
+                    "model %s: %d of %d samples failed on %s", self.name, failed_samples,
+                    samples, runner.label,
+                )  # fmt: skip
             self._observer.batch_executed(
                 BatchReport(runner.label, runner.device, samples, 0, waits, result.input_s,
-                            result.compute_s, result.output_s, failed=False)
+                            result.compute_s, result.output_s, failed_samples)
             )  # fmt: skip
-            for pending, outputs in zip(batch, result.outputs, strict=True):
-                if not pending.future.done():
-                    pending.future.set_result(outputs)
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:
@@ -301,10 +384,38 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+_ORT_NOISE = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : |/?\S*onnxruntime_src/\S+:\d+ ")
+
+
+def sanitise(exc: Exception) -> str:
+    """The runtime's message without ONNX Runtime's source paths and status prefixes."""
+    return _ORT_NOISE.sub("", str(exc)).strip() or type(exc).__name__
+
+
 def _execute(
     runner: BatchRunner, requests: list[dict[str, np.ndarray]], batches: bool
 ) -> _BatchResult:
-    """Runs in the worker's thread: concatenate, execute, split back per request."""
+    """Runs in the worker's thread: concatenate, execute, split back per request. When the
+    batch fails, bisect it so only the requests that fail alone get the error."""
+    try:
+        return _execute_once(runner, requests, batches)
+    except Exception as exc:
+        if len(requests) == 1:
+            return _BatchResult([exc])
+    middle = len(requests) // 2
+    left = _execute(runner, requests[:middle], batches)
+    right = _execute(runner, requests[middle:], batches)
+    return _BatchResult(
+        left.outputs + right.outputs,
+        left.input_s + right.input_s,
+        left.compute_s + right.compute_s,
+        left.output_s + right.output_s,
+    )
+
+
+def _execute_once(
+    runner: BatchRunner, requests: list[dict[str, np.ndarray]], batches: bool
+) -> _BatchResult:
     started = time.perf_counter()
     if len(requests) == 1:
         feeds = requests[0]
@@ -326,7 +437,9 @@ def _execute(
             )
     bounds = np.cumsum(counts)[:-1]
     split = {name: np.split(array, bounds) for name, array in outputs.items()}
-    per_request = [{name: parts[i] for name, parts in split.items()} for i in range(len(requests))]
+    per_request: list[Outputs | Exception] = [
+        {name: parts[i] for name, parts in split.items()} for i in range(len(requests))
+    ]
     return _BatchResult(
         per_request, assembled - started, computed - assembled, time.perf_counter() - computed
     )

@@ -21,11 +21,16 @@ class BatchReport:
     input_s: float
     compute_s: float
     output_s: float
-    failed: bool
+    #: Samples of requests that failed (the batch was bisected to find them).
+    failed_samples: int = 0
 
     @property
     def requests(self) -> int:
         return len(self.queue_waits_s)
+
+    @property
+    def succeeded_samples(self) -> int:
+        return self.samples - self.failed_samples
 
 
 class BatchObserver:

@@ -190,14 +190,18 @@ class ModelMetrics(BatchObserver):
         for wait in report.queue_waits_s:
             self._queue_duration.observe(wait)
             queue.add(wait)
-        if report.failed:
+        if not report.succeeded_samples:
             return
         device.executions.inc()
         device.compute.observe(report.compute_s)
         device.batch_size.observe(report.samples)
-        device.inferences.inc(report.samples)
+        device.inferences.inc(report.succeeded_samples)
         if report.padding:
             device.padding.inc(report.padding)
         self.statistics.batch_executed(
-            report.samples, report.requests, report.input_s, report.compute_s, report.output_s
+            report.succeeded_samples,
+            report.requests,
+            report.input_s,
+            report.compute_s,
+            report.output_s,
         )

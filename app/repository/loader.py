@@ -39,6 +39,7 @@ def load_version(
     config: ModelConfig,
     default_max_queue_size: int,
     observer: BatchObserver | None = None,
+    default_timeout_ms: float | None = None,
 ) -> LoadedVersion:
     """Create and warm every instance of one version; the batcher is built but not started."""
     model_path = version_dir / MODEL_FILE
@@ -79,4 +80,9 @@ def load_version(
         outputs=first.outputs,
         instances=instances,
         batcher=Batcher(f"{model}/{version}", policy, instances, observer),
+        default_timeout_s=_seconds(batching.default_timeout_ms or default_timeout_ms),
     )
+
+
+def _seconds(milliseconds: float | None) -> float | None:
+    return None if milliseconds is None else milliseconds / 1000.0

@@ -31,9 +31,11 @@ class ModelRepository:
         root: Path,
         default_max_queue_size: int,
         observer_factory: ObserverFactory | None = None,
+        default_timeout_ms: float | None = None,
     ) -> None:
         self.root = root
         self._default_max_queue_size = default_max_queue_size
+        self._default_timeout_ms = default_timeout_ms
         self._observer_factory = observer_factory
         self.models: dict[str, ModelEntry] = {}
 
@@ -105,6 +107,7 @@ class ModelRepository:
                     config,
                     self._default_max_queue_size,
                     observer,
+                    self._default_timeout_ms,
                 )
             except ModelLoadError as exc:
                 raise ModelLoadError(f"version {version}: {exc}") from None

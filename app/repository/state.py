@@ -33,6 +33,8 @@ class LoadedVersion:
     outputs: tuple[TensorSpec, ...]
     instances: list[OnnxInstance]
     batcher: Batcher
+    #: Deadline for requests that set none (model config, else server setting).
+    default_timeout_s: float | None = None
     outputs_by_name: dict[str, TensorSpec] = field(init=False)
 
     def __post_init__(self) -> None:

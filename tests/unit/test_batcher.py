@@ -16,8 +16,15 @@ from typing import TypeVar
 import numpy as np
 import pytest
 
-from app.batching import Batcher, BatchingPolicy
-from app.errors import InferenceFailedError, InvalidInputError, OverloadedError, UnavailableError
+from app.batching import Batcher, BatchingPolicy, BatchObserver, BatchReport
+from app.batching.batcher import sanitise
+from app.errors import (
+    DeadlineExceededError,
+    InferenceFailedError,
+    InvalidInputError,
+    OverloadedError,
+    UnavailableError,
+)
 
 T = TypeVar("T")
 WAIT_S = 10.0  # upper bound for anything that should happen promptly
@@ -312,3 +319,86 @@ def test_a_model_without_batching_runs_each_request_alone() -> None:
         await batcher.close()
 
     run(scenario)
+
+
+def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed() -> None:
+    async def scenario() -> None:
+        runner = GatedRunner(gated=True)
+        batcher = await started_batcher([runner])
+        head = asyncio.ensure_future(batcher.infer(rows(1)))
+        await runner.wait_started()
+        late = asyncio.ensure_future(batcher.infer(rows(1, start=-700), timeout_s=0.05))
+        patient = asyncio.ensure_future(batcher.infer(rows(1, start=5), timeout_s=60))
+        with pytest.raises(DeadlineExceededError, match="deadline passed"):
+            await late  # answered while the worker is still held: the batcher woke for it
+        assert batcher.depth == 1
+        runner.gate.set()
+        await asyncio.gather(head, patient)
+        seen = np.concatenate(runner.batches)
+        assert not (seen == -700).any()
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_a_cancelled_request_leaves_the_queue_at_once() -> None:
+    async def scenario() -> None:
+        runner = GatedRunner(gated=True)
+        batcher = await started_batcher([runner], max_queue_size=2)
+        head = asyncio.ensure_future(batcher.infer(rows(1)))
+        await runner.wait_started()
+        queued = [asyncio.ensure_future(batcher.infer(rows(1, start=i))) for i in (1, 2)]
+        await until(lambda: batcher.depth == 2)
+        queued[0].cancel()
+        await until(lambda: batcher.depth == 1)
+        batcher.check_admission()  # room again for one more
+        runner.gate.set()
+        await asyncio.gather(head, queued[1])
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_one_failing_request_fails_alone_in_its_batch() -> None:
+    class Reports(BatchObserver):
+        def __init__(self) -> None:
+            self.reports: list[BatchReport] = []
+
+        def batch_executed(self, report: BatchReport) -> None:
+            self.reports.append(report)
+
+    async def scenario() -> None:
+        runner = GatedRunner(gated=True, fail_when=lambda x: bool((x < 0).any()))
+        observer = Reports()
+        batcher = Batcher("m/1", policy(), [runner], observer)
+        batcher.start()
+        head = asyncio.ensure_future(batcher.infer(rows(1)))
+        await runner.wait_started()
+        starts = [10, -50, 20, 30, 40]
+        queued = [asyncio.ensure_future(batcher.infer(rows(1, start=s))) for s in starts]
+        await until(lambda: batcher.depth == 5)
+        runner.gate.set()
+        results = await asyncio.gather(head, *queued, return_exceptions=True)
+        for start, result in zip(starts, results[1:], strict=True):
+            if start < 0:
+                assert isinstance(result, InferenceFailedError)
+                assert "bad value in batch" in result.message
+            else:
+                assert isinstance(result, dict)
+                np.testing.assert_array_equal(result["y"], rows(1, start=start)["x"] * 2 + 1)
+        batched = observer.reports[1]
+        assert (batched.samples, batched.failed_samples) == (5, 1)
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_runtime_messages_lose_source_paths() -> None:
+    raw = RuntimeError(
+        "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code returned while "
+        "running Gather node. Name:'g' Status Message: /onnxruntime_src/onnxruntime/core/"
+        "providers/cpu/tensor/gather.cc:154 indices element out of data bounds, idx=50"
+    )
+    message = sanitise(raw)
+    assert "onnxruntime_src" not in message and "[ONNXRuntimeError]" not in message
+    assert "indices element out of data bounds, idx=50" in message

@@ -1,0 +1,120 @@
+"""Faults, deadlines and hostile sizes against a real server: one bad request fails alone,
+a request past its deadline is answered 504 uncomputed, an oversized body is refused 413."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from load_tests.server_process import ServerProcess
+from load_tests.synthetic_models import write_gather_model
+from tests.conftest import MODELS
+
+pytestmark = pytest.mark.integration
+
+BODY_LIMIT = 65536
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root: Path = tmp_path_factory.mktemp("reliability")
+    shutil.copytree(MODELS / "digits", root / "digits", ignore=shutil.ignore_patterns("*.py"))
+    write_gather_model(root / "gather" / "1" / "model.onnx")
+    # Requests arriving within 300 ms share a batch of 4: the bad one rides with good ones.
+    (root / "gather" / "config.toml").write_text(
+        "max_batch_size = 8\n[batching]\nmax_queue_delay_ms = 300\npreferred_batch_sizes = [4]\n"
+    )
+    shutil.copytree(root / "digits", root / "held")
+    (root / "held" / "config.toml").write_text(
+        "max_batch_size = 64\n[batching]\nmax_queue_delay_ms = 5000\npreferred_batch_sizes = [64]\n"
+    )
+    process = ServerProcess(root, env={"BATCHSERVE_MAX_REQUEST_BYTES": str(BODY_LIMIT)})
+    yield process
+    process.stop()
+
+
+def ids_body(value: int) -> dict[str, object]:
+    return {"inputs": [{"name": "ids", "shape": [1, 1], "datatype": "INT64", "data": [value]}]}
+
+
+def digits_body(**parameters: object) -> dict[str, object]:
+    tensor = {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}
+    return {"inputs": [tensor], "parameters": parameters}
+
+
+def metric(server: ServerProcess, name: str, **labels: str) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    total = 0.0
+    for match in re.finditer(rf"^{name}\{{(.*)\}} (\S+)$", text, re.MULTILINE):
+        if all(f'{k}="{v}"' in match[1] for k, v in labels.items()):
+            total += float(match[2])
+    return total
+
+
+def test_a_request_that_makes_the_runtime_fail_fails_alone_in_its_batch(
+    server: ServerProcess,
+) -> None:
+    executions_before = metric(server, "batchserve_executions_total", model="gather")
+
+    async def send() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            return await asyncio.gather(
+                *(client.post("/v2/models/gather/infer", json=ids_body(v)) for v in (1, 50, 2, 3))
+            )
+
+    good_1, bad, good_2, good_3 = asyncio.run(send())
+    assert bad.status_code == 500, bad.text
+    message = bad.json()["error"]
+    assert "indices element out of data bounds, idx=50" in message
+    assert "onnxruntime_src" not in message
+    for response, row in ((good_1, 1), (good_2, 2), (good_3, 3)):
+        assert response.status_code == 200, response.text
+        data = response.json()["outputs"][0]["data"]
+        assert data == [float(v) for v in range(row * 4, row * 4 + 4)]
+    # They rode in one batch, which was then bisected to find the bad request.
+    assert metric(server, "batchserve_executions_total", model="gather") > executions_before
+    assert metric(server, "batchserve_requests_total", model="gather", outcome="error") == 1
+    after = httpx.post(f"{server.url}/v2/models/gather/infer", json=ids_body(4))
+    assert after.status_code == 200  # the worker goes on serving
+
+
+def test_a_request_past_its_deadline_is_answered_504_without_computing(
+    server: ServerProcess,
+) -> None:
+    inferences_before = metric(server, "batchserve_inferences_total", model="held")
+    started = time.monotonic()
+    response = httpx.post(
+        f"{server.url}/v2/models/held/infer", json=digits_body(timeout=100_000), timeout=30
+    )  # 100 ms, while the model would hold it for a fuller batch for 5 s
+    elapsed = time.monotonic() - started
+    assert response.status_code == 504, response.text
+    assert "deadline passed" in response.json()["error"]
+    assert elapsed < 2.0
+    assert metric(server, "batchserve_requests_total", model="held", outcome="timeout") == 1
+    assert metric(server, "batchserve_inferences_total", model="held") == inferences_before
+
+
+@pytest.mark.parametrize("timeout", [0, -5, 1.5, "soon"])
+def test_a_bad_timeout_parameter_is_400(server: ServerProcess, timeout: object) -> None:
+    response = httpx.post(f"{server.url}/v2/models/digits/infer", json=digits_body(timeout=timeout))
+    assert response.status_code == 400
+    assert "parameters.timeout" in response.json()["error"]
+
+
+def test_a_body_over_the_limit_is_413(server: ServerProcess) -> None:
+    rows = 400  # ~130 kB of JSON, over the 64 kB limit set for this server
+    x = np.zeros((rows, 64), np.float32).tolist()
+    body = {"inputs": [{"name": "input", "shape": [rows, 64], "datatype": "FP32", "data": x}]}
+    response = httpx.post(f"{server.url}/v2/models/digits/infer", json=body)
+    assert response.status_code == 413
+    assert f"limit of {BODY_LIMIT} bytes" in response.json()["error"]
+    small = httpx.post(f"{server.url}/v2/models/digits/infer", json=digits_body())
+    assert small.status_code == 200
