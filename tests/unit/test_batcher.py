@@ -82,6 +82,18 @@ async def started_batcher(runners: list[GatedRunner], **policy_overrides: object
     return batcher
 
 
+async def held_batcher(
+    **policy_overrides: object,
+) -> tuple[GatedRunner, Batcher, asyncio.Future[dict[str, np.ndarray]]]:
+    """A started batcher whose one worker is held computing a first request (`head`), so
+    what is sent next stays queued until the test opens `runner.gate`."""
+    runner = GatedRunner(gated=True)
+    batcher = await started_batcher([runner], **policy_overrides)
+    head = asyncio.ensure_future(batcher.infer(rows(1)))
+    await runner.wait_started()
+    return runner, batcher, head
+
+
 async def until(condition: Callable[[], bool]) -> None:
     """Yield to the loop until `condition` holds (bounded)."""
     for _ in range(10_000):
@@ -141,10 +153,7 @@ def test_queue_delay_is_measured_from_the_oldest_request() -> None:
 
 def test_batches_count_samples_and_never_exceed_max_batch_size() -> None:
     async def scenario() -> None:
-        runner = GatedRunner(gated=True)
-        batcher = await started_batcher([runner], max_batch_size=8)
-        head = asyncio.ensure_future(batcher.infer(rows(1)))
-        await runner.wait_started()
+        runner, batcher, head = await held_batcher(max_batch_size=8)
         queued = [asyncio.ensure_future(batcher.infer(rows(3, start=i * 100))) for i in range(4)]
         await until(lambda: batcher.depth == 4)
         runner.gate.set()
@@ -197,10 +206,7 @@ def test_inputs_that_disagree_on_batch_size_are_refused() -> None:
 
 def test_a_full_queue_refuses_at_once_and_serves_the_queued() -> None:
     async def scenario() -> None:
-        runner = GatedRunner(gated=True)
-        batcher = await started_batcher([runner], max_queue_size=2)
-        head = asyncio.ensure_future(batcher.infer(rows(1)))
-        await runner.wait_started()
+        runner, batcher, head = await held_batcher(max_queue_size=2)
         queued = [asyncio.ensure_future(batcher.infer(rows(1, start=i))) for i in (1, 2)]
         await until(lambda: batcher.depth == 2)
         with pytest.raises(OverloadedError, match="queue is full") as refused:
@@ -255,10 +261,7 @@ def test_every_worker_pulls_from_the_same_queue() -> None:
 
 def test_a_cancelled_queued_request_is_never_computed() -> None:
     async def scenario() -> None:
-        runner = GatedRunner(gated=True)
-        batcher = await started_batcher([runner])
-        head = asyncio.ensure_future(batcher.infer(rows(1)))
-        await runner.wait_started()
+        runner, batcher, head = await held_batcher()
         doomed = asyncio.ensure_future(batcher.infer(rows(1, start=-500)))
         kept = asyncio.ensure_future(batcher.infer(rows(1, start=7)))
         await until(lambda: batcher.depth == 2)
@@ -288,10 +291,7 @@ def test_a_failed_batch_fails_its_requests_and_the_worker_goes_on() -> None:
 
 def test_close_serves_queued_requests_then_refuses_new_ones() -> None:
     async def scenario() -> None:
-        runner = GatedRunner(gated=True)
-        batcher = await started_batcher([runner])
-        head = asyncio.ensure_future(batcher.infer(rows(1)))
-        await runner.wait_started()
+        runner, batcher, head = await held_batcher()
         queued = [asyncio.ensure_future(batcher.infer(rows(1, start=i))) for i in range(3)]
         await until(lambda: batcher.depth == 3)
         closing = asyncio.ensure_future(batcher.close())
@@ -323,10 +323,7 @@ def test_a_model_without_batching_runs_each_request_alone() -> None:
 
 def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed() -> None:
     async def scenario() -> None:
-        runner = GatedRunner(gated=True)
-        batcher = await started_batcher([runner])
-        head = asyncio.ensure_future(batcher.infer(rows(1)))
-        await runner.wait_started()
+        runner, batcher, head = await held_batcher()
         late = asyncio.ensure_future(batcher.infer(rows(1, start=-700), timeout_s=0.05))
         patient = asyncio.ensure_future(batcher.infer(rows(1, start=5), timeout_s=60))
         with pytest.raises(DeadlineExceededError, match="deadline passed"):
@@ -343,10 +340,7 @@ def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed() -> Non
 
 def test_a_cancelled_request_leaves_the_queue_at_once() -> None:
     async def scenario() -> None:
-        runner = GatedRunner(gated=True)
-        batcher = await started_batcher([runner], max_queue_size=2)
-        head = asyncio.ensure_future(batcher.infer(rows(1)))
-        await runner.wait_started()
+        runner, batcher, head = await held_batcher(max_queue_size=2)
         queued = [asyncio.ensure_future(batcher.infer(rows(1, start=i))) for i in (1, 2)]
         await until(lambda: batcher.depth == 2)
         queued[0].cancel()
