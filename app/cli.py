@@ -7,41 +7,17 @@ BATCHSERVE_* from the environment (app.settings).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import socket
 from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
 
 from app.main import create_app
-from app.service import InferenceService
+from app.server import BatchserveServer
 from app.settings import Settings
 
 log = logging.getLogger("batchserve")
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, plus one log line once it listens and the models have loaded."""
-
-    def __init__(self, config: uvicorn.Config, service: InferenceService) -> None:
-        super().__init__(config)
-        self._service = service
-        self._announce_task: asyncio.Task[None] | None = None
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if not self.should_exit:
-            self._announce_task = asyncio.get_running_loop().create_task(self._announce())
-
-    async def _announce(self) -> None:
-        await self._service.loaded.wait()
-        host, port = self.servers[0].sockets[0].getsockname()[:2]
-        url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
-        reason = self._service.not_ready_reason()
-        state = "ready" if reason is None else f"NOT ready ({reason})"
-        log.info("batchserve %s on %s; models: %s", state, url, self._service.models_summary())
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -74,11 +50,11 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         access_log=False,  # one log line per request costs more than small models' inference
         lifespan="on",
-        timeout_graceful_shutdown=None,
+        timeout_graceful_shutdown=settings.drain_timeout_s,
         proxy_headers=False,  # nothing here uses the client address; saves work per request
         server_header=False,
     )
-    server = _Server(config, app.service)
+    server = BatchserveServer(config, app.service)
     server.run()
     return 0
 

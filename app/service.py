@@ -67,6 +67,12 @@ class InferenceService:
         finally:
             self.loaded.set()
 
+    def begin_drain(self) -> None:
+        """Stop taking work: readiness 503, new inference 503, batchers serve what is queued
+        without waiting for fuller batches."""
+        self.draining = True
+        self.repository.begin_drain()
+
     async def close(self) -> None:
         self.draining = True
         await self.repository.close()

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest request body accepted; above it the answer is 413.",
     )
+    drain_timeout_s: int = Field(
+        default=30,
+        ge=1,
+        description="On SIGTERM, how long to finish the requests already received before "
+        "exiting anyway (keep Kubernetes' terminationGracePeriodSeconds above it).",
+    )
     metrics: bool = Field(
         default=True,
         description="Collect metrics and statistics. Off only to measure what they cost.",

@@ -59,6 +59,15 @@ class ServerProcess:
     def log(self) -> str:
         return "".join(self._lines)
 
+    def signal_term(self) -> None:
+        self._process.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit by itself; its exit code."""
+        code = self._process.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
     def stop(self) -> int:
         """SIGTERM, then wait for a clean exit; returns the exit code."""
         if self._process.poll() is None:

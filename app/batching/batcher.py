@@ -120,10 +120,15 @@ class Batcher:
             )
             self._tasks.append(task)
 
-    async def close(self) -> None:
-        """Refuse new requests, serve every queued one, then stop the workers."""
+    def begin_drain(self) -> None:
+        """Refuse new requests and serve the queued ones now, without waiting for fuller
+        batches; the workers stop once the queue is empty."""
         self._closing = True
         self._wake_all()
+
+    async def close(self) -> None:
+        """Refuse new requests, serve every queued one, then stop the workers."""
+        self.begin_drain()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._deadline_timer is not None:

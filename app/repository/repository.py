@@ -113,6 +113,11 @@ class ModelRepository:
                 raise ModelLoadError(f"version {version}: {exc}") from None
         return loaded
 
+    def begin_drain(self) -> None:
+        for entry in self.models.values():
+            for loaded in entry.versions.values():
+                loaded.batcher.begin_drain()
+
     async def close(self) -> None:
         """Drain every batcher: queued requests are served, then workers stop."""
         batchers = [v.batcher for e in self.models.values() for v in e.versions.values()]

@@ -118,3 +118,65 @@ def test_a_body_over_the_limit_is_413(server: ServerProcess) -> None:
     assert f"limit of {BODY_LIMIT} bytes" in response.json()["error"]
     small = httpx.post(f"{server.url}/v2/models/digits/infer", json=digits_body())
     assert small.status_code == 200
+
+
+def test_sigterm_serves_everything_received_refuses_the_rest_and_exits_0(
+    tmp_path: Path,
+) -> None:
+    """200 requests wait in the queue (the model holds them for a fuller batch); SIGTERM
+    arrives: all 200 get their answers, new work is refused, the process exits 0."""
+    shutil.copytree(MODELS / "digits", tmp_path / "digits", ignore=shutil.ignore_patterns("*.py"))
+    (tmp_path / "digits" / "config.toml").write_text(
+        "max_batch_size = 256\n[batching]\nmax_queue_delay_ms = 20000\n"
+        "preferred_batch_sizes = [256]\nmax_queue_size = 1000\n"
+    )
+    server = ServerProcess(tmp_path, env={"BATCHSERVE_DRAIN_TIMEOUT_S": "20"})
+    x = np.load(MODELS / "digits" / "data" / "test_x.npy")[:200]
+
+    async def scenario() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=201)
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
+            sent = [
+                asyncio.ensure_future(
+                    client.post(
+                        "/v2/models/digits/infer",
+                        json={
+                            "inputs": [
+                                {
+                                    "name": "input",
+                                    "shape": [1, 64],
+                                    "datatype": "FP32",
+                                    "data": x[i].tolist(),
+                                }
+                            ]
+                        },
+                    )
+                )
+                for i in range(200)
+            ]
+            for _ in range(500):  # until all 200 wait in the queue
+                if metric(server, "batchserve_queue_depth", model="digits") == 200:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the 200 requests never all reached the queue")
+            signalled = time.monotonic()
+            server.signal_term()
+            responses = await asyncio.gather(*sent)
+            assert time.monotonic() - signalled < 10  # served at once, not after the delay
+            try:
+                late = await client.get("/v2/health/ready")
+                assert late.status_code == 503
+            except httpx.TransportError:
+                pass  # or no longer accepting connections at all: refused either way
+            return responses
+
+    responses = asyncio.run(scenario())
+    assert [r.status_code for r in responses] == [200] * 200
+    labels = [r.json()["outputs"][0]["data"][0] for r in responses]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(MODELS / "digits" / "1" / "model.onnx"))
+    assert labels == session.run(["label"], {"input": x})[0].tolist()
+    assert server.wait(timeout=20) == 0, server.log
+    assert "draining" in server.log

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,8 +38,7 @@ def write_model(root: Path, name: str, config: str | None) -> None:
 def shipped() -> Iterator[ServerProcess]:
     server = ServerProcess(MODELS)
     yield server
-    # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully.
-    assert server.stop() in (0, -signal.SIGTERM)
+    assert server.stop() == 0, server.log  # a graceful stop exits 0
     assert "batchserve stopped" in server.log, server.log
 
 
