@@ -93,7 +93,8 @@ class InferenceFastPath:
             body = await _read_body(scope, receive, service.settings.max_request_bytes)
             request = decode_infer_request(body, loaded.inputs, loaded.outputs, header_length)
             timeout_s = _timeout_s(request.parameters, loaded.default_timeout_s)
-            outputs = await loaded.batcher.infer(request.inputs, timeout_s)
+            priority = _priority(request.parameters)
+            outputs = await loaded.batcher.infer(request.inputs, timeout_s, priority)
             if request.outputs is not None:
                 outputs = {name: outputs[name] for name in request.outputs}
             encoded = encode_infer_response(
@@ -158,6 +159,16 @@ def _timeout_s(parameters: dict[str, Any], default_s: float | None) -> float | N
             f"parameters.timeout must be a positive integer of microseconds, got {timeout!r}"
         )
     return timeout / 1_000_000
+
+
+def _priority(parameters: dict[str, Any]) -> int | None:
+    """`parameters.priority`: 1 is the highest level; 0 or none, the model's default."""
+    priority = parameters.get("priority")
+    if priority is not None and (type(priority) is not int or priority < 0):
+        raise InvalidInputError(
+            f"parameters.priority must be a non-negative integer, got {priority!r}"
+        )
+    return priority
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

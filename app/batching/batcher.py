@@ -6,7 +6,8 @@ Semantics (DESIGN.md, "Batching semantics"):
   oldest queued request has waited `max_queue_delay_s` (loop time, which is monotonic).
 - Batches are counted in samples and never exceed `max_batch_size`; only requests whose
   non-batch shapes agree share a batch; FIFO order is kept within each shape group, and the
-  group whose head is oldest goes first.
+  group whose head is oldest goes first. With priority levels, the highest level holding a
+  request goes first (FIFO within a level); levels never share a batch.
 - Deadlines: a request whose deadline passes while queued is answered at once with
   DeadlineExceededError and never computed (one timer, set for the nearest deadline).
   A request whose caller went away (cancelled) leaves the queue at once, uncomputed.
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
 ShapeKey = tuple[tuple[int, ...], ...]
+GroupKey = tuple[int, ShapeKey]  # (priority level, non-batch shapes)
 
 
 @dataclass(slots=True, eq=False)
@@ -95,7 +97,7 @@ class Batcher:
         self.policy = policy
         self._runners = list(runners)
         self._observer = observer or BatchObserver()
-        self._groups: OrderedDict[ShapeKey, _ShapeGroup] = OrderedDict()
+        self._groups: OrderedDict[GroupKey, _ShapeGroup] = OrderedDict()
         self._depth = 0
         self._idle: deque[asyncio.Future[None]] = deque()
         self._tasks: list[asyncio.Task[None]] = []
@@ -173,7 +175,24 @@ class Batcher:
             )
         return samples, tuple(array.shape[1:] for array in inputs.values())
 
-    async def infer(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None) -> Outputs:
+    def _level(self, priority: int | None) -> int:
+        levels = self.policy.priority_levels
+        if priority is None or priority == 0:
+            return self.policy.default_priority
+        if not 1 <= priority <= levels:
+            raise InvalidInputError(
+                f"priority {priority} is out of range: model '{self.name}' has priority levels "
+                f"1 (highest) to {levels}; 0 or none means its default, "
+                f"{self.policy.default_priority}"
+            )
+        return priority
+
+    async def infer(
+        self,
+        inputs: dict[str, np.ndarray],
+        timeout_s: float | None = None,
+        priority: int | None = None,
+    ) -> Outputs:
         """Queue one request and wait for its own outputs (batch axis first).
 
         Inputs must already match the model's specs (the protocol layer checks them). With
@@ -181,7 +200,8 @@ class Batcher:
         and is never computed. Cancelling the caller drops the request if it is still queued.
         """
         self.check_admission()
-        samples, key = self._batch_samples(inputs)
+        samples, shapes = self._batch_samples(inputs)
+        key = (self._level(priority), shapes)
         loop = asyncio.get_running_loop()
         group = self._groups.get(key)
         if group is None:
@@ -253,8 +273,10 @@ class Batcher:
     # -- batch formation ------------------------------------------------------------------
 
     def _oldest_group(self) -> _ShapeGroup | None:
-        """The group whose head request is oldest, after pruning requests that left."""
-        oldest: _ShapeGroup | None = None
+        """Of the highest priority level holding requests, the group whose head is oldest
+        (after pruning requests that left)."""
+        best: _ShapeGroup | None = None
+        best_rank: tuple[int, float] | None = None
         for key in list(self._groups):
             group = self._groups[key]
             items = group.items
@@ -262,9 +284,11 @@ class Batcher:
                 items.popleft()
             if not items:
                 del self._groups[key]
-            elif oldest is None or items[0].enqueued < oldest.items[0].enqueued:
-                oldest = group
-        return oldest
+                continue
+            rank = (key[0], items[0].enqueued)
+            if best_rank is None or rank < best_rank:
+                best, best_rank = group, rank
+        return best
 
     def _hold_until(self, group: _ShapeGroup) -> float | None:
         """Loop time to wait until for a fuller batch, or None to take the batch now."""

@@ -18,6 +18,9 @@ class BatchingPolicy:
     max_queue_size: int
     max_queue_delay_s: float = 0.0
     preferred_batch_sizes: tuple[int, ...] = ()
+    #: Priority levels 1 (highest) .. priority_levels; requests naming none get the default.
+    priority_levels: int = 1
+    default_priority: int = 1
 
     @property
     def batches(self) -> bool:

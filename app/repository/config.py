@@ -42,6 +42,19 @@ class BatchingConfig(_Strict):
     max_queue_size: Annotated[int, Field(ge=1)] | None = None
     #: Deadline for requests that set no `parameters.timeout`; None: the server's default.
     default_timeout_ms: Annotated[float, Field(gt=0, le=3_600_000)] | None = None
+    #: `parameters.priority` 1 (highest) .. priority_levels; FIFO within a level.
+    priority_levels: Annotated[int, Field(ge=1, le=100)] = 1
+    #: Level of requests that name none (default: the lowest, priority_levels).
+    default_priority: Annotated[int, Field(ge=1, le=100)] | None = None
+
+    @model_validator(mode="after")
+    def _priority_in_range(self) -> BatchingConfig:
+        if self.default_priority is not None and self.default_priority > self.priority_levels:
+            raise ValueError(
+                f"default_priority {self.default_priority} is above priority_levels "
+                f"{self.priority_levels}"
+            )
+        return self
 
 
 class InstanceConfig(_Strict):

@@ -62,6 +62,8 @@ def load_version(
         max_queue_size=batching.max_queue_size or default_max_queue_size,
         max_queue_delay_s=batching.max_queue_delay_ms / 1000.0,
         preferred_batch_sizes=tuple(sorted(set(batching.preferred_batch_sizes))),
+        priority_levels=batching.priority_levels,
+        default_priority=batching.default_priority or batching.priority_levels,
     )
     too_big = [p for p in policy.preferred_batch_sizes if p > max(max_batch_size, 1)]
     if too_big:

@@ -180,3 +180,15 @@ def test_sigterm_serves_everything_received_refuses_the_rest_and_exits_0(
     assert labels == session.run(["label"], {"input": x})[0].tolist()
     assert server.wait(timeout=20) == 0, server.log
     assert "draining" in server.log
+
+
+@pytest.mark.parametrize(
+    ("priority", "message"),
+    [(5, "priority 5 is out of range"), (-1, "non-negative integer"), ("high", "non-negative")],
+)
+def test_a_bad_priority_is_400(server: ServerProcess, priority: object, message: str) -> None:
+    response = httpx.post(
+        f"{server.url}/v2/models/digits/infer", json=digits_body(priority=priority)
+    )
+    assert response.status_code == 400
+    assert message in response.json()["error"]

@@ -396,3 +396,24 @@ def test_runtime_messages_lose_source_paths() -> None:
     message = sanitise(raw)
     assert "onnxruntime_src" not in message and "[ONNXRuntimeError]" not in message
     assert "indices element out of data bounds, idx=50" in message
+
+
+def test_higher_priority_goes_first_and_each_level_is_fifo() -> None:
+    async def scenario() -> None:
+        runner, batcher, head = await held_batcher(
+            max_batch_size=1, priority_levels=3, default_priority=3
+        )
+        sent = [(None, 100), (2, 200), (1, 300), (2, 400), (1, 500), (0, 600)]
+        queued = [
+            asyncio.ensure_future(batcher.infer(rows(1, start=s), priority=p)) for p, s in sent
+        ]
+        await until(lambda: batcher.depth == len(sent))
+        with pytest.raises(InvalidInputError, match="priority 4 is out of range"):
+            await batcher.infer(rows(1), priority=4)
+        runner.gate.set()
+        await asyncio.gather(head, *queued)
+        order = [int(b[0, 0]) for b in runner.batches[1:]]
+        assert order == [300, 500, 200, 400, 100, 600]  # level 1, then 2, then the default 3
+        await batcher.close()
+
+    run(scenario)

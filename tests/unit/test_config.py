@@ -194,7 +194,10 @@ def test_unknown_key_in_batching_lists_batching_keys(tmp_path: Path) -> None:
     message = load_error(tmp_path, "[batching]\nmax_delay_ms = 5\n")
 
     assert "unknown key 'batching.max_delay_ms'" in message
-    allowed = "max_queue_delay_ms, preferred_batch_sizes, max_queue_size, default_timeout_ms"
+    allowed = (
+        "max_queue_delay_ms, preferred_batch_sizes, max_queue_size, default_timeout_ms, "
+        "priority_levels, default_priority"
+    )
     assert f"(allowed here: {allowed})" in message
     assert "max_batch_size" not in message
 
