@@ -59,6 +59,10 @@ class ServerProcess:
     def log(self) -> str:
         return "".join(self._lines)
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
     def signal_term(self) -> None:
         self._process.send_signal(signal.SIGTERM)
 

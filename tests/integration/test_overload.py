@@ -1,0 +1,96 @@
+"""Overload against a real server: an open loop offering about 5x what the model can serve,
+for 20 s. Every answer must be a correct 200, a 429 or a 504; nobody waits past their
+deadline plus 100 ms; liveness answers within 100 ms throughout; memory stays bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from load_tests.loadgen import LoadGenerator, PreparedRequest, client_session
+from load_tests.server_process import ServerProcess
+from load_tests.synthetic_models import write_cnn_model
+
+pytestmark = pytest.mark.integration
+
+DEADLINE_S = 0.5
+SECONDS = 20.0
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_five_times_capacity_for_20_s_stays_correct_prompt_and_bounded(tmp_path: Path) -> None:
+    # ~60 samples/s here (a 16 ms batch-1 CNN, batches of at most 2): capacity is known small.
+    write_cnn_model(tmp_path / "cnn" / "1" / "model.onnx", channels=(128, 256, 512), size=56)
+    (tmp_path / "cnn" / "config.toml").write_text(
+        "max_batch_size = 2\n[batching]\nmax_queue_size = 16\n"
+        '[[instances]]\ndevice = "cpu"\ncount = 1\nthreads = 2\n'
+    )
+    server = ServerProcess(tmp_path)
+    try:
+        x = np.random.default_rng(0).random((1, 1, 56, 56), dtype=np.float32)
+        tensor = {"name": "x", "shape": [1, 1, 56, 56], "datatype": "FP32",
+                  "data": x.ravel().tolist()}  # fmt: skip
+        body = {"inputs": [tensor], "parameters": {"timeout": int(DEADLINE_S * 1e6)}}
+        request = PreparedRequest(
+            json.dumps(body).encode(), {"Content-Type": "application/json"}, 1, False
+        )
+        generator = LoadGenerator(server.url, "cnn", request)
+
+        async def measure_capacity() -> float:
+            async with client_session(4) as http:
+                result = await generator.closed_loop(http, concurrency=4, seconds=2.0)
+            return result.throughput
+
+        capacity = asyncio.run(measure_capacity())
+        assert capacity > 0
+        rss_before = rss_bytes(server.pid)
+
+        probe_latencies: list[float] = []
+        stop = threading.Event()
+
+        def probe_liveness() -> None:
+            with httpx.Client(base_url=server.url, timeout=5) as client:
+                while not stop.is_set():
+                    started = time.perf_counter()
+                    assert client.get("/v2/health/live").status_code == 200
+                    probe_latencies.append(time.perf_counter() - started)
+                    stop.wait(0.1)  # the probe period, as a kubelet's
+
+        prober = threading.Thread(target=probe_liveness)
+        prober.start()
+
+        async def overload() -> object:
+            async with client_session(1000) as http:
+                return await generator.open_loop(http, rate=5 * capacity, seconds=SECONDS)
+
+        try:
+            result = asyncio.run(overload())
+        finally:
+            stop.set()
+            prober.join()
+        rss_growth = rss_bytes(server.pid) - rss_before
+    finally:
+        server.stop()
+
+    statuses = result.statuses  # type: ignore[attr-defined]
+    assert set(statuses) <= {200, 429, 504}, statuses
+    assert result.bad_responses == 0  # type: ignore[attr-defined]
+    assert statuses[429] > 0 and statuses[200] > 0
+    worst = max(result.latencies_s)  # type: ignore[attr-defined]
+    assert worst <= DEADLINE_S + 0.1, f"a request took {worst * 1000:.0f} ms"
+    assert len(probe_latencies) > SECONDS * 5
+    assert max(probe_latencies) < 0.1, f"liveness took {max(probe_latencies) * 1000:.0f} ms"
+    assert rss_growth < 100 * 1024 * 1024, f"RSS grew {rss_growth / 2**20:.0f} MiB"
