@@ -28,7 +28,7 @@ from app.errors import (
     ServingError,
     UnavailableError,
 )
-from app.protocol.codec import decode_infer_request, encode_infer_response
+from app.protocol.codec import decode_infer_request, encode_error, encode_infer_response
 from app.service import InferenceService
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,6 @@ class InferenceFastPath:
             return
         metrics = service.recorder(model, loaded.version)
         metrics.request_started()
-        outcome = "error"
         try:
             if service.draining:
                 raise UnavailableError("server is shutting down; retry on another replica")
@@ -105,15 +104,12 @@ class InferenceFastPath:
                 loaded.outputs_by_name,
                 request.binary_outputs,
             )
-            outcome = "success"
         except ServingError as exc:
-            outcome = _OUTCOMES.get(type(exc), "error")
-            metrics.request_done(outcome, time.perf_counter() - started)
+            metrics.request_done(_OUTCOMES.get(type(exc), "error"), time.perf_counter() - started)
             await _respond(send, *error_parts(exc))
             return
         except ClientDisconnected:
-            outcome = "cancelled"
-            metrics.request_done(outcome, time.perf_counter() - started)
+            metrics.request_done("cancelled", time.perf_counter() - started)
             return
         except Exception as exc:
             log.exception("unexpected error in model %s's inference", model)
@@ -123,7 +119,7 @@ class InferenceFastPath:
         except BaseException:  # cancelled: the server is going away under this request
             metrics.request_done("cancelled", time.perf_counter() - started)
             raise
-        metrics.request_done(outcome, time.perf_counter() - started)
+        metrics.request_done("success", time.perf_counter() - started)
         headers = [(b"content-length", str(len(encoded.content)).encode())]
         if encoded.header_length is None:
             headers += _JSON
@@ -202,8 +198,6 @@ def _too_large(size: int, limit: int) -> PayloadTooLargeError:
 async def _respond(
     send: Send, status: int, message: str, extra_headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    from app.protocol.codec import encode_error
-
     body = encode_error(message)
     headers = [(b"content-length", str(len(body)).encode()), *_JSON, *(extra_headers or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
