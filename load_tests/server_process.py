@@ -14,6 +14,8 @@ import sys
 import threading
 from pathlib import Path
 
+import httpx
+
 ANNOUNCE = re.compile(r"batchserve (ready|NOT ready.*) on (http://127\.0\.0\.1:\d+)")
 START_TIMEOUT_S = 120.0
 
@@ -58,6 +60,15 @@ class ServerProcess:
     @property
     def log(self) -> str:
         return "".join(self._lines)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of one metric's samples on /metrics whose labels include `labels`."""
+        text = httpx.get(f"{self.url}/metrics").text
+        total = 0.0
+        for match in re.finditer(rf"^{name}\{{(.*)\}} (\S+)$", text, re.MULTILINE):
+            if all(f'{k}="{v}"' in match[1] for k, v in labels.items()):
+                total += float(match[2])
+        return total
 
     @property
     def pid(self) -> int:

@@ -10,6 +10,15 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
+def _save(graph: onnx.GraphProto, path: Path) -> None:
+    """Check and write a graph as an opset-17 model (IR 8, loadable by any current ORT)."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
 def write_heavy_model(path: Path, width: int = 16, hidden: int = 2048, blocks: int = 16) -> None:
     """A compute-bound MLP with little I/O: x FP32 [batch, width] -> MatMul up to `hidden`,
     `blocks` x (MatMul hidden x hidden, Relu) sharing one weight matrix (the file stays
@@ -40,11 +49,7 @@ def write_heavy_model(path: Path, width: int = 16, hidden: int = 2048, blocks: i
             numpy_helper.from_array(weight(hidden, width), "w_out"),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
+    _save(graph, path)
 
 
 def write_text_identity_model(path: Path) -> None:
@@ -55,11 +60,7 @@ def write_text_identity_model(path: Path) -> None:
         [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
         [helper.make_tensor_value_info("echo", TensorProto.STRING, ["batch"])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
+    _save(graph, path)
 
 
 def write_cnn_model(
@@ -111,11 +112,7 @@ def write_cnn_model(
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
         initializer=initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
+    _save(graph, path)
 
 
 def write_gather_model(path: Path, rows: int = 10, width: int = 4) -> None:
@@ -130,8 +127,4 @@ def write_gather_model(path: Path, rows: int = 10, width: int = 4) -> None:
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 1, width])],
         initializer=[numpy_helper.from_array(table, "table")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
+    _save(graph, path)

@@ -4,7 +4,6 @@ a request past its deadline is answered 504 uncomputed, an oversized body is ref
 from __future__ import annotations
 
 import asyncio
-import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -50,19 +49,10 @@ def digits_body(**parameters: object) -> dict[str, object]:
     return {"inputs": [tensor], "parameters": parameters}
 
 
-def metric(server: ServerProcess, name: str, **labels: str) -> float:
-    text = httpx.get(f"{server.url}/metrics").text
-    total = 0.0
-    for match in re.finditer(rf"^{name}\{{(.*)\}} (\S+)$", text, re.MULTILINE):
-        if all(f'{k}="{v}"' in match[1] for k, v in labels.items()):
-            total += float(match[2])
-    return total
-
-
 def test_a_request_that_makes_the_runtime_fail_fails_alone_in_its_batch(
     server: ServerProcess,
 ) -> None:
-    executions_before = metric(server, "batchserve_executions_total", model="gather")
+    executions_before = server.metric("batchserve_executions_total", model="gather")
 
     async def send() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
@@ -80,8 +70,8 @@ def test_a_request_that_makes_the_runtime_fail_fails_alone_in_its_batch(
         data = response.json()["outputs"][0]["data"]
         assert data == [float(v) for v in range(row * 4, row * 4 + 4)]
     # They rode in one batch, which was then bisected to find the bad request.
-    assert metric(server, "batchserve_executions_total", model="gather") > executions_before
-    assert metric(server, "batchserve_requests_total", model="gather", outcome="error") == 1
+    assert server.metric("batchserve_executions_total", model="gather") > executions_before
+    assert server.metric("batchserve_requests_total", model="gather", outcome="error") == 1
     after = httpx.post(f"{server.url}/v2/models/gather/infer", json=ids_body(4))
     assert after.status_code == 200  # the worker goes on serving
 
@@ -89,7 +79,7 @@ def test_a_request_that_makes_the_runtime_fail_fails_alone_in_its_batch(
 def test_a_request_past_its_deadline_is_answered_504_without_computing(
     server: ServerProcess,
 ) -> None:
-    inferences_before = metric(server, "batchserve_inferences_total", model="held")
+    inferences_before = server.metric("batchserve_inferences_total", model="held")
     started = time.monotonic()
     response = httpx.post(
         f"{server.url}/v2/models/held/infer", json=digits_body(timeout=100_000), timeout=30
@@ -98,8 +88,8 @@ def test_a_request_past_its_deadline_is_answered_504_without_computing(
     assert response.status_code == 504, response.text
     assert "deadline passed" in response.json()["error"]
     assert elapsed < 2.0
-    assert metric(server, "batchserve_requests_total", model="held", outcome="timeout") == 1
-    assert metric(server, "batchserve_inferences_total", model="held") == inferences_before
+    assert server.metric("batchserve_requests_total", model="held", outcome="timeout") == 1
+    assert server.metric("batchserve_inferences_total", model="held") == inferences_before
 
 
 @pytest.mark.parametrize("timeout", [0, -5, 1.5, "soon"])
@@ -155,7 +145,7 @@ def test_sigterm_serves_everything_received_refuses_the_rest_and_exits_0(
                 for i in range(200)
             ]
             for _ in range(500):  # until all 200 wait in the queue
-                if metric(server, "batchserve_queue_depth", model="digits") == 200:
+                if server.metric("batchserve_queue_depth", model="digits") == 200:
                     break
                 await asyncio.sleep(0.02)
             else:

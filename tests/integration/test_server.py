@@ -8,7 +8,6 @@ config, one held back by a long queue delay (to fill its queue), and one asking 
 from __future__ import annotations
 
 import asyncio
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,17 +66,6 @@ def infer_body(x: np.ndarray, **extra: object) -> dict[str, object]:
         ],
         **extra,
     }
-
-
-def metric(server: ServerProcess, name: str, **labels: str) -> float:
-    """Sum of one metric's samples whose labels include `labels`."""
-    text = httpx.get(f"{server.url}/metrics").text
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
-        if match and all(f'{k}="{v}"' in match[1] for k, v in labels.items()):
-            total += float(match[2])
-    return total
 
 
 # -- the shipped repository (make serve) ------------------------------------------------
@@ -144,8 +132,8 @@ def test_concurrent_requests_against_one_worker_are_batched(
 ) -> None:
     x = digits_test_set[0][:64]
     labels = {"model": "digits", "version": "1"}
-    executions_before = metric(shipped, "batchserve_executions_total", **labels)
-    inferences_before = metric(shipped, "batchserve_inferences_total", **labels)
+    executions_before = shipped.metric("batchserve_executions_total", **labels)
+    inferences_before = shipped.metric("batchserve_inferences_total", **labels)
 
     async def send() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=64)
@@ -163,8 +151,8 @@ def test_concurrent_requests_against_one_worker_are_batched(
     own = session.run(["label"], {"input": x})[0]
     served = [r.json()["outputs"][0]["data"][0] for r in responses]
     assert served == own.tolist()  # each response carries its own row's answer
-    executions = metric(shipped, "batchserve_executions_total", **labels) - executions_before
-    inferences = metric(shipped, "batchserve_inferences_total", **labels) - inferences_before
+    executions = shipped.metric("batchserve_executions_total", **labels) - executions_before
+    inferences = shipped.metric("batchserve_inferences_total", **labels) - inferences_before
     assert inferences == 64
     assert executions < 64, f"64 requests took {executions} executions: no batching"
 
@@ -310,7 +298,7 @@ def test_a_full_queue_is_429_with_retry_after_at_once(mixed: ServerProcess) -> N
                 for _ in range(2)
             ]
             for _ in range(200):  # until both wait in the queue (the server holds them)
-                if metric(mixed, "batchserve_queue_depth", model="held") == 2:
+                if mixed.metric("batchserve_queue_depth", model="held") == 2:
                     break
                 await asyncio.sleep(0.01)
             else:
@@ -323,7 +311,7 @@ def test_a_full_queue_is_429_with_retry_after_at_once(mixed: ServerProcess) -> N
             assert [r.status_code for r in served] == [200, 200]
 
     asyncio.run(scenario())
-    assert metric(mixed, "batchserve_requests_total", model="held", outcome="rejected") == 1
+    assert mixed.metric("batchserve_requests_total", model="held", outcome="rejected") == 1
 
 
 # -- the load generator (load_tests/) against the real server -------------------------------
