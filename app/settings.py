@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.metrics.families import LATENCY_BUCKETS
@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         ge=1,
         description="On SIGTERM, how long to finish the requests already received before "
         "exiting anyway (keep Kubernetes' terminationGracePeriodSeconds above it).",
+    )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="When set, /v2/models/* and /v2/repository/* need `Authorization: Bearer "
+        "<token>` (health, server metadata and /metrics stay open for probes and scrapers).",
     )
     metrics: bool = Field(
         default=True,

@@ -12,6 +12,7 @@ outcome and duration are counted exactly once.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import time
@@ -63,13 +64,21 @@ class InferenceFastPath:
     def __init__(self, app: ASGIApp, service: InferenceService) -> None:
         self.app = app
         self.service = service
+        token = service.settings.api_token
+        self._token = token.get_secret_value().encode() if token is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            match = INFER_PATH.match(scope["path"])
-            if match is not None:
-                await self._infer(match[1], match[2], scope, receive, send)
-                return
+        if scope["type"] == "http":
+            if self._token is not None and scope["path"].startswith(PROTECTED):
+                refusal = _refusal(scope, self._token)
+                if refusal is not None:
+                    await _respond(send, *refusal)
+                    return
+            if scope["method"] == "POST":
+                match = INFER_PATH.match(scope["path"])
+                if match is not None:
+                    await self._infer(match[1], match[2], scope, receive, send)
+                    return
         await self.app(scope, receive, send)
 
     async def _infer(
@@ -130,6 +139,26 @@ class InferenceFastPath:
             ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": encoded.content})
+
+
+#: Paths that need the API token when one is set; health, /v2 and /metrics stay open.
+PROTECTED = ("/v2/models", "/v2/repository")
+
+
+def _refusal(scope: Scope, token: bytes) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+    """None when the request carries the right bearer token; else 401 (none) or 403."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, given = value.partition(b" ")
+            if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token):
+                return None
+            return 403, "the bearer token is not valid for this server", []
+    challenge = [(b"www-authenticate", b'Bearer realm="batchserve"')]
+    return (
+        401,
+        "this server needs `Authorization: Bearer <token>` (BATCHSERVE_API_TOKEN)",
+        challenge,
+    )
 
 
 def _binary_header_length(scope: Scope) -> int | None:
