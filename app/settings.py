@@ -57,6 +57,14 @@ class Settings(BaseSettings):
         description="When set, /v2/models/* and /v2/repository/* need `Authorization: Bearer "
         "<token>` (health, server metadata and /metrics stay open for probes and scrapers).",
     )
+    model_control: bool = Field(
+        default=False,
+        description="Enable POST /v2/repository/models/{m}/load and /unload (off: 403).",
+    )
+    management_token: SecretStr | None = Field(
+        default=None,
+        description="When set, load and unload need `Authorization: Bearer <this token>`.",
+    )
     metrics: bool = Field(
         default=True,
         description="Collect metrics and statistics. Off only to measure what they cost.",

@@ -66,10 +66,17 @@ class InferenceFastPath:
         self.service = service
         token = service.settings.api_token
         self._token = token.get_secret_value().encode() if token is not None else None
+        # Load/unload check the management token themselves when one is set.
+        self._own_management_token = service.settings.management_token is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            if self._token is not None and scope["path"].startswith(PROTECTED):
+            path = scope["path"]
+            if (
+                self._token is not None
+                and path.startswith(PROTECTED)
+                and not (self._own_management_token and path.startswith(MODEL_CONTROL))
+            ):
                 refusal = _refusal(scope, self._token)
                 if refusal is not None:
                     await _respond(send, *refusal)
@@ -99,6 +106,8 @@ class InferenceFastPath:
             loaded.batcher.check_admission()
             header_length = _binary_header_length(scope)
             body = await _read_body(scope, receive, service.settings.max_request_bytes)
+            # The version serving now: a reload may have swapped it in while the body arrived.
+            loaded = service.repository.version(model, version)
             request = decode_infer_request(body, loaded.inputs, loaded.outputs, header_length)
             timeout_s = _timeout_s(request.parameters, loaded.default_timeout_s)
             priority = _priority(request.parameters)
@@ -143,6 +152,7 @@ class InferenceFastPath:
 
 #: Paths that need the API token when one is set; health, /v2 and /metrics stay open.
 PROTECTED = ("/v2/models", "/v2/repository")
+MODEL_CONTROL = "/v2/repository/models/"
 
 
 def _refusal(scope: Scope, token: bytes) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:

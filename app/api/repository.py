@@ -1,12 +1,15 @@
-"""The v2 model repository extension: POST /v2/repository/index."""
+"""The v2 model repository extension: the index, and load/unload when model control is on."""
 
 from __future__ import annotations
+
+import hmac
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.api.deps import service_of
-from app.api.responses import json_response
+from app.api.responses import error_response, json_response
+from app.errors import ModelLoadError
 
 router = APIRouter(tags=["repository"])
 
@@ -15,3 +18,41 @@ router = APIRouter(tags=["repository"])
 async def repository_index(request: Request) -> Response:
     """Every model found, with its state and, when it failed, the reason."""
     return json_response(service_of(request).repository.index())
+
+
+def _refused(request: Request) -> Response | None:
+    settings = service_of(request).settings
+    if not settings.model_control:
+        return error_response(
+            403, "model control is off; start the server with BATCHSERVE_MODEL_CONTROL=true"
+        )
+    if settings.management_token is not None:
+        expected = f"Bearer {settings.management_token.get_secret_value()}".encode()
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            return error_response(403, "load and unload need the management token")
+    return None
+
+
+@router.post("/v2/repository/models/{model_name}/load")
+async def load_model(request: Request, model_name: str) -> Response:
+    """Load or reload a model: new versions are warmed before they take traffic, and the
+    versions they replace finish what they hold. A failed reload keeps the old ones."""
+    refused = _refused(request)
+    if refused is not None:
+        return refused
+    try:
+        await service_of(request).repository.load(model_name)
+    except ModelLoadError as exc:
+        return error_response(400, f"model '{model_name}' failed to load: {exc}")
+    return json_response({})
+
+
+@router.post("/v2/repository/models/{model_name}/unload")
+async def unload_model(request: Request, model_name: str) -> Response:
+    """Stop serving a model; requests already queued are still answered."""
+    refused = _refused(request)
+    if refused is not None:
+        return refused
+    await service_of(request).repository.unload(model_name)
+    return json_response({})

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ class ModelRepository:
         self._default_timeout_ms = default_timeout_ms
         self._observer_factory = observer_factory
         self.models: dict[str, ModelEntry] = {}
+        self._draining: set[asyncio.Task[None]] = set()
 
     # -- loading --------------------------------------------------------------------------
 
@@ -60,22 +62,56 @@ class ModelRepository:
         for path in self.model_dirs():
             self.models[path.name] = ModelEntry(name=path.name, path=path)
         for entry in list(self.models.values()):
-            await self._load(entry)
+            with contextlib.suppress(ModelLoadError):  # recorded in the entry and the log
+                await self._load(entry)
 
     async def _load(self, entry: ModelEntry) -> None:
+        """Load (or reload) every selected version of `entry`, warmed, then swap them in and
+        drain the versions they replace. A failed reload keeps the old versions serving."""
         try:
             versions = await asyncio.to_thread(self._load_versions, entry)
-        except ModelLoadError as exc:
-            entry.state, entry.reason = ModelState.UNAVAILABLE, str(exc)
-            log.error("model %s failed to load: %s", entry.name, exc)
-            return
-        except Exception as exc:  # a bug or an ORT surprise must not take the server down
-            entry.state, entry.reason = ModelState.UNAVAILABLE, f"unexpected error: {exc!r}"
-            log.exception("model %s failed to load", entry.name)
-            return
+        except Exception as exc:  # ModelLoadError, or a bug/ORT surprise: never fatal
+            reason = str(exc) if isinstance(exc, ModelLoadError) else f"unexpected error: {exc!r}"
+            log.error("model %s failed to load: %s", entry.name, reason)
+            if not entry.versions:
+                entry.state, entry.reason = ModelState.UNAVAILABLE, reason
+            raise ModelLoadError(reason) from None
         for loaded in versions.values():
             loaded.batcher.start()
+        replaced = entry.versions
         entry.versions, entry.state, entry.reason = versions, ModelState.READY, ""
+        self._drain_later(replaced.values())
+
+    async def load(self, name: str) -> None:
+        """Load or reload one model by name (the v2 repository extension's load)."""
+        entry = self.models.get(name)
+        if entry is None:
+            path = self._model_dir(name)
+            entry = self.models[name] = ModelEntry(name=name, path=path)
+        await self._load(entry)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving a model: new requests get 503, queued ones are still served."""
+        entry = self.entry(name)
+        replaced = entry.versions
+        entry.versions, entry.state, entry.reason = {}, ModelState.UNAVAILABLE, "unloaded"
+        self._drain_later(replaced.values())
+
+    def _model_dir(self, name: str) -> Path:
+        """`<root>/<name>`, only for a valid name naming a directory directly in the root."""
+        if not MODEL_NAME.match(name):
+            raise NotFoundError(f"'{name}' is not a valid model name")
+        path = self.root / name
+        if not path.is_dir() or path.resolve().parent != self.root.resolve():
+            raise NotFoundError(f"no model directory '{name}' in the repository")
+        return path
+
+    def _drain_later(self, versions: Iterable[LoadedVersion]) -> None:
+        """Close replaced versions' batchers in the background: what they hold is served."""
+        for loaded in versions:
+            task = asyncio.get_running_loop().create_task(loaded.batcher.close())
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
 
     def _load_versions(self, entry: ModelEntry) -> dict[int, LoadedVersion]:
         config = load_model_config(entry.path)
@@ -121,7 +157,7 @@ class ModelRepository:
     async def close(self) -> None:
         """Drain every batcher: queued requests are served, then workers stop."""
         batchers = [v.batcher for e in self.models.values() for v in e.versions.values()]
-        await asyncio.gather(*(b.close() for b in batchers))
+        await asyncio.gather(*(b.close() for b in batchers), *self._draining)
 
     # -- lookups --------------------------------------------------------------------------
 

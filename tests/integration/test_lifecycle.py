@@ -1,0 +1,101 @@
+"""Model lifecycle through the v2 repository extension, against a real server: reload under
+steady load fails no request; unload drains; model control is off unless enabled."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from load_tests.loadgen import LoadGenerator, client_session, prepare_request
+from load_tests.server_process import ServerProcess
+from tests.conftest import MODELS
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "manage-me"
+
+
+def repository(root: Path) -> Path:
+    for name in ("digits", "spare"):
+        shutil.copytree(MODELS / "digits", root / name, ignore=shutil.ignore_patterns("*.py"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root = repository(tmp_path_factory.mktemp("lifecycle"))
+    env = {"BATCHSERVE_MODEL_CONTROL": "true", "BATCHSERVE_MANAGEMENT_TOKEN": TOKEN}
+    process = ServerProcess(root, env=env)
+    yield process
+    process.stop()
+
+
+def control(server: ServerProcess, name: str, action: str, token: str = TOKEN) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/v2/repository/models/{name}/{action}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+
+
+def test_reloading_under_steady_load_fails_no_request(server: ServerProcess) -> None:
+    async def scenario() -> tuple[object, list[int]]:
+        async with client_session(16) as http:
+            request = await prepare_request(http, server.url, "digits", rows=2)
+            generator = LoadGenerator(server.url, "digits", request)
+            load = asyncio.ensure_future(generator.closed_loop(http, 16, seconds=4.0))
+            reloads = []
+            async with httpx.AsyncClient(timeout=60) as client:
+                for _ in range(3):
+                    await asyncio.sleep(0.5)  # spreads the reloads over the load window
+                    response = await client.post(
+                        f"{server.url}/v2/repository/models/digits/load",
+                        headers={"Authorization": f"Bearer {TOKEN}"},
+                    )
+                    reloads.append(response.status_code)
+            return await load, reloads
+
+    result, reloads = asyncio.run(scenario())
+    assert reloads == [200, 200, 200]
+    assert result.ok > 0  # type: ignore[attr-defined]
+    assert result.failures == 0, result.summary()  # type: ignore[attr-defined]
+    assert "digits" in server.log
+
+
+def test_unload_then_load_again(server: ServerProcess) -> None:
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                        "data": [0.0] * 64}]}  # fmt: skip
+    assert control(server, "spare", "unload").status_code == 200
+    refused = httpx.post(f"{server.url}/v2/models/spare/infer", json=body)
+    assert refused.status_code == 503 and "unloaded" in refused.json()["error"]
+    index = {r["name"]: r for r in httpx.post(f"{server.url}/v2/repository/index").json()}
+    assert index["spare"]["state"] == "UNAVAILABLE"
+    assert control(server, "spare", "load").status_code == 200
+    assert httpx.post(f"{server.url}/v2/models/spare/infer", json=body).status_code == 200
+
+
+def test_loading_something_not_in_the_repository_is_404(server: ServerProcess) -> None:
+    for name in ("nothere", "..%2F..%2Fetc"):
+        response = control(server, name, "load")
+        assert response.status_code == 404, response.text
+
+
+def test_load_and_unload_need_the_management_token(server: ServerProcess) -> None:
+    assert control(server, "spare", "load", token="wrong").status_code == 403
+    no_header = httpx.post(f"{server.url}/v2/repository/models/spare/load")
+    assert no_header.status_code == 403
+
+
+def test_model_control_is_off_unless_enabled(tmp_path: Path) -> None:
+    process = ServerProcess(repository(tmp_path))
+    try:
+        response = httpx.post(f"{process.url}/v2/repository/models/digits/unload")
+        assert response.status_code == 403
+        assert "BATCHSERVE_MODEL_CONTROL" in response.json()["error"]
+    finally:
+        process.stop()
