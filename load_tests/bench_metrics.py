@@ -5,7 +5,7 @@ BATCHSERVE_METRICS=false, and alternates closed-loop rounds between them (A B A 
 drift in a shared, noisy machine hits both alike. Reports each round and the ratio of the
 medians.
 
-    python -m load_tests.bench_metrics --rounds 5 --duration 5 --concurrency 16
+    python -m load_tests.bench_metrics --rounds 5 --duration 4 --concurrency 64
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--model-repository", type=Path, default=ROOT / "models")
     parser.add_argument("--model", default="digits")
     parser.add_argument("--rows", type=int, default=1)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
