@@ -44,6 +44,10 @@ class PayloadTooLargeError(ServingError):
     """The request body is over the server's limit (HTTP 413)."""
 
 
+class UnsupportedMediaTypeError(ServingError):
+    """The request body's Content-Type is not one inference accepts (HTTP 415)."""
+
+
 class InferenceFailedError(ServingError):
     """The runtime failed to execute the model (HTTP 500)."""
 

@@ -28,6 +28,7 @@ from app.errors import (
     PayloadTooLargeError,
     ServingError,
     UnavailableError,
+    UnsupportedMediaTypeError,
 )
 from app.protocol.codec import decode_infer_request, encode_error, encode_infer_response
 from app.service import InferenceService
@@ -47,6 +48,7 @@ _JSON = [(b"content-type", b"application/json")]
 _OUTCOMES: dict[type[ServingError], str] = {
     InvalidInputError: "invalid",
     PayloadTooLargeError: "invalid",
+    UnsupportedMediaTypeError: "invalid",
     DeadlineExceededError: "timeout",
     OverloadedError: "rejected",
     UnavailableError: "rejected",
@@ -104,7 +106,7 @@ class InferenceFastPath:
             if service.draining:
                 raise UnavailableError("server is shutting down; retry on another replica")
             loaded.batcher.check_admission()
-            header_length = _binary_header_length(scope)
+            header_length = _request_headers(scope)
             body = await _read_body(scope, receive, service.settings.max_request_bytes)
             # The version serving now: a reload may have swapped it in while the body arrived.
             loaded = service.repository.version(model, version)
@@ -171,16 +173,30 @@ def _refusal(scope: Scope, token: bytes) -> tuple[int, str, list[tuple[bytes, by
     )
 
 
-def _binary_header_length(scope: Scope) -> int | None:
+#: Content-Types an infer request may carry (none at all is accepted too, as Triton does).
+ACCEPTED_TYPES = (b"application/json", b"application/octet-stream", b"text/plain")
+
+
+def _request_headers(scope: Scope) -> int | None:
+    """Check Content-Type; return Inference-Header-Content-Length, if any."""
+    header_length = None
     for name, value in scope["headers"]:
         if name == BINARY_HEADER:
             try:
-                return int(value)
+                header_length = int(value)
             except ValueError:
                 raise InvalidInputError(
                     f"Inference-Header-Content-Length must be an integer, got {value!r}"
                 ) from None
-    return None
+        elif name == b"content-type":
+            media_type = value.split(b";", 1)[0].strip().lower()
+            if media_type not in ACCEPTED_TYPES:
+                raise UnsupportedMediaTypeError(
+                    f"Content-Type {value.decode('latin-1')!r} is not accepted: send "
+                    "'application/json' (with binary tensors: 'application/octet-stream' and "
+                    "Inference-Header-Content-Length)"
+                )
+    return header_length
 
 
 def _timeout_s(parameters: dict[str, Any], default_s: float | None) -> float | None:

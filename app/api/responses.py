@@ -17,6 +17,7 @@ from app.errors import (
     PayloadTooLargeError,
     ServingError,
     UnavailableError,
+    UnsupportedMediaTypeError,
 )
 from app.protocol.codec import encode_error
 
@@ -33,6 +34,7 @@ STATUS = {
     InferenceFailedError: 500,
     DeadlineExceededError: 504,
     PayloadTooLargeError: 413,
+    UnsupportedMediaTypeError: 415,
 }
 
 

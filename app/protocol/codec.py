@@ -44,12 +44,18 @@ def _fail(message: str) -> InvalidInputError:
     return InvalidInputError(message)
 
 
+#: No tensor may declare more elements than this, even with a zero dimension among its dims
+#: (numpy refuses shapes whose non-zero dims multiply past its index range).
+MAX_ELEMENTS = 2**40
+
+
 def _decode_shape(name: str, raw: Any) -> tuple[int, ...]:
-    if isinstance(raw, list) and all(
-        type(d) is int and d >= 0 for d in raw
-    ):  # type(d) is int: JSON true is not a dimension
-        return tuple(raw)
-    raise _fail(f"input '{name}': 'shape' must be a list of non-negative integers, got {raw!r}")
+    if not (isinstance(raw, list) and all(type(d) is int and d >= 0 for d in raw)):
+        # type(d) is int: JSON true is not a dimension
+        raise _fail(f"input '{name}': 'shape' must be a list of non-negative integers, got {raw!r}")
+    if math.prod(d for d in raw if d) > MAX_ELEMENTS:
+        raise _fail(f"input '{name}': shape {raw} declares more than 2**40 elements")
+    return tuple(raw)
 
 
 def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:

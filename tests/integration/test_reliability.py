@@ -4,6 +4,7 @@ a request past its deadline is answered 504 uncomputed, an oversized body is ref
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -179,6 +180,57 @@ def test_sigterm_serves_everything_received_refuses_the_rest_and_exits_0(
 def test_a_bad_priority_is_400(server: ServerProcess, priority: object, message: str) -> None:
     response = httpx.post(
         f"{server.url}/v2/models/digits/infer", json=digits_body(priority=priority)
+    )
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "image/png"],
+)
+def test_a_wrong_content_type_is_415(server: ServerProcess, content_type: str) -> None:
+    response = httpx.post(
+        f"{server.url}/v2/models/digits/infer",
+        content=json.dumps(digits_body()),
+        headers={"Content-Type": content_type},
+    )
+    assert response.status_code == 415
+    assert "application/json" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status"),
+    [
+        ({"Inference-Header-Content-Length": "999999"}, b'{"inputs": []}', 400),
+        ({"Inference-Header-Content-Length": "abc"}, b"{}", 400),
+        ({}, b"[" * 5000 + b"]" * 5000, 400),  # deeper than any JSON parser should go
+        ({}, b"\xff\xfe not json", 400),
+    ],
+    ids=["header-length-lies", "header-length-not-a-number", "deep-json", "garbage"],
+)
+def test_hostile_bodies_get_clear_400s(
+    server: ServerProcess, headers: dict[str, str], body: bytes, status: int
+) -> None:
+    response = httpx.post(f"{server.url}/v2/models/digits/infer", content=body, headers=headers)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [(10**9, "needs 256000000000 bytes"), (10**12, "more than 2**40 elements")],
+)
+def test_a_huge_declared_shape_is_refused_without_allocating(
+    server: ServerProcess, rows: int, message: str
+) -> None:
+    parameters = {"binary_data_size": 8}
+    tensor = {"name": "input", "shape": [rows, 64], "datatype": "FP32", "parameters": parameters}
+    header = json.dumps({"inputs": [tensor]}).encode()
+    response = httpx.post(
+        f"{server.url}/v2/models/digits/infer",
+        content=header + b"\0" * 8,
+        headers={"Inference-Header-Content-Length": str(len(header))},
     )
     assert response.status_code == 400
     assert message in response.json()["error"]

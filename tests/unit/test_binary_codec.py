@@ -3,6 +3,7 @@ BYTES tensors, and the errors a malformed binary request gets."""
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import numpy as np
@@ -171,3 +172,31 @@ def test_any_strings_round_trip_as_bytes(words: list[str]) -> None:
     array[:] = words
     raw = encode_binary_tensor(array, "BYTES")
     assert decode_binary_tensor(TEXT, (len(words),), memoryview(raw)).tolist() == words
+
+
+@given(body=st.binary(max_size=300), header_length=st.one_of(st.none(), st.integers(-5, 400)))
+def test_any_bytes_are_decoded_or_refused_with_a_400(
+    body: bytes, header_length: int | None
+) -> None:
+    """Fuzz: whatever arrives, the codec answers with a request or an InvalidInputError."""
+    with contextlib.suppress(InvalidInputError):
+        decode_infer_request(body, (X, IDS, TEXT), (Y,), header_length=header_length)
+
+
+@given(
+    shape=st.lists(st.integers(0, 2**40), max_size=4),
+    size=st.integers(0, 64),
+    datatype=st.sampled_from(["FP32", "INT64", "BOOL", "BYTES", "FP16"]),
+)
+def test_declared_shapes_never_allocate_beyond_the_data(
+    shape: list[int], size: int, datatype: str
+) -> None:
+    spec = TensorSpec("t", datatype, tuple(-1 for _ in shape))
+    header = orjson.dumps({"inputs": [{"name": "t", "datatype": datatype, "shape": shape,
+                                       "parameters": {"binary_data_size": size}}]})  # fmt: skip
+    body = header + bytes(size)
+    try:
+        request = decode_infer_request(body, (spec,), (Y,), header_length=len(header))
+    except InvalidInputError:
+        return
+    assert request.inputs["t"].nbytes <= max(size, 1) * 8
