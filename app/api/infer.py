@@ -12,13 +12,13 @@ outcome and duration are counted exactly once.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from app.api.auth import MODEL_CONTROL, PROTECTED, refusal
 from app.api.responses import error_parts
 from app.errors import (
     DeadlineExceededError,
@@ -79,9 +79,9 @@ class InferenceFastPath:
                 and path.startswith(PROTECTED)
                 and not (self._own_management_token and path.startswith(MODEL_CONTROL))
             ):
-                refusal = _refusal(scope, self._token)
-                if refusal is not None:
-                    await _respond(send, *refusal)
+                refused = refusal(scope, self._token)
+                if refused is not None:
+                    await _respond(send, *refused)
                     return
             if scope["method"] == "POST":
                 match = INFER_PATH.match(scope["path"])
@@ -150,27 +150,6 @@ class InferenceFastPath:
             ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": encoded.content})
-
-
-#: Paths that need the API token when one is set; health, /v2 and /metrics stay open.
-PROTECTED = ("/v2/models", "/v2/repository")
-MODEL_CONTROL = "/v2/repository/models/"
-
-
-def _refusal(scope: Scope, token: bytes) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
-    """None when the request carries the right bearer token; else 401 (none) or 403."""
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, given = value.partition(b" ")
-            if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token):
-                return None
-            return 403, "the bearer token is not valid for this server", []
-    challenge = [(b"www-authenticate", b'Bearer realm="batchserve"')]
-    return (
-        401,
-        "this server needs `Authorization: Bearer <token>` (BATCHSERVE_API_TOKEN)",
-        challenge,
-    )
 
 
 #: Content-Types an infer request may carry (none at all is accepted too, as Triton does).
