@@ -199,6 +199,16 @@ class Batcher:
         `timeout_s`, a request still queued after that long fails with DeadlineExceededError
         and is never computed. Cancelling the caller drops the request if it is still queued.
         """
+        return await self.submit(inputs, timeout_s, priority)
+
+    def submit(
+        self,
+        inputs: dict[str, np.ndarray],
+        timeout_s: float | None = None,
+        priority: int | None = None,
+    ) -> asyncio.Future[Outputs]:
+        """Queue one request; its future resolves to its outputs. Cancelling the future
+        drops the request if it is still queued (see `infer`)."""
         self.check_admission()
         samples, shapes = self._batch_samples(inputs)
         key = (self._level(priority), shapes)
@@ -216,7 +226,7 @@ class Batcher:
             self._add_deadline(pending, now + timeout_s)
         self._observer.queue_depth(self._depth)
         self._wake_one()
-        return await pending.future
+        return pending.future
 
     # -- leaving the queue ----------------------------------------------------------------
 

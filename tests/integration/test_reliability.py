@@ -234,3 +234,19 @@ def test_a_huge_declared_shape_is_refused_without_allocating(
     )
     assert response.status_code == 400
     assert message in response.json()["error"]
+
+
+def test_a_client_that_goes_away_has_its_queued_request_dropped(server: ServerProcess) -> None:
+    inferences_before = server.metric("batchserve_inferences_total", model="held")
+    cancelled_before = server.metric("batchserve_requests_total", model="held", outcome="cancelled")
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up while the model holds it
+        httpx.post(f"{server.url}/v2/models/held/infer", json=digits_body(), timeout=0.5)
+    for _ in range(100):  # until the server has noticed (bounded)
+        cancelled = server.metric("batchserve_requests_total", model="held", outcome="cancelled")
+        if cancelled == cancelled_before + 1:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the disconnect was never noticed")
+    assert server.metric("batchserve_queue_depth", model="held") == 0
+    assert server.metric("batchserve_inferences_total", model="held") == inferences_before
