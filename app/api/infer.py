@@ -111,7 +111,9 @@ class InferenceFastPath:
             body = await _read_body(scope, receive, service.settings.max_request_bytes)
             # The version serving now: a reload may have swapped it in while the body arrived.
             loaded = service.repository.version(model, version)
-            request = decode_infer_request(body, loaded.inputs, loaded.outputs, header_length)
+            request = decode_infer_request(
+                body, loaded.inputs, loaded.outputs, header_length, loaded.reject_nonfinite
+            )
             timeout_s = _timeout_s(request.parameters, loaded.default_timeout_s)
             priority = _priority(request.parameters)
             outputs = await _until_done_or_gone(

@@ -159,6 +159,7 @@ def decode_infer_request(
     inputs: Sequence[TensorSpec],
     outputs: Sequence[TensorSpec],
     header_length: int | None = None,
+    reject_nonfinite: bool = False,
 ) -> InferRequest:
     """Parse and validate a v2 request against the model's specs.
 
@@ -216,6 +217,8 @@ def decode_infer_request(
     if len(decoded) != len(specs):
         missing = [s.name for s in inputs if s.name not in decoded]
         raise _fail(f"missing input(s) {missing}; the model expects {describe_specs(inputs)}")
+    if reject_nonfinite:
+        _check_finite(decoded)
     if binary is not None and offset != len(binary):
         raise _fail(
             f"the body has {len(binary) - offset} bytes of binary data that no input claims"
@@ -237,6 +240,15 @@ def decode_infer_request(
         binary_outputs=binary_outputs,
         parameters=parameters,
     )
+
+
+def _check_finite(inputs: Mapping[str, np.ndarray]) -> None:
+    for name, array in inputs.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise _fail(
+                f"input '{name}': holds NaN or infinite values, which this model refuses "
+                "(reject_nonfinite in its config)"
+            )
 
 
 def _binary_size(name: str, parameters: Any) -> int | None:

@@ -119,6 +119,8 @@ class ModelConfig(_Strict):
     batching: BatchingConfig = BatchingConfig()
     instances: list[InstanceConfig] = Field(default_factory=lambda: [InstanceConfig()])
     version_policy: VersionPolicy = VersionPolicy()
+    #: Refuse (400) requests whose floating-point inputs hold NaN or infinity.
+    reject_nonfinite: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:

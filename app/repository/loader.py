@@ -83,6 +83,7 @@ def load_version(
         instances=instances,
         batcher=Batcher(f"{model}/{version}", policy, instances, observer),
         default_timeout_s=_seconds(batching.default_timeout_ms or default_timeout_ms),
+        reject_nonfinite=config.reject_nonfinite,
     )
 
 

@@ -35,6 +35,8 @@ class LoadedVersion:
     batcher: Batcher
     #: Deadline for requests that set none (model config, else server setting).
     default_timeout_s: float | None = None
+    #: Refuse NaN/infinite values in floating-point inputs (model config).
+    reject_nonfinite: bool = False
     outputs_by_name: dict[str, TensorSpec] = field(init=False)
 
     def __post_init__(self) -> None:

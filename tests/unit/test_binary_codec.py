@@ -200,3 +200,14 @@ def test_declared_shapes_never_allocate_beyond_the_data(
     except InvalidInputError:
         return
     assert request.inputs["t"].nbytes <= max(size, 1) * 8
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_nonfinite_values_are_refused_only_where_the_model_says_so(value: float) -> None:
+    x = np.ones((2, 3), np.float32)
+    x[1, 2] = value
+    body, length = binary_request([("x", "FP32", x)])
+    allowed = decode_infer_request(body, (X,), (Y,), header_length=length)
+    assert allowed.inputs["x"].tobytes() == x.tobytes()
+    with pytest.raises(InvalidInputError, match="input 'x': holds NaN or infinite values"):
+        decode_infer_request(body, (X,), (Y,), header_length=length, reject_nonfinite=True)

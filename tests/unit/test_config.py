@@ -187,7 +187,8 @@ def test_unknown_top_level_key_names_file_key_and_allowed_keys(tmp_path: Path) -
 
     assert str(tmp_path / CONFIG_FILE) in message
     assert "unknown key 'max_batch'" in message
-    assert "(allowed here: max_batch_size, batching, instances, version_policy)" in message
+    allowed = "max_batch_size, batching, instances, version_policy, reject_nonfinite"
+    assert f"(allowed here: {allowed})" in message
 
 
 def test_unknown_key_in_batching_lists_batching_keys(tmp_path: Path) -> None:
