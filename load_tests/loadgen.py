@@ -98,13 +98,8 @@ class PreparedRequest:
     binary: bool
 
 
-async def prepare_request(
-    session: aiohttp.ClientSession, url: str, model: str, rows: int, binary: bool = False
-) -> PreparedRequest:
-    """A request with `rows` random samples, shaped from the model's metadata."""
-    async with session.get(f"{url}/v2/models/{model}") as response:
-        response.raise_for_status()
-        metadata = await response.json()
+def build_request(metadata: dict[str, Any], rows: int, binary: bool = False) -> PreparedRequest:
+    """A request with `rows` random samples, shaped from a model's v2 metadata."""
     rng = np.random.default_rng(0)
     inputs = []
     chunks = []
@@ -127,6 +122,16 @@ async def prepare_request(
     header = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}}).encode()
     headers = {"Content-Type": "application/octet-stream", BINARY_HEADER: str(len(header))}
     return PreparedRequest(header + b"".join(chunks), headers, rows, True)
+
+
+async def prepare_request(
+    session: aiohttp.ClientSession, url: str, model: str, rows: int, binary: bool = False
+) -> PreparedRequest:
+    """`build_request` for a model's metadata as the server at `url` reports it."""
+    async with session.get(f"{url}/v2/models/{model}") as response:
+        response.raise_for_status()
+        metadata = await response.json()
+    return build_request(metadata, rows, binary)
 
 
 class LoadGenerator:

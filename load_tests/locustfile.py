@@ -14,35 +14,30 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 from locust import HttpUser, LoadTestShape, between, events, task
+
+# locust puts this file's folder on sys.path; the request builder lives in the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from load_tests.loadgen import PreparedRequest, build_request
 
 MODEL = os.environ.get("LOCUST_MODEL", "digits")
 ROWS = int(os.environ.get("LOCUST_ROWS", "1"))
-NUMPY = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32}
-_body: bytes | None = None
+_request: PreparedRequest | None = None
 
 
 @events.test_start.add_listener
 def _prepare(environment: Any, **_: Any) -> None:
     """Build the request once from the model's metadata."""
-    global _body
+    global _request
     import urllib.request
 
     with urllib.request.urlopen(f"{environment.host}/v2/models/{MODEL}", timeout=10) as r:
         metadata = json.load(r)
-    rng = np.random.default_rng(0)
-    inputs = []
-    for spec in metadata["inputs"]:
-        shape = [1 if d < 0 else d for d in spec["shape"]]
-        if spec["shape"] and spec["shape"][0] < 0:
-            shape[0] = ROWS
-        data = (rng.random(shape) * 16).astype(NUMPY[spec["datatype"]])
-        inputs.append({"name": spec["name"], "shape": shape, "datatype": spec["datatype"],
-                       "data": data.ravel().tolist()})  # fmt: skip
-    _body = json.dumps({"inputs": inputs}).encode()
+    _request = build_request(metadata, ROWS)
 
 
 class InferUser(HttpUser):
@@ -54,8 +49,8 @@ class InferUser(HttpUser):
     def infer(self) -> None:
         with self.client.post(
             f"/v2/models/{MODEL}/infer",
-            data=_body,
-            headers={"Content-Type": "application/json"},
+            data=_request.body if _request else b"",
+            headers=_request.headers if _request else {},
             name=f"infer {MODEL}",
             catch_response=True,
         ) as response:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hmac
-
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from app.api.auth import refusal
 from app.api.deps import service_of
 from app.api.responses import error_response, json_response
 from app.errors import ModelLoadError
@@ -27,9 +26,8 @@ def _refused(request: Request) -> Response | None:
             403, "model control is off; start the server with BATCHSERVE_MODEL_CONTROL=true"
         )
     if settings.management_token is not None:
-        expected = f"Bearer {settings.management_token.get_secret_value()}".encode()
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
+        token = settings.management_token.get_secret_value().encode()
+        if refusal(request.scope, token) is not None:
             return error_response(403, "load and unload need the management token")
     return None
 

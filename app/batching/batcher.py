@@ -239,7 +239,6 @@ class Batcher:
     def _cancelled(self, pending: _Pending) -> None:
         if pending.queued and pending.future.cancelled():
             self._leave(pending)
-            self._observer.request_cancelled()
             self._observer.queue_depth(self._depth)
 
     def _add_deadline(self, pending: _Pending, deadline: float) -> None:

@@ -42,8 +42,5 @@ class BatchObserver:
     def queue_depth(self, depth: int) -> None:
         """Requests now waiting in the queue."""
 
-    def request_cancelled(self) -> None:
-        """A queued request was dropped before compute because its caller went away."""
-
     def batch_executed(self, report: BatchReport) -> None:
         """One execution finished (or failed)."""
