@@ -13,7 +13,7 @@ from prometheus_client import start_http_server
 
 from app.batching import BatchObserver
 from app.metrics import ModelMetrics, ModelStatistics, NoMetrics, ServerMetrics, VersionGauges
-from app.repository import ModelRepository, ModelState
+from app.repository import ModelRepository, ModelState, ServingDefaults
 from app.settings import Settings
 
 log = logging.getLogger("batchserve")
@@ -33,9 +33,12 @@ class InferenceService:
         self.metrics = ServerMetrics(settings.latency_buckets)
         self.repository = ModelRepository(
             settings.model_repository,
-            default_max_queue_size=settings.default_max_queue_size,
+            ServingDefaults(
+                max_queue_size=settings.default_max_queue_size,
+                max_queue_bytes=settings.default_max_queue_bytes,
+                timeout_ms=settings.default_timeout_ms,
+            ),
             observer_factory=self._observer,
-            default_timeout_ms=settings.default_timeout_ms,
         )
         self.metrics.watch_state(self._version_gauges)
         self._no_metrics = NoMetrics()
@@ -123,7 +126,7 @@ class InferenceService:
             state = _STATE_NAMES[entry.state]
             if not entry.versions:
                 yield VersionGauges(entry.name, "", state, 0, 0)
-            for version in list(entry.versions):
+            for version, loaded in list(entry.versions.items()):
                 metrics = self.metrics.known(entry.name, version)
                 yield VersionGauges(
                     entry.name,
@@ -131,6 +134,7 @@ class InferenceService:
                     state,
                     metrics.depth if metrics else 0,
                     metrics.inflight if metrics else 0,
+                    loaded.batcher.queued_bytes,
                 )
 
     def statistics(self, model: str | None, version: str | None) -> list[dict[str, Any]]:

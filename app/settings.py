@@ -35,6 +35,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Requests a model version may hold queued when its config sets no limit.",
     )
+    default_max_queue_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of input tensors a model version may hold queued when its config "
+        "sets no limit; beyond it requests are answered 429 (one request is always admitted "
+        "to an empty queue).",
+    )
     default_timeout_ms: float | None = Field(
         default=None,
         gt=0,

@@ -106,8 +106,8 @@ class InferenceFastPath:
         try:
             if service.draining:
                 raise UnavailableError("server is shutting down; retry on another replica")
-            loaded.batcher.check_admission()
-            header_length = _request_headers(scope)
+            header_length, content_length = _request_headers(scope)
+            loaded.batcher.check_admission(content_length)
             body = await _read_body(scope, receive, service.settings.max_request_bytes)
             # The version serving now: a reload may have swapped it in while the body arrived.
             loaded = service.repository.version(model, version)
@@ -161,11 +161,15 @@ class InferenceFastPath:
 ACCEPTED_TYPES = (b"application/json", b"application/octet-stream", b"text/plain")
 
 
-def _request_headers(scope: Scope) -> int | None:
-    """Check Content-Type; return Inference-Header-Content-Length, if any."""
+def _request_headers(scope: Scope) -> tuple[int | None, int]:
+    """Check Content-Type; return Inference-Header-Content-Length (if any) and the body's
+    announced size (Content-Length, 0 when chunked) for the queue's byte bound."""
     header_length = None
+    content_length = 0
     for name, value in scope["headers"]:
-        if name == BINARY_HEADER:
+        if name == b"content-length" and value.isdigit():
+            content_length = int(value)
+        elif name == BINARY_HEADER:
             try:
                 header_length = int(value)
             except ValueError:
@@ -180,7 +184,7 @@ def _request_headers(scope: Scope) -> int | None:
                     "'application/json' (with binary tensors: 'application/octet-stream' and "
                     "Inference-Header-Content-Length)"
                 )
-    return header_length
+    return header_length, content_length
 
 
 #: A request still waiting after this long gets a watcher for its client's disconnect.

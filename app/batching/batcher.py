@@ -55,6 +55,7 @@ GroupKey = tuple[int, ShapeKey]  # (priority level, non-batch shapes)
 class _Pending:
     inputs: dict[str, np.ndarray]
     samples: int
+    nbytes: int
     enqueued: float
     future: asyncio.Future[Outputs]
     group: _ShapeGroup
@@ -99,6 +100,7 @@ class Batcher:
         self._observer = observer or BatchObserver()
         self._groups: OrderedDict[GroupKey, _ShapeGroup] = OrderedDict()
         self._depth = 0
+        self._queued_bytes = 0
         self._idle: deque[asyncio.Future[None]] = deque()
         self._tasks: list[asyncio.Task[None]] = []
         self._executors: list[ThreadPoolExecutor] = []
@@ -143,16 +145,30 @@ class Batcher:
         """Requests waiting in the queue (not those being computed)."""
         return self._depth
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of input tensors waiting in the queue."""
+        return self._queued_bytes
+
     # -- admission ------------------------------------------------------------------------
 
-    def check_admission(self) -> None:
-        """Raise at once if a request would be refused, before its body is even read."""
+    def check_admission(self, incoming_bytes: int = 0) -> None:
+        """Raise at once if a request of `incoming_bytes` would be refused: called before
+        its body is read (with its Content-Length) and again with its tensors' size."""
         if self._closing:
             raise UnavailableError(f"model '{self.name}' is shutting down")
-        if self._depth >= self.policy.max_queue_size:
+        policy = self.policy
+        if self._depth >= policy.max_queue_size:
             raise OverloadedError(
-                f"model '{self.name}' queue is full ({self.policy.max_queue_size} requests "
+                f"model '{self.name}' queue is full ({policy.max_queue_size} requests "
                 "waiting); retry later",
+                retry_after_s=1.0,
+            )
+        limit = policy.max_queue_bytes
+        if limit is not None and self._depth and self._queued_bytes + incoming_bytes > limit:
+            raise OverloadedError(
+                f"model '{self.name}' queue is full ({self._queued_bytes} bytes of inputs "
+                f"waiting, limit {limit}; this request adds {incoming_bytes}); retry later",
                 retry_after_s=1.0,
             )
 
@@ -209,7 +225,8 @@ class Batcher:
     ) -> asyncio.Future[Outputs]:
         """Queue one request; its future resolves to its outputs. Cancelling the future
         drops the request if it is still queued (see `infer`)."""
-        self.check_admission()
+        nbytes = sum(array.nbytes for array in inputs.values())
+        self.check_admission(nbytes)
         samples, shapes = self._batch_samples(inputs)
         key = (self._level(priority), shapes)
         loop = asyncio.get_running_loop()
@@ -217,11 +234,12 @@ class Batcher:
         if group is None:
             group = self._groups[key] = _ShapeGroup()
         now = loop.time()
-        pending = _Pending(inputs, samples, now, loop.create_future(), group)
+        pending = _Pending(inputs, samples, nbytes, now, loop.create_future(), group)
         pending.future.add_done_callback(lambda _f: self._cancelled(pending))
         group.items.append(pending)
         group.samples += samples
         self._depth += 1
+        self._queued_bytes += nbytes
         if timeout_s is not None:
             self._add_deadline(pending, now + timeout_s)
         self._observer.queue_depth(self._depth)
@@ -235,6 +253,7 @@ class Batcher:
         pending.queued = False
         pending.group.samples -= pending.samples
         self._depth -= 1
+        self._queued_bytes -= pending.nbytes
 
     def _cancelled(self, pending: _Pending) -> None:
         if pending.queued and pending.future.cancelled():

@@ -15,12 +15,16 @@ class BatchingPolicy:
     """
 
     max_batch_size: int
+    #: Requests that may wait in the queue; beyond it, new ones are answered 429.
     max_queue_size: int
     max_queue_delay_s: float = 0.0
     preferred_batch_sizes: tuple[int, ...] = ()
     #: Priority levels 1 (highest) .. priority_levels; requests naming none get the default.
     priority_levels: int = 1
     default_priority: int = 1
+    #: Bytes of input tensors that may wait in the queue (None: no limit). The request that
+    #: finds the queue empty is always admitted, so one large request is never starved.
+    max_queue_bytes: int | None = None
 
     @property
     def batches(self) -> bool:

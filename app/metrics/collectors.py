@@ -20,10 +20,12 @@ class VersionGauges:
     state: str  # one of STATES
     queue_depth: int
     inflight: int
+    queue_bytes: int = 0
 
 
 class StateCollector(Collector):
-    """Exports batchserve_queue_depth, batchserve_inflight_requests, batchserve_model_state."""
+    """Exports batchserve_queue_depth, batchserve_queue_bytes, batchserve_inflight_requests
+    and batchserve_model_state."""
 
     def __init__(self, read: Callable[[], Iterable[VersionGauges]]) -> None:
         self._read = read
@@ -32,6 +34,11 @@ class StateCollector(Collector):
         labels = ["model", "version"]
         depth = GaugeMetricFamily(
             "batchserve_queue_depth", "Requests waiting in the queue.", labels=labels
+        )
+        queued_bytes = GaugeMetricFamily(
+            "batchserve_queue_bytes",
+            "Bytes of input tensors waiting in the queue (bounded by max_queue_bytes).",
+            labels=labels,
         )
         inflight = GaugeMetricFamily(
             "batchserve_inflight_requests",
@@ -46,9 +53,11 @@ class StateCollector(Collector):
         for row in self._read():
             values = [row.model, row.version]
             depth.add_metric(values, row.queue_depth)
+            queued_bytes.add_metric(values, row.queue_bytes)
             inflight.add_metric(values, row.inflight)
             for name in STATES:
                 state.add_metric([*values, name], 1.0 if row.state == name else 0.0)
         yield depth
+        yield queued_bytes
         yield inflight
         yield state

@@ -5,6 +5,7 @@ Blocking (ORT session creation and warm-up): call it from a thread, not the even
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from app.batching import Batcher, BatchingPolicy, BatchObserver
@@ -15,6 +16,15 @@ from app.repository.state import LoadedVersion
 from app.runtime import OnnxInstance
 
 MODEL_FILE = "model.onnx"
+
+
+@dataclass(frozen=True, slots=True)
+class ServingDefaults:
+    """The server's settings for what a model's config leaves unset."""
+
+    max_queue_size: int = 1024
+    max_queue_bytes: int | None = None
+    timeout_ms: float | None = None
 
 
 def resolve_max_batch_size(config: ModelConfig, inputs: tuple[TensorSpec, ...]) -> int:
@@ -37,9 +47,8 @@ def load_version(
     version: int,
     version_dir: Path,
     config: ModelConfig,
-    default_max_queue_size: int,
+    defaults: ServingDefaults,
     observer: BatchObserver | None = None,
-    default_timeout_ms: float | None = None,
 ) -> LoadedVersion:
     """Create and warm every instance of one version; the batcher is built but not started."""
     model_path = version_dir / MODEL_FILE
@@ -59,7 +68,8 @@ def load_version(
     batching = config.batching
     policy = BatchingPolicy(
         max_batch_size=max_batch_size,
-        max_queue_size=batching.max_queue_size or default_max_queue_size,
+        max_queue_size=batching.max_queue_size or defaults.max_queue_size,
+        max_queue_bytes=batching.max_queue_bytes or defaults.max_queue_bytes,
         max_queue_delay_s=batching.max_queue_delay_ms / 1000.0,
         preferred_batch_sizes=tuple(sorted(set(batching.preferred_batch_sizes))),
         priority_levels=batching.priority_levels,
@@ -82,7 +92,7 @@ def load_version(
         outputs=first.outputs,
         instances=instances,
         batcher=Batcher(f"{model}/{version}", policy, instances, observer),
-        default_timeout_s=_seconds(batching.default_timeout_ms or default_timeout_ms),
+        default_timeout_s=_seconds(batching.default_timeout_ms or defaults.timeout_ms),
         reject_nonfinite=config.reject_nonfinite,
     )
 

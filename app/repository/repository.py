@@ -13,7 +13,7 @@ from typing import Any
 from app.batching import BatchObserver
 from app.errors import ModelLoadError, NotFoundError, UnavailableError
 from app.repository.config import load_model_config
-from app.repository.loader import MODEL_FILE, load_version
+from app.repository.loader import MODEL_FILE, ServingDefaults, load_version
 from app.repository.state import LoadedVersion, ModelEntry, ModelState
 
 log = logging.getLogger(__name__)
@@ -30,13 +30,11 @@ class ModelRepository:
     def __init__(
         self,
         root: Path,
-        default_max_queue_size: int,
+        defaults: ServingDefaults | None = None,
         observer_factory: ObserverFactory | None = None,
-        default_timeout_ms: float | None = None,
     ) -> None:
         self.root = root
-        self._default_max_queue_size = default_max_queue_size
-        self._default_timeout_ms = default_timeout_ms
+        self._defaults = defaults or ServingDefaults()
         self._observer_factory = observer_factory
         self.models: dict[str, ModelEntry] = {}
         self._draining: set[asyncio.Task[None]] = set()
@@ -141,9 +139,8 @@ class ModelRepository:
                     version,
                     entry.path / str(version),
                     config,
-                    self._default_max_queue_size,
+                    self._defaults,
                     observer,
-                    self._default_timeout_ms,
                 )
             except ModelLoadError as exc:
                 raise ModelLoadError(f"version {version}: {exc}") from None

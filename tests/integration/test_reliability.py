@@ -151,6 +151,8 @@ def test_sigterm_serves_everything_received_refuses_the_rest_and_exits_0(
                 await asyncio.sleep(0.02)
             else:
                 raise AssertionError("the 200 requests never all reached the queue")
+            # Their tensors, 200 x 64 float32, are what the queue's byte bound counts.
+            assert server.metric("batchserve_queue_bytes", model="digits") == 200 * 64 * 4
             signalled = time.monotonic()
             server.signal_term()
             responses = await asyncio.gather(*sent)

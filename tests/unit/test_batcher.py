@@ -220,6 +220,55 @@ def test_a_full_queue_refuses_at_once_and_serves_the_queued() -> None:
     run(scenario)
 
 
+def test_the_queue_is_bounded_in_bytes_and_frees_them_as_requests_leave() -> None:
+    # rows(2) is 2 x 3 float32 = 24 bytes; a 60-byte bound holds two of them, not three.
+    async def scenario() -> None:
+        runner, batcher, head = await held_batcher(max_queue_bytes=60)
+        queued = [asyncio.ensure_future(batcher.infer(rows(2, start=i))) for i in (1, 2)]
+        await until(lambda: batcher.depth == 2)
+        assert batcher.queued_bytes == 48
+        with pytest.raises(OverloadedError, match="48 bytes of inputs waiting, limit 60"):
+            await batcher.infer(rows(2, start=3))
+        with pytest.raises(OverloadedError, match="bytes of inputs waiting"):
+            batcher.check_admission(incoming_bytes=13)  # a body announced before it is read
+        batcher.check_admission(incoming_bytes=12)  # fits exactly
+        runner.gate.set()
+        await asyncio.gather(head, *queued)
+        assert batcher.queued_bytes == 0
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_a_request_larger_than_the_byte_bound_is_admitted_to_an_empty_queue() -> None:
+    # Otherwise it could never be served at all; the body limit is what caps its size.
+    async def scenario() -> None:
+        runner = GatedRunner()
+        batcher = await started_batcher([runner], max_queue_bytes=8)
+        out = await batcher.infer(rows(4))
+        np.testing.assert_array_equal(out["y"], rows(4)["x"] * 2 + 1)
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_cancelled_and_expired_requests_give_their_bytes_back() -> None:
+    async def scenario() -> None:
+        runner, batcher, head = await held_batcher(max_queue_bytes=1000)
+        cancelled = asyncio.ensure_future(batcher.infer(rows(2)))
+        expiring = asyncio.ensure_future(batcher.infer(rows(2), timeout_s=0.01))
+        await until(lambda: batcher.queued_bytes == 48)
+        cancelled.cancel()
+        with pytest.raises(DeadlineExceededError):
+            await expiring
+        await until(lambda: batcher.queued_bytes == 0)
+        runner.gate.set()
+        await head
+        await batcher.close()
+
+    run(scenario)
+
+
 def test_requests_with_different_non_batch_shapes_never_share_a_batch() -> None:
     async def scenario() -> None:
         runner = GatedRunner(gated=True)
