@@ -12,6 +12,7 @@ from app.batching import Batcher, BatchingPolicy, BatchObserver
 from app.errors import ModelLoadError
 from app.protocol.types import TensorSpec
 from app.repository.config import AUTO_MAX_BATCH_SIZE, ModelConfig
+from app.repository.model_files import check_model_files
 from app.repository.state import LoadedVersion
 from app.runtime import OnnxInstance
 
@@ -52,6 +53,7 @@ def load_version(
 ) -> LoadedVersion:
     """Create and warm every instance of one version; the batcher is built but not started."""
     model_path = version_dir / MODEL_FILE
+    check_model_files(model_path, version_dir)
     instances: list[OnnxInstance] = []
     for instance_config in config.instances:
         for _ in range(instance_config.count):

@@ -87,3 +87,60 @@ def test_model_names_never_reach_outside_the_repository(server: ServerProcess, n
         assert response.status_code == 404, (name, response.status_code, response.text)
     index = httpx.post(f"{server.url}/v2/repository/index", headers=auth).json()
     assert [row["name"] for row in index] == ["digits"]
+
+
+def write_external_data_model(version_dir: Path, location: str) -> None:
+    """y = x + w with `w` kept as external data that the graph says is at `location`."""
+    from onnx import TensorProto, helper, numpy_helper, save_model
+
+    version_dir.mkdir(parents=True)
+    w = numpy_helper.from_array(np.arange(4, dtype=np.float32).reshape(1, 4), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    save_model(model, version_dir / "model.onnx", save_as_external_data=True,
+               location="w.bin", size_threshold=0)  # fmt: skip
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    save_model(model, version_dir / "model.onnx")  # the graph now points at `location`
+
+
+def test_models_whose_files_lie_outside_their_directory_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "repository"
+    outside = tmp_path / "outside"
+    write_external_data_model(outside / "1", "w.bin")  # a good model, but not in the repository
+    write_external_data_model(root / "inside" / "1", "w.bin")
+    write_external_data_model(root / "dotdot" / "1", "../../../outside/1/w.bin")
+    write_external_data_model(root / "absolute" / "1", str(outside / "1" / "w.bin"))
+    write_external_data_model(root / "linked_data" / "1", "w.bin")
+    (root / "linked_data" / "1" / "w.bin").unlink()
+    (root / "linked_data" / "1" / "w.bin").symlink_to(outside / "1" / "w.bin")
+    (root / "linked_model" / "1").mkdir(parents=True)
+    (root / "linked_model" / "1" / "model.onnx").symlink_to(outside / "1" / "model.onnx")
+
+    server = ServerProcess(root, env={"BATCHSERVE_STRICT_READINESS": "false"})
+    try:
+        index = httpx.post(f"{server.url}/v2/repository/index").json()
+        rows = {row["name"]: row for row in index}
+        assert rows["inside"]["state"] == "READY"
+        refused = ["absolute", "dotdot", "linked_data", "linked_model"]
+        for name in refused:
+            assert rows[name]["state"] == "UNAVAILABLE", rows[name]
+        for name in ["absolute", "dotdot", "linked_data"]:
+            assert "tensor 'w' keeps its data at" in rows[name]["reason"], rows[name]
+        assert "outside its version directory" in rows["linked_model"]["reason"]
+        body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1] * 4}]}
+        answer = httpx.post(f"{server.url}/v2/models/inside/infer", json=body)
+        assert answer.json()["outputs"][0]["data"] == [1.0, 2.0, 3.0, 4.0]
+        for name in refused:
+            response = httpx.post(f"{server.url}/v2/models/{name}/infer", json=body)
+            assert response.status_code == 503, (name, response.text)
+    finally:
+        server.stop()
