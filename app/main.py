@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import errors, health, metrics, models, repository
+from app.api import errors, health, metrics, models, openapi, repository
 from app.api.infer import InferenceFastPath
 from app.service import InferenceService
 from app.settings import Settings
@@ -49,4 +49,5 @@ def create_app(settings: Settings | None = None) -> InferenceFastPath:
     errors.install(app)
     for module in (health, models, repository, metrics):
         app.include_router(module.router)
+    openapi.install(app)
     return InferenceFastPath(app, service)

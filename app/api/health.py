@@ -8,18 +8,19 @@ from fastapi.responses import Response
 from app import __version__
 from app.api.deps import service_of
 from app.api.responses import error_response, json_response
+from app.api.schemas import Live, Ready, ServerMetadata, errors
 
 router = APIRouter(tags=["health"])
 
 EXTENSIONS = ["model_repository", "statistics"]
 
 
-@router.get("/v2/health/live")
+@router.get("/v2/health/live", responses={200: {"model": Live}})
 async def live() -> Response:
     return json_response({"live": True})
 
 
-@router.get("/v2/health/ready")
+@router.get("/v2/health/ready", responses={200: {"model": Ready}, **errors(503)})
 async def ready(request: Request) -> Response:
     reason = service_of(request).not_ready_reason()
     if reason is not None:
@@ -27,6 +28,6 @@ async def ready(request: Request) -> Response:
     return json_response({"ready": True})
 
 
-@router.get("/v2")
+@router.get("/v2", responses={200: {"model": ServerMetadata}})
 async def server_metadata() -> Response:
     return json_response({"name": "batchserve", "version": __version__, "extensions": EXTENSIONS})

@@ -7,13 +7,20 @@ from fastapi.responses import Response
 
 from app.api.deps import service_of
 from app.api.responses import json_response
+from app.api.schemas import ModelMetadata, ModelReady, ModelStatistics, errors
+
+#: Every /v2/models route: unknown model or version, not ready, and the token when one is set.
+_ERRORS = errors(400, 401, 403, 404, 503)
 
 router = APIRouter(tags=["models"])
 
 
-@router.get("/v2/models/stats")
-@router.get("/v2/models/{model_name}/stats")
-@router.get("/v2/models/{model_name}/versions/{model_version}/stats")
+@router.get("/v2/models/stats", responses={200: {"model": ModelStatistics}, **_ERRORS})
+@router.get("/v2/models/{model_name}/stats", responses={200: {"model": ModelStatistics}, **_ERRORS})
+@router.get(
+    "/v2/models/{model_name}/versions/{model_version}/stats",
+    responses={200: {"model": ModelStatistics}, **_ERRORS},
+)
 async def model_statistics(
     request: Request, model_name: str | None = None, model_version: str | None = None
 ) -> Response:
@@ -23,8 +30,11 @@ async def model_statistics(
     return json_response({"model_stats": stats})
 
 
-@router.get("/v2/models/{model_name}")
-@router.get("/v2/models/{model_name}/versions/{model_version}")
+@router.get("/v2/models/{model_name}", responses={200: {"model": ModelMetadata}, **_ERRORS})
+@router.get(
+    "/v2/models/{model_name}/versions/{model_version}",
+    responses={200: {"model": ModelMetadata}, **_ERRORS},
+)
 async def model_metadata(
     request: Request, model_name: str, model_version: str | None = None
 ) -> Response:
@@ -36,8 +46,11 @@ async def model_metadata(
     return json_response(loaded.metadata(versions))
 
 
-@router.get("/v2/models/{model_name}/ready")
-@router.get("/v2/models/{model_name}/versions/{model_version}/ready")
+@router.get("/v2/models/{model_name}/ready", responses={200: {"model": ModelReady}, **_ERRORS})
+@router.get(
+    "/v2/models/{model_name}/versions/{model_version}/ready",
+    responses={200: {"model": ModelReady}, **_ERRORS},
+)
 async def model_ready(
     request: Request, model_name: str, model_version: str | None = None
 ) -> Response:

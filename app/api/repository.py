@@ -8,12 +8,16 @@ from fastapi.responses import Response
 from app.api.auth import refusal
 from app.api.deps import service_of
 from app.api.responses import error_response, json_response
+from app.api.schemas import Empty, RepositoryModel, errors
 from app.errors import ModelLoadError
 
 router = APIRouter(tags=["repository"])
 
 
-@router.post("/v2/repository/index")
+@router.post(
+    "/v2/repository/index",
+    responses={200: {"model": list[RepositoryModel]}, **errors(401, 403)},
+)
 async def repository_index(request: Request) -> Response:
     """Every model found, with its state and, when it failed, the reason."""
     return json_response(service_of(request).repository.index())
@@ -32,7 +36,10 @@ def _refused(request: Request) -> Response | None:
     return None
 
 
-@router.post("/v2/repository/models/{model_name}/load")
+@router.post(
+    "/v2/repository/models/{model_name}/load",
+    responses={200: {"model": Empty}, **errors(400, 401, 403, 404)},
+)
 async def load_model(request: Request, model_name: str) -> Response:
     """Load or reload a model: new versions are warmed before they take traffic, and the
     versions they replace finish what they hold. A failed reload keeps the old ones."""
@@ -46,7 +53,10 @@ async def load_model(request: Request, model_name: str) -> Response:
     return json_response({})
 
 
-@router.post("/v2/repository/models/{model_name}/unload")
+@router.post(
+    "/v2/repository/models/{model_name}/unload",
+    responses={200: {"model": Empty}, **errors(401, 403, 404)},
+)
 async def unload_model(request: Request, model_name: str) -> Response:
     """Stop serving a model; requests already queued are still answered."""
     refused = _refused(request)
