@@ -30,6 +30,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "port": args.port,
             "log_level": args.log_level,
             "metrics_port": args.metrics_port,
+            "repository_poll_s": args.repository_poll_s,
         }.items()
         if value is not None
     }
@@ -79,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         help="also serve /metrics on this port, from a thread of its own (as Triton's 8002)",
+    )
+    serve.add_argument(
+        "--repository-poll-s",
+        type=float,
+        metavar="SECONDS",
+        help="scan the repository this often: load new or changed models, unload removed ones",
     )
     serve.add_argument(
         "--log-level", choices=["critical", "error", "warning", "info", "debug"], default=None

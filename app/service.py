@@ -14,6 +14,7 @@ from prometheus_client import start_http_server
 from app.batching import BatchObserver
 from app.metrics import ModelMetrics, ModelStatistics, NoMetrics, ServerMetrics, VersionGauges
 from app.repository import ModelRepository, ModelState, ServingDefaults
+from app.repository.poller import RepositoryPoller
 from app.settings import Settings
 
 log = logging.getLogger("batchserve")
@@ -47,6 +48,7 @@ class InferenceService:
         self.loaded = asyncio.Event()
         self.draining = False
         self.startup_error: str | None = None
+        self._poller: RepositoryPoller | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -64,6 +66,9 @@ class InferenceService:
         """Load the repository; the server stays live (not ready) while this runs."""
         try:
             await self.repository.load_all()
+            if self.settings.repository_poll_s is not None:
+                self._poller = RepositoryPoller(self.repository, self.settings.repository_poll_s)
+                await self._poller.start()
         except Exception as exc:
             self.startup_error = str(exc)
             log.error("could not load the model repository: %s", exc)
@@ -74,10 +79,14 @@ class InferenceService:
         """Stop taking work: readiness 503, new inference 503, batchers serve what is queued
         without waiting for fuller batches."""
         self.draining = True
+        if self._poller is not None:
+            self._poller.cancel()
         self.repository.begin_drain()
 
     async def close(self) -> None:
         self.draining = True
+        if self._poller is not None:
+            await self._poller.stop()
         await self.repository.close()
         if self._metrics_server is not None:
             server, thread = self._metrics_server

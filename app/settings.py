@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest request body accepted; above it the answer is 413.",
     )
+    repository_poll_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Scan the model repository this often and load new or changed models, "
+        "unload removed ones (Triton's poll mode); off by default.",
+    )
     drain_timeout_s: int = Field(
         default=30,
         ge=1,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ class ModelRepository:
         self._observer_factory = observer_factory
         self.models: dict[str, ModelEntry] = {}
         self._draining: set[asyncio.Task[None]] = set()
+        #: One load or unload at a time per model (the API and the poller may both ask).
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     # -- loading --------------------------------------------------------------------------
 
@@ -82,18 +85,28 @@ class ModelRepository:
 
     async def load(self, name: str) -> None:
         """Load or reload one model by name (the v2 repository extension's load)."""
-        entry = self.models.get(name)
-        if entry is None:
-            path = self._model_dir(name)
-            entry = self.models[name] = ModelEntry(name=name, path=path)
-        await self._load(entry)
+        async with self._locks[name]:
+            entry = self.models.get(name)
+            if entry is None:
+                path = self._model_dir(name)
+                entry = self.models[name] = ModelEntry(name=name, path=path)
+            await self._load(entry)
 
     async def unload(self, name: str) -> None:
         """Stop serving a model: new requests get 503, queued ones are still served."""
-        entry = self.entry(name)
-        replaced = entry.versions
-        entry.versions, entry.state, entry.reason = {}, ModelState.UNAVAILABLE, "unloaded"
-        self._drain_later(replaced.values())
+        async with self._locks[name]:
+            entry = self.entry(name)
+            replaced = entry.versions
+            entry.versions, entry.state, entry.reason = {}, ModelState.UNAVAILABLE, "unloaded"
+            self._drain_later(replaced.values())
+
+    async def remove(self, name: str) -> None:
+        """Unload a model whose directory is gone and drop it from the index (new requests
+        get 404); queued ones are still served."""
+        await self.unload(name)
+        async with self._locks[name]:
+            if self.models.get(name) is not None and not self.models[name].versions:
+                del self.models[name]
 
     def _model_dir(self, name: str) -> Path:
         """`<root>/<name>`, only for a valid name naming a directory directly in the root."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -99,3 +100,55 @@ def test_model_control_is_off_unless_enabled(tmp_path: Path) -> None:
         assert "BATCHSERVE_MODEL_CONTROL" in response.json()["error"]
     finally:
         process.stop()
+
+
+def until(condition: Callable[[], bool], what: str, within_s: float = 30.0) -> None:
+    """Watch (bounded) for the server to reach a state: polling happens on its own clock."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened within {within_s} s: {what}")
+        time.sleep(0.05)
+
+
+def test_repository_poll_loads_reloads_and_unloads_what_the_directory_holds(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "repository"
+    shutil.copytree(MODELS / "digits", root / "digits", ignore=shutil.ignore_patterns("*.py"))
+    server = ServerProcess(root, extra_args=["--repository-poll-s", "0.1"])
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]}
+
+    def index() -> dict[str, dict[str, str]]:
+        rows = httpx.post(f"{server.url}/v2/repository/index").json()
+        return {row["name"]: row for row in rows}
+
+    def versions(name: str) -> list[str]:
+        return list(httpx.get(f"{server.url}/v2/models/{name}").json().get("versions", []))
+
+    def place(source: Path, target: Path) -> None:
+        """Copy beside the repository, then move into it: the poll never sees half a copy."""
+        staging = tmp_path / "staging"
+        shutil.copytree(source, staging, ignore=shutil.ignore_patterns("*.py"))
+        staging.rename(target)
+
+    try:
+        place(MODELS / "digits", root / "spare")  # a new model
+        until(lambda: index().get("spare", {}).get("state") == "READY", "spare loaded")
+        answer = httpx.post(f"{server.url}/v2/models/spare/infer", json=body)
+        assert answer.status_code == 200, answer.text
+
+        place(MODELS / "digits" / "1", root / "digits" / "2")  # a new version
+        until(lambda: versions("digits") == ["2"], "digits v2 serving instead of v1")
+
+        (root / "digits" / "config.toml").write_text("max_batch_size = 'many'\n")
+        until(lambda: "model digits failed to load" in server.log, "the broken reload noticed")
+        assert versions("digits") == ["2"]  # the old versions keep serving
+        assert httpx.post(f"{server.url}/v2/models/digits/infer", json=body).status_code == 200
+
+        shutil.rmtree(root / "spare")  # a removed model
+        until(lambda: "spare" not in index(), "spare dropped from the index")
+        gone = httpx.post(f"{server.url}/v2/models/spare/infer", json=body)
+        assert gone.status_code == 404, gone.text
+    finally:
+        server.stop()
