@@ -144,3 +144,12 @@ def test_models_whose_files_lie_outside_their_directory_are_refused(tmp_path: Pa
             assert response.status_code == 503, (name, response.text)
     finally:
         server.stop()
+
+
+def test_cors_is_off_by_default(server: ServerProcess) -> None:
+    # No Access-Control-Allow-Origin: a browser page from another origin cannot call the API.
+    origin = {"Origin": "https://elsewhere.example", "Access-Control-Request-Method": "POST"}
+    preflight = httpx.options(f"{server.url}/v2/models/digits/infer", headers=origin)
+    simple = httpx.get(f"{server.url}/v2/health/live", headers={"Origin": origin["Origin"]})
+    for response in (preflight, simple):
+        assert "access-control-allow-origin" not in response.headers, response.headers
