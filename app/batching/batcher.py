@@ -101,6 +101,7 @@ class Batcher:
         self._groups: OrderedDict[GroupKey, _ShapeGroup] = OrderedDict()
         self._depth = 0
         self._queued_bytes = 0
+        self._queued_samples = 0
         self._idle: deque[asyncio.Future[None]] = deque()
         self._tasks: list[asyncio.Task[None]] = []
         self._executors: list[ThreadPoolExecutor] = []
@@ -152,7 +153,7 @@ class Batcher:
 
     # -- admission ------------------------------------------------------------------------
 
-    def check_admission(self, incoming_bytes: int = 0) -> None:
+    def check_admission(self, incoming_bytes: int = 0, incoming_samples: int = 0) -> None:
         """Raise at once if a request of `incoming_bytes` would be refused: called before
         its body is read (with its Content-Length) and again with its tensors' size."""
         if self._closing:
@@ -162,6 +163,17 @@ class Batcher:
             raise OverloadedError(
                 f"model '{self.name}' queue is full ({policy.max_queue_size} requests "
                 "waiting); retry later",
+                retry_after_s=1.0,
+            )
+        samples = policy.max_queue_samples
+        if (
+            samples is not None
+            and self._depth
+            and self._queued_samples + incoming_samples > samples
+        ):
+            raise OverloadedError(
+                f"model '{self.name}' queue is full ({self._queued_samples} samples waiting, "
+                f"limit {samples}; this request adds {incoming_samples}); retry later",
                 retry_after_s=1.0,
             )
         limit = policy.max_queue_bytes
@@ -225,9 +237,9 @@ class Batcher:
     ) -> asyncio.Future[Outputs]:
         """Queue one request; its future resolves to its outputs. Cancelling the future
         drops the request if it is still queued (see `infer`)."""
-        nbytes = sum(array.nbytes for array in inputs.values())
-        self.check_admission(nbytes)
         samples, shapes = self._batch_samples(inputs)
+        nbytes = sum(array.nbytes for array in inputs.values())
+        self.check_admission(nbytes, samples)
         key = (self._level(priority), shapes)
         loop = asyncio.get_running_loop()
         group = self._groups.get(key)
@@ -240,6 +252,7 @@ class Batcher:
         group.samples += samples
         self._depth += 1
         self._queued_bytes += nbytes
+        self._queued_samples += samples
         if timeout_s is not None:
             self._add_deadline(pending, now + timeout_s)
         self._observer.queue_depth(self._depth)
@@ -254,6 +267,7 @@ class Batcher:
         pending.group.samples -= pending.samples
         self._depth -= 1
         self._queued_bytes -= pending.nbytes
+        self._queued_samples -= pending.samples
 
     def _cancelled(self, pending: _Pending) -> None:
         if pending.queued and pending.future.cancelled():

@@ -25,6 +25,9 @@ class BatchingPolicy:
     #: Bytes of input tensors that may wait in the queue (None: no limit). The request that
     #: finds the queue empty is always admitted, so one large request is never starved.
     max_queue_bytes: int | None = None
+    #: Samples that may wait in the queue (None: no limit beyond max_queue_size requests);
+    #: queued samples over throughput is the wait a new request should expect.
+    max_queue_samples: int | None = None
 
     @property
     def batches(self) -> bool:

@@ -42,6 +42,8 @@ class BatchingConfig(_Strict):
     max_queue_size: Annotated[int, Field(ge=1)] | None = None
     #: Bytes of queued input tensors beyond which requests are answered 429.
     max_queue_bytes: Annotated[int, Field(ge=1)] | None = None
+    #: Samples (first-axis rows) queued beyond which requests are answered 429.
+    max_queue_samples: Annotated[int, Field(ge=1)] | None = None
     #: Deadline for requests that set no `parameters.timeout`; None: the server's default.
     default_timeout_ms: Annotated[float, Field(gt=0, le=3_600_000)] | None = None
     #: `parameters.priority` 1 (highest) .. priority_levels; FIFO within a level.

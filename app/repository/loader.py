@@ -72,6 +72,7 @@ def load_version(
         max_batch_size=max_batch_size,
         max_queue_size=batching.max_queue_size or defaults.max_queue_size,
         max_queue_bytes=batching.max_queue_bytes or defaults.max_queue_bytes,
+        max_queue_samples=batching.max_queue_samples,
         max_queue_delay_s=batching.max_queue_delay_ms / 1000.0,
         preferred_batch_sizes=tuple(sorted(set(batching.preferred_batch_sizes))),
         priority_levels=batching.priority_levels,

@@ -240,6 +240,22 @@ def test_the_queue_is_bounded_in_bytes_and_frees_them_as_requests_leave() -> Non
     run(scenario)
 
 
+def test_the_queue_is_bounded_in_samples() -> None:
+    async def scenario() -> None:
+        runner, batcher, head = await held_batcher(max_queue_samples=5)
+        queued = [asyncio.ensure_future(batcher.infer(rows(n))) for n in (2, 2)]
+        await until(lambda: batcher.depth == 2)
+        with pytest.raises(OverloadedError, match="4 samples waiting, limit 5"):
+            await batcher.infer(rows(2))
+        one_more = asyncio.ensure_future(batcher.infer(rows(1)))  # fits exactly
+        await until(lambda: batcher.depth == 3)
+        runner.gate.set()
+        await asyncio.gather(head, *queued, one_more)
+        await batcher.close()
+
+    run(scenario)
+
+
 def test_a_request_larger_than_the_byte_bound_is_admitted_to_an_empty_queue() -> None:
     # Otherwise it could never be served at all; the body limit is what caps its size.
     async def scenario() -> None:
