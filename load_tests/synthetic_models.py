@@ -128,3 +128,44 @@ def write_gather_model(path: Path, rows: int = 10, width: int = 4) -> None:
         initializer=[numpy_helper.from_array(table, "table")],
     )
     _save(graph, path)
+
+
+def write_token_model(path: Path, vocab: int = 1000, width: int = 32) -> None:
+    """A masked embedding model shaped like a text encoder: input_ids and attention_mask
+    INT64 [batch, sequence] -> `hidden` FP32 [batch, sequence, width] (embeddings times the
+    mask) and `pooled` FP32 [batch, width] (their masked mean). Padding with id 0 and mask 0
+    leaves every request's own outputs unchanged, as with a real attention model."""
+    rng = np.random.default_rng(0)
+    table = numpy_helper.from_array(rng.standard_normal((vocab, width)).astype(np.float32), "table")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "input_ids"], ["embedded"], axis=0),
+            helper.make_node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["mask", "last"], ["mask3"]),
+            helper.make_node("Mul", ["embedded", "mask3"], ["hidden"]),
+            helper.make_node("ReduceSum", ["hidden", "seq_axis"], ["summed"], keepdims=0),
+            helper.make_node("ReduceSum", ["mask3", "seq_axis"], ["count"], keepdims=0),
+            helper.make_node("Max", ["count", "one"], ["safe_count"]),
+            helper.make_node("Div", ["summed", "safe_count"], ["pooled"]),
+        ],
+        "token_model",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+            helper.make_tensor_value_info(
+                "attention_mask", TensorProto.INT64, ["batch", "sequence"]
+            ),
+        ],
+        [
+            helper.make_tensor_value_info(
+                "hidden", TensorProto.FLOAT, ["batch", "sequence", width]
+            ),
+            helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", width]),
+        ],
+        [
+            table,
+            numpy_helper.from_array(np.array([-1], dtype=np.int64), "last"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "seq_axis"),
+            numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
+        ],
+    )
+    _save(graph, path)

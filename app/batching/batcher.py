@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.batching.observer import BatchObserver, BatchReport
+from app.batching.padding import PaddingPlan
 from app.batching.policy import BatchingPolicy
 from app.batching.runner import BatchRunner
 from app.errors import (
@@ -60,6 +61,8 @@ class _Pending:
     future: asyncio.Future[Outputs]
     group: _ShapeGroup
     deadline: float | None = None
+    #: Length along the padded axis (variable-length batching), else 0.
+    length: int = 0
     #: True while the request counts in the queue (not taken, expired or cancelled).
     queued: bool = True
 
@@ -80,6 +83,8 @@ class _BatchResult:
     input_s: float = 0.0
     compute_s: float = 0.0
     output_s: float = 0.0
+    positions: int = 0
+    padding_positions: int = 0
 
 
 class Batcher:
@@ -201,6 +206,9 @@ class Batcher:
                 f"request has {samples} samples but model '{self.name}' accepts at most "
                 f"{self.policy.max_batch_size} per request (max_batch_size); split it"
             )
+        padding = self.policy.padding
+        if padding is not None:
+            return samples, padding.group_shapes(inputs)
         return samples, tuple(array.shape[1:] for array in inputs.values())
 
     def _level(self, priority: int | None) -> int:
@@ -238,6 +246,8 @@ class Batcher:
         """Queue one request; its future resolves to its outputs. Cancelling the future
         drops the request if it is still queued (see `infer`)."""
         samples, shapes = self._batch_samples(inputs)
+        padding = self.policy.padding
+        length = padding.length(inputs) if padding is not None else 0
         nbytes = sum(array.nbytes for array in inputs.values())
         self.check_admission(nbytes, samples)
         key = (self._level(priority), shapes)
@@ -246,7 +256,7 @@ class Batcher:
         if group is None:
             group = self._groups[key] = _ShapeGroup()
         now = loop.time()
-        pending = _Pending(inputs, samples, nbytes, now, loop.create_future(), group)
+        pending = _Pending(inputs, samples, nbytes, now, loop.create_future(), group, None, length)
         pending.future.add_done_callback(lambda _f: self._cancelled(pending))
         group.items.append(pending)
         group.samples += samples
@@ -344,6 +354,8 @@ class Batcher:
 
     def _take(self, group: _ShapeGroup) -> list[_Pending]:
         limit = self.policy.take_limit(group.samples) if self.policy.batches else 1
+        if self.policy.padding is not None:
+            return self._take_bounded_padding(group, limit, self.policy.padding.max_ratio)
         batch: list[_Pending] = []
         taken = 0
         items = group.items
@@ -362,6 +374,36 @@ class Batcher:
             self._leave(head)
             batch.append(head)
             taken += head.samples
+        self._observer.queue_depth(self._depth)
+        return batch
+
+    def _take_bounded_padding(
+        self, group: _ShapeGroup, limit: int, max_ratio: float
+    ) -> list[_Pending]:
+        """The oldest request, joined by those after it (looking at most a few batches
+        ahead) that keep the batch's padding within `max_ratio` of its positions."""
+        items = group.items
+        looked: list[_Pending] = []
+        batch: list[_Pending] = []
+        taken = positions = longest = 0
+        window = 4 * max(limit, 1)
+        while items and len(looked) < window and taken < limit:
+            candidate = items.popleft()
+            if not candidate.queued:
+                continue
+            if candidate.future.done():  # cancelled; its done-callback has not run yet
+                self._cancelled(candidate)
+                continue
+            grown = max(longest, candidate.length)
+            samples = taken + candidate.samples
+            filled = positions + candidate.samples * candidate.length
+            if not batch or (samples <= limit and 1.0 - filled / (samples * grown) <= max_ratio):
+                batch.append(candidate)
+                self._leave(candidate)
+                taken, positions, longest = samples, filled, grown
+            else:
+                looked.append(candidate)
+        items.extendleft(reversed(looked))  # the ones passed over keep their places
         self._observer.queue_depth(self._depth)
         return batch
 
@@ -422,7 +464,12 @@ class Batcher:
             samples = sum(p.samples for p in batch)
             try:
                 result = await loop.run_in_executor(
-                    executor, _execute, runner, [p.inputs for p in batch], self.policy.batches
+                    executor,
+                    _execute,
+                    runner,
+                    [p.inputs for p in batch],
+                    self.policy.batches,
+                    self.policy.padding,
                 )
             except Exception as exc:  # the executor itself failed (shut down, ...)
                 result = _BatchResult([exc] * len(batch))
@@ -446,7 +493,8 @@ class Batcher:
                 )  # fmt: skip
             self._observer.batch_executed(
                 BatchReport(runner.label, runner.device, samples, 0, waits, result.input_s,
-                            result.compute_s, result.output_s, failed_samples)
+                            result.compute_s, result.output_s, failed_samples,
+                            result.positions, result.padding_positions)
             )  # fmt: skip
 
 
@@ -464,42 +512,56 @@ def sanitise(exc: Exception) -> str:
 
 
 def _execute(
-    runner: BatchRunner, requests: list[dict[str, np.ndarray]], batches: bool
+    runner: BatchRunner,
+    requests: list[dict[str, np.ndarray]],
+    batches: bool,
+    padding: PaddingPlan | None = None,
 ) -> _BatchResult:
-    """Runs in the worker's thread: concatenate, execute, split back per request. When the
-    batch fails, bisect it so only the requests that fail alone get the error."""
+    """Runs in the worker's thread: assemble (concatenate, or pad), execute, split back
+    per request. When the batch fails, bisect it so only the requests that fail alone get
+    the error."""
     try:
-        return _execute_once(runner, requests, batches)
+        return _execute_once(runner, requests, batches, padding)
     except Exception as exc:
         if len(requests) == 1:
             return _BatchResult([exc])
     middle = len(requests) // 2
-    left = _execute(runner, requests[:middle], batches)
-    right = _execute(runner, requests[middle:], batches)
+    left = _execute(runner, requests[:middle], batches, padding)
+    right = _execute(runner, requests[middle:], batches, padding)
     return _BatchResult(
         left.outputs + right.outputs,
         left.input_s + right.input_s,
         left.compute_s + right.compute_s,
         left.output_s + right.output_s,
+        left.positions + right.positions,
+        left.padding_positions + right.padding_positions,
     )
 
 
 def _execute_once(
-    runner: BatchRunner, requests: list[dict[str, np.ndarray]], batches: bool
+    runner: BatchRunner,
+    requests: list[dict[str, np.ndarray]],
+    batches: bool,
+    padding: PaddingPlan | None,
 ) -> _BatchResult:
     started = time.perf_counter()
+    counts = [next(iter(r.values())).shape[0] for r in requests]
+    lengths = [padding.length(r) for r in requests] if padding is not None else [0] * len(counts)
+    positions = sum(n * length for n, length in zip(counts, lengths, strict=True))
     if len(requests) == 1:
         feeds = requests[0]
+    elif padding is not None:
+        feeds = padding.assemble(requests, lengths)
     else:
         feeds = {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}
+    total = sum(counts)
+    batch_positions = total * max(lengths, default=0)
     assembled = time.perf_counter()
     outputs = runner.run(feeds)
     computed = time.perf_counter()
     if len(requests) == 1:
-        return _BatchResult([outputs], assembled - started, computed - assembled, 0.0)
+        return _BatchResult([outputs], assembled - started, computed - assembled, 0.0, positions, 0)
     assert batches, "only batching models run several requests at once"
-    counts = [next(iter(r.values())).shape[0] for r in requests]
-    total = sum(counts)
     for name, array in outputs.items():
         if array.ndim == 0 or array.shape[0] != total:
             raise RuntimeError(
@@ -508,9 +570,17 @@ def _execute_once(
             )
     bounds = np.cumsum(counts)[:-1]
     split = {name: np.split(array, bounds) for name, array in outputs.items()}
-    per_request: list[Outputs | Exception] = [
-        {name: parts[i] for name, parts in split.items()} for i in range(len(requests))
-    ]
+    per_request = [{name: parts[i] for name, parts in split.items()} for i in range(len(requests))]
+    if padding is not None:
+        per_request = [
+            padding.cut_back(outputs, length)
+            for outputs, length in zip(per_request, lengths, strict=True)
+        ]
     return _BatchResult(
-        per_request, assembled - started, computed - assembled, time.perf_counter() - computed
+        list[Outputs | Exception](per_request),
+        assembled - started,
+        computed - assembled,
+        time.perf_counter() - computed,
+        batch_positions,
+        batch_positions - positions,
     )

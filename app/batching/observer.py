@@ -23,6 +23,10 @@ class BatchReport:
     output_s: float
     #: Samples of requests that failed (the batch was bisected to find them).
     failed_samples: int = 0
+    #: Variable-length batching: positions along the padded axis in the batch, and how many
+    #: of them were padding (computed, then cut away).
+    positions: int = 0
+    padding_positions: int = 0
 
     @property
     def requests(self) -> int:

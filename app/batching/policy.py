@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.batching.padding import PaddingPlan
+
 
 @dataclass(frozen=True, slots=True)
 class BatchingPolicy:
@@ -28,6 +30,8 @@ class BatchingPolicy:
     #: Samples that may wait in the queue (None: no limit beyond max_queue_size requests);
     #: queued samples over throughput is the wait a new request should expect.
     max_queue_samples: int | None = None
+    #: Variable-length batching (app.batching.padding); None: only equal shapes share a batch.
+    padding: PaddingPlan | None = None
 
     @property
     def batches(self) -> bool:

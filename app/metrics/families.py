@@ -84,6 +84,12 @@ class ServerMetrics:
             "Samples the batcher added as padding (computed, never returned).",
             mvd, registry=r,
         )  # fmt: skip
+        self.positions = Counter(
+            "batchserve_sequence_positions",
+            "Positions along variable-length axes (tokens) computed: kind=request for the "
+            "requests' own, kind=padding for padding added to batch them (cut away after).",
+            [*mvd, "kind"], registry=r,
+        )  # fmt: skip
         self.worker_busy = Counter(
             "batchserve_worker_busy_seconds",
             "Seconds each worker spent executing; rate() is its utilization.",
@@ -120,7 +126,15 @@ class NoMetrics:
 class _DeviceChildren:
     """The children of one (model, version, device)."""
 
-    __slots__ = ("batch_size", "compute", "executions", "inferences", "padding")
+    __slots__ = (
+        "batch_size",
+        "compute",
+        "executions",
+        "inferences",
+        "padding",
+        "padding_positions",
+        "positions",
+    )
 
     def __init__(self, server: ServerMetrics, labels: tuple[str, str, str]) -> None:
         self.compute = server.compute_duration.labels(*labels)
@@ -128,6 +142,8 @@ class _DeviceChildren:
         self.inferences = server.inferences.labels(*labels)
         self.executions = server.executions.labels(*labels)
         self.padding = server.padding.labels(*labels)
+        self.positions = server.positions.labels(*labels, "request")
+        self.padding_positions = server.positions.labels(*labels, "padding")
 
 
 class ModelMetrics(BatchObserver):
@@ -198,6 +214,9 @@ class ModelMetrics(BatchObserver):
         device.inferences.inc(report.succeeded_samples)
         if report.padding:
             device.padding.inc(report.padding)
+        if report.positions:
+            device.positions.inc(report.positions - report.padding_positions)
+            device.padding_positions.inc(report.padding_positions)
         self.statistics.batch_executed(
             report.succeeded_samples,
             report.requests,

@@ -90,6 +90,27 @@ class InstanceConfig(_Strict):
         return max(1, (os.cpu_count() or 1) // self.count)
 
 
+class PaddingConfig(_Strict):
+    """`[padding]`: requests of different lengths share a batch (variable-length batching).
+
+    Each input named in `inputs` has one variable non-batch axis; requests are padded along
+    it to the longest in the batch with the value given. Outputs whose graph dims share that
+    axis's symbolic name are cut back per request; `outputs` names others (name = axis).
+    """
+
+    inputs: dict[str, int | float]
+    outputs: dict[str, Annotated[int, Field(ge=1)]] = {}
+    #: Padded positions of a batch stay at or below this share of all its positions.
+    max_padding_ratio: Annotated[float, Field(ge=0, le=1)] = 0.25
+
+    @field_validator("inputs")
+    @classmethod
+    def _some_inputs(cls, inputs: dict[str, int | float]) -> dict[str, int | float]:
+        if not inputs:
+            raise ValueError("name at least one input to pad, e.g. inputs = { input_ids = 0 }")
+        return inputs
+
+
 class VersionPolicy(_Strict):
     """`version_policy`: exactly one of `latest = N`, `all = true`, `specific = [..]`."""
 
@@ -123,6 +144,7 @@ class ModelConfig(_Strict):
     batching: BatchingConfig = BatchingConfig()
     instances: list[InstanceConfig] = Field(default_factory=lambda: [InstanceConfig()])
     version_policy: VersionPolicy = VersionPolicy()
+    padding: PaddingConfig | None = None
     #: Refuse (400) requests whose floating-point inputs hold NaN or infinity.
     reject_nonfinite: bool = False
 

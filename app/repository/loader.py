@@ -13,6 +13,7 @@ from app.errors import ModelLoadError
 from app.protocol.types import TensorSpec
 from app.repository.config import AUTO_MAX_BATCH_SIZE, ModelConfig
 from app.repository.model_files import check_model_files
+from app.repository.padding import build_padding_plan
 from app.repository.state import LoadedVersion
 from app.runtime import OnnxInstance
 
@@ -73,6 +74,7 @@ def load_version(
         max_queue_size=batching.max_queue_size or defaults.max_queue_size,
         max_queue_bytes=batching.max_queue_bytes or defaults.max_queue_bytes,
         max_queue_samples=batching.max_queue_samples,
+        padding=build_padding_plan(config.padding, first.inputs, first.outputs, max_batch_size),
         max_queue_delay_s=batching.max_queue_delay_ms / 1000.0,
         preferred_batch_sizes=tuple(sorted(set(batching.preferred_batch_sizes))),
         priority_levels=batching.priority_levels,
