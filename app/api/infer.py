@@ -19,6 +19,8 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import numpy as np
+
 from app.api.auth import MODEL_CONTROL, PROTECTED, refusal
 from app.api.responses import error_parts
 from app.errors import (
@@ -31,6 +33,7 @@ from app.errors import (
     UnavailableError,
     UnsupportedMediaTypeError,
 )
+from app.preprocess.text import TextStage, cut_to_own_length, remaining
 from app.protocol.codec import decode_infer_request, encode_error, encode_infer_response
 from app.service import InferenceService
 
@@ -112,12 +115,22 @@ class InferenceFastPath:
             # The version serving now: a reload may have swapped it in while the body arrived.
             loaded = service.repository.version(model, version)
             request = decode_infer_request(
-                body, loaded.inputs, loaded.outputs, header_length, loaded.reject_nonfinite
+                body,
+                loaded.request_inputs,
+                loaded.outputs,
+                header_length,
+                loaded.reject_nonfinite,
+                loaded.input_sets,
             )
             timeout_s = _timeout_s(request.parameters, loaded.default_timeout_s)
             priority = _priority(request.parameters)
+            inputs = request.inputs
+            text = loaded.text
+            if text is not None and text.input in inputs:
+                texts = inputs[text.input]
+                inputs, timeout_s = await _tokenize(text, texts, timeout_s, priority, receive)
             outputs = await _until_done_or_gone(
-                loaded.batcher.submit(request.inputs, timeout_s, priority), receive
+                loaded.batcher.submit(inputs, timeout_s, priority), receive
             )
             if request.outputs is not None:
                 outputs = {name: outputs[name] for name in request.outputs}
@@ -222,6 +235,20 @@ async def _until_done_or_gone(
         timer.cancel()
         if watcher is not None and not watcher.done():
             watcher.cancel()
+
+
+async def _tokenize(
+    text: TextStage,
+    texts: np.ndarray,
+    timeout_s: float | None,
+    priority: int | None,
+    receive: Receive,
+) -> tuple[dict[str, np.ndarray], float | None]:
+    """The request's token ids from the model's tokenizer step, and what is left of its
+    deadline for the model's own queue."""
+    deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
+    tokens = await _until_done_or_gone(text.submit(texts, timeout_s, priority), receive)
+    return cut_to_own_length(tokens), remaining(deadline)
 
 
 def _timeout_s(parameters: dict[str, Any], default_s: float | None) -> float | None:

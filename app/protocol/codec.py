@@ -160,8 +160,12 @@ def decode_infer_request(
     outputs: Sequence[TensorSpec],
     header_length: int | None = None,
     reject_nonfinite: bool = False,
+    input_sets: Sequence[tuple[str, ...]] = (),
 ) -> InferRequest:
     """Parse and validate a v2 request against the model's specs.
+
+    Every input in `inputs` is required, unless `input_sets` lists the complete sets a
+    request may give instead (raw text, or the token ids it becomes).
 
     `header_length` is the `Inference-Header-Content-Length` header: the body is then that
     many bytes of JSON followed by the binary data of the inputs that declare
@@ -214,7 +218,11 @@ def decode_infer_request(
             decoded[name] = _decode_json_data(spec, shape, raw["data"])
         else:
             raise _fail(f"input '{name}': 'data' is missing")
-    if len(decoded) != len(specs):
+    if input_sets:
+        if not any(decoded.keys() == set(names) for names in input_sets):
+            choices = " or ".join(str(list(names)) for names in input_sets)
+            raise _fail(f"give exactly one of these sets of inputs: {choices}; got {list(decoded)}")
+    elif len(decoded) != len(specs):
         missing = [s.name for s in inputs if s.name not in decoded]
         raise _fail(f"missing input(s) {missing}; the model expects {describe_specs(inputs)}")
     if reject_nonfinite:
@@ -234,7 +242,9 @@ def decode_infer_request(
         doc.get("outputs"), outputs, parameters.get("binary_data_output") is True
     )
     return InferRequest(
-        inputs=decoded if len(decoded) == 1 else {s.name: decoded[s.name] for s in inputs},
+        inputs=decoded
+        if len(decoded) == 1
+        else {s.name: decoded[s.name] for s in inputs if s.name in decoded},
         request_id=request_id,
         outputs=selected,
         binary_outputs=binary_outputs,

@@ -111,6 +111,16 @@ class PaddingConfig(_Strict):
         return inputs
 
 
+class TokenizerConfig(_Strict):
+    """`[tokenizer]`: clients may send raw text as the BYTES input `input` (one string per
+    sample) instead of token ids; `file` is a HuggingFace tokenizer.json in the model's
+    directory, and texts longer than `max_length` tokens are truncated."""
+
+    file: str = "tokenizer.json"
+    input: str = "text"
+    max_length: Annotated[int, Field(ge=1, le=1_000_000)] = 512
+
+
 class VersionPolicy(_Strict):
     """`version_policy`: exactly one of `latest = N`, `all = true`, `specific = [..]`."""
 
@@ -145,6 +155,7 @@ class ModelConfig(_Strict):
     instances: list[InstanceConfig] = Field(default_factory=lambda: [InstanceConfig()])
     version_policy: VersionPolicy = VersionPolicy()
     padding: PaddingConfig | None = None
+    tokenizer: TokenizerConfig | None = None
     #: Refuse (400) requests whose floating-point inputs hold NaN or infinity.
     reject_nonfinite: bool = False
 

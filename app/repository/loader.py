@@ -15,6 +15,7 @@ from app.repository.config import AUTO_MAX_BATCH_SIZE, ModelConfig
 from app.repository.model_files import check_model_files
 from app.repository.padding import build_padding_plan
 from app.repository.state import LoadedVersion
+from app.repository.text import build_text_stage
 from app.runtime import OnnxInstance
 
 MODEL_FILE = "model.onnx"
@@ -99,7 +100,11 @@ def load_version(
         batcher=Batcher(f"{model}/{version}", policy, instances, observer),
         default_timeout_s=_seconds(batching.default_timeout_ms or defaults.timeout_ms),
         reject_nonfinite=config.reject_nonfinite,
-    )
+        text=build_text_stage(
+            config.tokenizer, version_dir.parent, first.inputs, max_batch_size,
+            policy.max_queue_size,
+        ),
+    )  # fmt: skip
 
 
 def _seconds(milliseconds: float | None) -> float | None:

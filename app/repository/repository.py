@@ -78,7 +78,7 @@ class ModelRepository:
                 entry.state, entry.reason = ModelState.UNAVAILABLE, reason
             raise ModelLoadError(reason) from None
         for loaded in versions.values():
-            loaded.batcher.start()
+            loaded.start()
         replaced = entry.versions
         entry.versions, entry.state, entry.reason = versions, ModelState.READY, ""
         self._drain_later(replaced.values())
@@ -120,7 +120,7 @@ class ModelRepository:
     def _drain_later(self, versions: Iterable[LoadedVersion]) -> None:
         """Close replaced versions' batchers in the background: what they hold is served."""
         for loaded in versions:
-            task = asyncio.get_running_loop().create_task(loaded.batcher.close())
+            task = asyncio.get_running_loop().create_task(loaded.close())
             self._draining.add(task)
             task.add_done_callback(self._draining.discard)
 
@@ -162,12 +162,12 @@ class ModelRepository:
     def begin_drain(self) -> None:
         for entry in self.models.values():
             for loaded in entry.versions.values():
-                loaded.batcher.begin_drain()
+                loaded.begin_drain()
 
     async def close(self) -> None:
         """Drain every batcher: queued requests are served, then workers stop."""
-        batchers = [v.batcher for e in self.models.values() for v in e.versions.values()]
-        await asyncio.gather(*(b.close() for b in batchers), *self._draining)
+        versions = [v for e in self.models.values() for v in e.versions.values()]
+        await asyncio.gather(*(v.close() for v in versions), *self._draining)
 
     # -- lookups --------------------------------------------------------------------------
 

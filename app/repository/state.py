@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from app.batching import Batcher
+from app.preprocess import TextStage
 from app.protocol.types import TensorSpec
 from app.repository.config import ModelConfig
 from app.runtime import OnnxInstance
@@ -37,10 +38,40 @@ class LoadedVersion:
     default_timeout_s: float | None = None
     #: Refuse NaN/infinite values in floating-point inputs (model config).
     reject_nonfinite: bool = False
+    #: The tokenizer step, when clients may send raw text (model config `[tokenizer]`).
+    text: TextStage | None = None
     outputs_by_name: dict[str, TensorSpec] = field(init=False)
+    #: What a request may give: the model's inputs, and the text input when there is one.
+    request_inputs: tuple[TensorSpec, ...] = field(init=False)
+    #: The complete sets of inputs a request may give (empty: all of request_inputs).
+    input_sets: tuple[tuple[str, ...], ...] = field(init=False)
 
     def __post_init__(self) -> None:
         self.outputs_by_name = {spec.name: spec for spec in self.outputs}
+        self.request_inputs, self.input_sets = self.inputs, ()
+        if self.text is not None:
+            text = TensorSpec(self.text.input, "BYTES", (-1,))
+            self.request_inputs = (text, *self.inputs)
+            self.input_sets = ((text.name,), tuple(spec.name for spec in self.inputs))
+
+    def start(self) -> None:
+        self.batcher.start()
+        if self.text is not None:
+            self.text.batcher.start()
+
+    def begin_drain(self) -> None:
+        """Serve what is queued now. With a tokenizer, the model's batcher keeps taking the
+        ids of texts still being tokenized; close() drains it after them."""
+        if self.text is not None:
+            self.text.batcher.begin_drain()
+        else:
+            self.batcher.begin_drain()
+
+    async def close(self) -> None:
+        """Serve what is queued (texts first: their ids still go to the model), then stop."""
+        if self.text is not None:
+            await self.text.batcher.close()
+        await self.batcher.close()
 
     def metadata(self, versions: list[int]) -> dict[str, Any]:
         """The v2 model metadata response (plus the devices and providers really used)."""
@@ -48,7 +79,7 @@ class LoadedVersion:
             "name": self.model,
             "versions": [str(v) for v in versions],
             "platform": "onnxruntime_onnx",
-            "inputs": [spec.metadata() for spec in self.inputs],
+            "inputs": [spec.metadata() for spec in self.request_inputs],
             "outputs": [spec.metadata() for spec in self.outputs],
             "parameters": {
                 "max_batch_size": self.max_batch_size,
