@@ -5,18 +5,23 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck models bench bench-metrics clean
+.PHONY: serve test lint typecheck models bench bench-metrics clean lock
 
-# The virtual environment, rebuilt when pyproject.toml changes.
-$(BIN)/batchserve: pyproject.toml
+# The virtual environment, rebuilt when pyproject.toml or the lock changes. Runtime packages
+# are held at the versions the container images ship (requirements/gpu.txt, the lock of what
+# Linux x86-64 installs; its hashes dropped, as pip constraints take none), so the tests run
+# what the images run.
+CONSTRAINTS := $(VENV)/constraints.txt
+$(BIN)/batchserve: pyproject.toml requirements/gpu.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "batchserve needs Python 3.11 or newer; set PYTHON=python3.11 (or newer)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	sed -n 's/^\([A-Za-z0-9._-]*==[^ ;\\]*\).*/\1/p' requirements/gpu.txt > $(CONSTRAINTS)
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e .
 	@touch $@
 
 $(VENV)/.test-deps: $(BIN)/batchserve
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
 	@touch $@
 
 serve: $(BIN)/batchserve
@@ -33,7 +38,7 @@ test: lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 $(VENV)/.bench-deps: $(VENV)/.test-deps
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[test,bench]'
 	@touch $@
 
 # The benchmark report (load_tests/report/): raw ONNX Runtime, a hand-written endpoint, the
@@ -45,9 +50,13 @@ bench: $(VENV)/.bench-deps
 bench-metrics: $(VENV)/.test-deps
 	$(BIN)/python -m load_tests.bench_metrics
 
+# Regenerate the container images' locks (requirements/*.txt) from pyproject.toml; needs uv.
+lock:
+	requirements/lock.sh
+
 # Rebuild models/digits (model.onnx, held-out set, sample request) from scikit-learn's data.
 models: $(BIN)/batchserve
-	$(BIN)/python -m pip install --quiet -e '.[models]'
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[models]'
 	$(BIN)/python models/digits/build_digits.py
 
 clean:
