@@ -50,9 +50,11 @@ bench: $(VENV)/.bench-deps
 bench-metrics: $(VENV)/.test-deps
 	$(BIN)/python -m load_tests.bench_metrics
 
-# Regenerate the container images' locks (requirements/*.txt) from pyproject.toml; needs uv.
-lock:
-	requirements/lock.sh
+# Regenerate the container images' locks (requirements/*.txt) from pyproject.toml, with uv
+# (installed into .venv for this); run it after changing dependencies, then `make` again.
+lock: $(BIN)/batchserve
+	$(BIN)/python -m pip install --quiet uv
+	PATH="$(abspath $(BIN)):$$PATH" requirements/lock.sh
 
 # Rebuild models/digits (model.onnx, held-out set, sample request) from scikit-learn's data.
 models: $(BIN)/batchserve

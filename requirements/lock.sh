@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate the container images' locks (`make lock`; needs uv: `pip install uv`).
+# Regenerate the container images' locks: `make lock` (or run this with uv on PATH).
 #   requirements/gpu.txt  pyproject.toml's runtime dependencies as Linux x86-64 resolves them
 #                         (onnxruntime-gpu)
 #   requirements/cpu.txt  the same with ONNX Runtime's CPU build at the same version, every
