@@ -1,7 +1,8 @@
 """The `batchserve` command line.
 
 `batchserve serve [--model-repository DIR] [--host H] [--port P]`; every option also reads
-BATCHSERVE_* from the environment (app.settings).
+BATCHSERVE_* from the environment (app.settings). `batchserve optimize quantize|prune|evaluate`
+makes and measures optimized versions of a model (app.optimize.cli).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import uvicorn
 
 from app.main import create_app
+from app.optimize.cli import add_parser as add_optimize_parser
 from app.server import BatchserveServer
 from app.settings import Settings
 
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", choices=["critical", "error", "warning", "info", "debug"], default=None
     )
     serve.set_defaults(handler=_serve)
+    add_optimize_parser(commands)
     return parser
 
 
