@@ -39,6 +39,11 @@ ELEMENTWISE_OPS = frozenset(
         "Identity", "Clip", "Erf", "Abs", "Neg", "Exp",
     }
 )  # fmt: skip
+#: Operators that show a graph was quantized already (prune float graphs, then quantize).
+QUANTIZED_OPS = frozenset(
+    {"DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul", "QGemm",
+     "QLinearConv", "ConvInteger"}
+)  # fmt: skip
 #: Operators whose weights unstructured pruning zeroes.
 WEIGHTED_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 
@@ -235,12 +240,18 @@ def _find_pairs(model: onnx.ModelProto) -> tuple[_Index, list[_Pair]]:
     if not pairs:
         linear = [n for n in model.graph.node if n.op_type in LINEAR_OPS]
         weightless = [n for n in linear if index.weight_of(n) is None]
-        hint = (
-            f"; {_label(weightless[0])} takes its weight from a computed tensor, not an "
-            "initializer (prune before quantizing)"
-            if weightless
-            else ""
-        )
+        quantized = [n for n in model.graph.node if n.op_type in QUANTIZED_OPS]
+        hint = ""
+        if quantized:
+            hint = (
+                f"; the model is already quantized ({_label(quantized[0])}): prune the float "
+                "model, then quantize the pruned one"
+            )
+        elif weightless:
+            hint = (
+                f"; {_label(weightless[0])} takes its weight from a computed tensor, not an "
+                "initializer"
+            )
         raise PruneRefused(
             "found no two MatMul/Gemm layers with initializer weights joined only by a bias Add "
             f"and elementwise activations, so there are no hidden units to remove{hint}"

@@ -200,16 +200,32 @@ def quantize(
                     "entropy": CalibrationMethod.Entropy,
                     "percentile": CalibrationMethod.Percentile,
                 }
-                with _quiet():
-                    quantize_static(
-                        str(model_input),
-                        str(target),
-                        CalibrationReader(batches),
-                        quant_format=QuantFormat.QDQ,
-                        activation_type=types[options.activation_type],
-                        calibrate_method=methods[options.calibrate_method],
-                        **common,
+                static: dict[str, Any] = {
+                    **common,
+                    "quant_format": QuantFormat.QDQ,
+                    "activation_type": types[options.activation_type],
+                    "calibrate_method": methods[options.calibrate_method],
+                }
+                try:
+                    with _quiet():
+                        quantize_static(
+                            str(model_input), str(target), CalibrationReader(batches), **static
+                        )
+                except ValueError as exc:
+                    # ORT 1.2x-1.3x: its int32-bias scale adjustment takes a per-channel Gemm
+                    # weight scale for a per-tensor one and fails ("truth value of an array");
+                    # the adjustment only matters for vanishing weight scales, so go without.
+                    if not options.per_channel or "truth value" not in str(exc):
+                        raise
+                    static["extra_options"] = {"QDQDisableWeightAdjustForInt32Bias": True}
+                    details["workaround"] = (
+                        f"ORT's int32-bias weight-scale adjustment failed ({exc}); quantized "
+                        "with QDQDisableWeightAdjustForInt32Bias"
                     )
+                    with _quiet():
+                        quantize_static(
+                            str(model_input), str(target), CalibrationReader(batches), **static
+                        )
         except OptimizeError:
             raise
         except Exception as exc:  # ORT's quantizer raises plain RuntimeError/ValueError
