@@ -7,7 +7,7 @@ PORT ?= 8000
 # Built by `make text-model` (torch and sentence-transformers); `make test` builds it too.
 TEXT_MODEL := models/minilm/1/model.onnx
 
-.PHONY: serve test lint typecheck models text-model bench bench-metrics clean lock
+.PHONY: serve test lint typecheck models text-model bench bench-text bench-metrics clean lock
 
 # The virtual environment, rebuilt when pyproject.toml or the lock changes. Runtime packages
 # are held at the versions the container images ship (requirements/gpu.txt, the lock of what
@@ -50,6 +50,11 @@ $(VENV)/.bench-deps: $(VENV)/.test-deps
 # HTTP ceiling and batchserve with and without batching, measured in one run (~15 min).
 bench: $(VENV)/.bench-deps
 	$(BIN)/python -m load_tests.bench --out load_tests/report
+
+# Text embeddings under a realistic length mix: raw ONNX Runtime on ideal batches vs
+# batchserve with length-bucketed padding vs padding-blind (load_tests/report/TEXT.md).
+bench-text: $(VENV)/.test-deps $(TEXT_MODEL)
+	$(BIN)/python -m load_tests.bench_text --out load_tests/report
 
 # Throughput with metrics on vs off, alternating rounds in one run (load_tests/bench_metrics.py).
 bench-metrics: $(VENV)/.test-deps

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import random
 import statistics
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,16 +136,22 @@ async def prepare_request(
 
 
 class LoadGenerator:
-    """Sends one prepared request over and over and checks every response."""
+    """Sends a prepared request over and over (or a mix of them, in turn) and checks every
+    response."""
 
-    def __init__(self, url: str, model: str, request: PreparedRequest) -> None:
+    def __init__(
+        self, url: str, model: str, request: PreparedRequest | Sequence[PreparedRequest]
+    ) -> None:
         self.endpoint = f"{url}/v2/models/{model}/infer"
-        self.request = request
+        self.requests = [request] if isinstance(request, PreparedRequest) else list(request)
+        self.request = self.requests[0]
+        self._turn = itertools.cycle(self.requests)
 
     async def _one(self, session: aiohttp.ClientSession, result: Result, sent_at: float) -> None:
+        request = next(self._turn)
         try:
             async with session.post(
-                self.endpoint, data=self.request.body, headers=self.request.headers
+                self.endpoint, data=request.body, headers=request.headers
             ) as response:
                 payload = await response.read()
                 status = response.status
@@ -153,16 +160,15 @@ class LoadGenerator:
             status, payload, header_length = 0, b"", None  # connection error
         result.latencies_s.append(time.perf_counter() - sent_at)
         result.statuses[status] += 1
-        if status == 200 and not self._valid(payload, header_length):
+        if status == 200 and not self._valid(payload, header_length, request.rows):
             result.bad_responses += 1
 
-    def _valid(self, payload: bytes, header_length: str | None) -> bool:
+    def _valid(self, payload: bytes, header_length: str | None, rows: int) -> bool:
         try:
             header = payload[: int(header_length)] if header_length else payload
             outputs = json.loads(header)["outputs"]
         except (ValueError, KeyError):
             return False
-        rows = self.request.rows
         return bool(outputs) and all(o["shape"] and o["shape"][0] == rows for o in outputs)
 
     async def closed_loop(

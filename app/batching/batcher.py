@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.batching.observer import BatchObserver, BatchReport
-from app.batching.padding import PaddingPlan
+from app.batching.padding import PaddingPlan, choose_by_length
 from app.batching.policy import BatchingPolicy
 from app.batching.runner import BatchRunner
 from app.errors import (
@@ -380,30 +380,24 @@ class Batcher:
     def _take_bounded_padding(
         self, group: _ShapeGroup, limit: int, max_ratio: float
     ) -> list[_Pending]:
-        """The oldest request, joined by those after it (looking at most a few batches
-        ahead) that keep the batch's padding within `max_ratio` of its positions."""
+        """The oldest request and, of those queued behind it (a few batches' worth), the
+        ones closest to it in length, as many as keep padding within `max_ratio`."""
         items = group.items
-        looked: list[_Pending] = []
-        batch: list[_Pending] = []
-        taken = positions = longest = 0
-        window = 4 * max(limit, 1)
-        while items and len(looked) < window and taken < limit:
+        window: list[_Pending] = []
+        while items and len(window) < 4 * max(limit, 1):
             candidate = items.popleft()
             if not candidate.queued:
                 continue
             if candidate.future.done():  # cancelled; its done-callback has not run yet
                 self._cancelled(candidate)
                 continue
-            grown = max(longest, candidate.length)
-            samples = taken + candidate.samples
-            filled = positions + candidate.samples * candidate.length
-            if not batch or (samples <= limit and 1.0 - filled / (samples * grown) <= max_ratio):
-                batch.append(candidate)
-                self._leave(candidate)
-                taken, positions, longest = samples, filled, grown
-            else:
-                looked.append(candidate)
-        items.extendleft(reversed(looked))  # the ones passed over keep their places
+            window.append(candidate)
+        chosen = choose_by_length([(p.length, p.samples) for p in window], limit, max_ratio)
+        picked = set(chosen)
+        batch = [window[i] for i in chosen]
+        for pending in batch:
+            self._leave(pending)
+        items.extendleft(reversed([p for i, p in enumerate(window) if i not in picked]))
         self._observer.queue_depth(self._depth)
         return batch
 

@@ -9,8 +9,10 @@ config) are cut back to each request's own length, so every request gets what it
 got alone (the model masking its padding, as attention models do).
 
 Batches are chosen so that padding stays bounded: the oldest request always goes first, and
-others join it only while padded positions stay within `max_ratio` of the batch's positions
-(length bucketing around the head, no fixed bucket edges to tune).
+the queued requests closest to it in length join it while padded positions stay within
+`max_ratio` of the batch's positions (length bucketing around the head, with no bucket edges
+to tune; a request passed over keeps its place and leads a batch of its own once it is the
+oldest).
 """
 
 from __future__ import annotations
@@ -110,3 +112,40 @@ class PaddingPlan:
                 index[axis] = slice(0, length)
                 outputs[name] = array[tuple(index)]
         return outputs
+
+
+def choose_by_length(
+    candidates: Sequence[tuple[int, int]], limit: int, max_ratio: float
+) -> list[int]:
+    """Indices into `candidates` ((length, samples) pairs, oldest first) of one batch: the
+    first (oldest) always, then, greedily, whichever of the next shorter and the next longer
+    candidate adds less padding, while the batch stays within `limit` samples and `max_ratio`
+    padding. Neighbours in length pack best: a batch's cost is its longest times its size."""
+    head_length, head_samples = candidates[0]
+    order = sorted(range(1, len(candidates)), key=lambda i: candidates[i][0])
+    split = sum(1 for i in order if candidates[i][0] <= head_length)
+    shorter, longer = split - 1, split  # next candidates below and above, in `order`
+    chosen = [0]
+    samples, positions, longest = head_samples, head_length * head_samples, head_length
+
+    def waste_with(i: int) -> float | None:
+        length, n = candidates[i]
+        if samples + n > limit:
+            return None
+        grown = max(longest, length)
+        waste = 1.0 - (positions + length * n) / ((samples + n) * grown)
+        return waste if waste <= max_ratio + 1e-12 else None
+
+    while samples < limit:
+        below = waste_with(order[shorter]) if shorter >= 0 else None
+        above = waste_with(order[longer]) if longer < len(order) else None
+        if below is None and above is None:
+            break
+        if above is None or (below is not None and below <= above):
+            pick, shorter = order[shorter], shorter - 1
+        else:
+            pick, longer = order[longer], longer + 1
+        length, n = candidates[pick]
+        chosen.append(pick)
+        samples, positions, longest = samples + n, positions + length * n, max(longest, length)
+    return chosen

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.batching import Batcher, BatchingPolicy, BatchObserver, BatchReport
-from app.batching.padding import PaddedInput, PaddingPlan
+from app.batching.padding import PaddedInput, PaddingPlan, choose_by_length
 from app.errors import InvalidInputError, ModelLoadError
 from app.repository.config import PaddingConfig
 from app.repository.padding import build_padding_plan
@@ -210,3 +210,13 @@ def test_padding_configs_the_graph_contradicts_fail_the_load(
         build_padding_plan(
             PaddingConfig.model_validate(config), specs.inputs, specs.outputs, max_batch_size
         )
+
+
+def test_the_head_is_joined_by_its_nearest_lengths_not_the_next_in_line() -> None:
+    # (length, samples), oldest first: the 30 and 29 are next in line but far from the head.
+    candidates = [(10, 1), (30, 1), (11, 1), (29, 1), (10, 1)]
+    assert sorted(choose_by_length(candidates, limit=3, max_ratio=0.25)) == [0, 2, 4]
+    # Without the sample limit the 29 and 30 still stay out: they would make it 60% padding.
+    assert sorted(choose_by_length(candidates, limit=10, max_ratio=0.25)) == [0, 2, 4]
+    # Led by the 30: the 29 joins, then the 11 (22% padding), but not a 10 as well (33%).
+    assert sorted(choose_by_length(candidates[1:], limit=10, max_ratio=0.25)) == [0, 1, 2]
