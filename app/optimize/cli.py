@@ -143,8 +143,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "sample: accuracy is measured; without them, agreement with the baseline",
     )  # fmt: skip
     parser.add_argument(
-        "--output", metavar="NAME", help="output holding the prediction (default: the first "
-        "integer output of rank 1, else argmax of the first float output)",
+        "--output", metavar="NAME", help="output to compare: its argmax (or integer value) "
+        "is the prediction, and cosine and differences are measured on it alone (default: "
+        "the first integer output of rank 1, else the first float output; cosine over all)",
     )  # fmt: skip
     parser.add_argument(
         "--device", default="cpu", help="measure speed on 'cpu' or 'cuda:N' (default cpu)"

@@ -184,12 +184,17 @@ def predictions(outputs: dict[str, np.ndarray], output: str) -> np.ndarray:
     return value.reshape(len(value), -1)[:, 0]
 
 
-def agreement(base: dict[str, np.ndarray], mine: dict[str, np.ndarray], output: str) -> Agreement:
+def agreement(
+    base: dict[str, np.ndarray], mine: dict[str, np.ndarray], output: str, only: bool = False
+) -> Agreement:
+    """Top-1 on `output`; cosine and largest difference over every float output, or over
+    `output` alone when `only` (an embedding model's pooled output, say, rather than its
+    padded per-token states)."""
     top1 = float(np.mean(predictions(base, output) == predictions(mine, output)))
     cosines: list[np.ndarray] = []
     max_abs = 0.0
     for name, reference in base.items():
-        if not np.issubdtype(reference.dtype, np.floating):
+        if (only and name != output) or not np.issubdtype(reference.dtype, np.floating):
             continue
         a = reference.reshape(len(reference), -1).astype(np.float64)
         b = mine[name].reshape(len(reference), -1).astype(np.float64)
@@ -293,7 +298,7 @@ def evaluate(
                 accuracy=accuracy,
                 agreement=None
                 if candidate is candidates[0]
-                else agreement(outputs[candidates[0].name], mine, chosen),
+                else agreement(outputs[candidates[0].name], mine, chosen, output is not None),
                 perf=perf.get(candidate.name, []),
             )
         )

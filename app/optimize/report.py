@@ -112,15 +112,15 @@ def plot(evaluation: Evaluation, path: Path, title: str) -> None:
     for variant in evaluation.variants:
         x = next(p.throughput_sps for p in variant.perf if p.batch_size == size)
         y = _quality(variant, has_labels)
-        axes.scatter([x], [y])
-        axes.annotate(
-            f"{variant.name} {variant.description}", (x, y), fontsize=8,
-            xytext=(4, 4), textcoords="offset points",
-        )  # fmt: skip
+        axes.scatter([x], [y], label=f"{variant.name}: {variant.description}")
+        axes.annotate(variant.name, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
     axes.set_xlabel(f"throughput at batch {size} (samples/s, {evaluation.settings.device})")
     axes.set_ylabel("accuracy" if has_labels else f"top-1 agreement with {evaluation.baseline}")
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
+    axes.xaxis.set_major_formatter(lambda value, _position: f"{value:,.0f}")
+    axes.margins(0.15)
+    axes.legend(fontsize=7, loc="best")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -152,3 +152,15 @@ def test_a_missing_dependency_names_the_extra_to_install() -> None:
     with pytest.raises(OptimizeError, match=r"pip install 'batchserve\[optimize\]'"):
         require("batchserve_no_such_module", "the test")
     require("numpy", "the test")  # present: no error
+
+
+def test_agreement_on_one_named_output_ignores_the_others() -> None:
+    from app.optimize.evaluate import agreement
+
+    base = {"pooled": np.eye(3, dtype=np.float32), "tokens": np.ones((3, 4), np.float32)}
+    mine = {"pooled": np.eye(3, dtype=np.float32), "tokens": -np.ones((3, 4), np.float32)}
+    everything = agreement(base, mine, "pooled")
+    assert everything.cosine_min == pytest.approx(-1.0) and everything.max_abs_diff == 2.0
+    pooled = agreement(base, mine, "pooled", only=True)
+    assert pooled.top1 == 1.0 and pooled.cosine_min == pytest.approx(1.0)
+    assert pooled.max_abs_diff == 0.0
