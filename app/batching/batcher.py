@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from app.batching.latency import ArrivalRate, LatencyModel, expected_latency, plan_batch
 from app.batching.observer import BatchObserver, BatchReport
 from app.batching.padding import PaddingPlan, choose_by_length
 from app.batching.policy import BatchingPolicy
@@ -110,10 +111,16 @@ class Batcher:
         self._idle: deque[asyncio.Future[None]] = deque()
         self._tasks: list[asyncio.Task[None]] = []
         self._executors: list[ThreadPoolExecutor] = []
+        #: Draining: serve what is queued without waiting for fuller batches (SIGTERM).
+        #: Closing: also refuse new requests, and stop the workers once the queue is empty.
+        self._draining = False
         self._closing = False
         self._deadlines: list[tuple[float, int, _Pending]] = []
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._sequence = itertools.count()
+        #: Latency-target batching: each worker's batch-time model, and the arrival rate.
+        self._latency = {runner.label: LatencyModel() for runner in self._runners}
+        self._arrivals = ArrivalRate()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -131,14 +138,16 @@ class Batcher:
             self._tasks.append(task)
 
     def begin_drain(self) -> None:
-        """Refuse new requests and serve the queued ones now, without waiting for fuller
-        batches; the workers stop once the queue is empty."""
-        self._closing = True
+        """Serve the queued requests now, without waiting for fuller batches. Requests still
+        arriving (their bodies were on the way when the server began to drain; the API
+        refuses new ones) are still taken, until close()."""
+        self._draining = True
         self._wake_all()
 
     async def close(self) -> None:
         """Refuse new requests, serve every queued one, then stop the workers."""
-        self.begin_drain()
+        self._draining = self._closing = True
+        self._wake_all()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._deadline_timer is not None:
@@ -181,6 +190,20 @@ class Batcher:
                 f"limit {samples}; this request adds {incoming_samples}); retry later",
                 retry_after_s=1.0,
             )
+        target = policy.latency_target_s
+        if target is not None and self._depth:
+            expected = expected_latency(
+                list(self._latency.values()), target, max(policy.max_batch_size, 1),
+                self._queued_samples, max(incoming_samples, 1),
+            )  # fmt: skip
+            if expected is not None and expected > target:
+                self._observer.decided("shed")
+                raise OverloadedError(
+                    f"model '{self.name}' cannot answer within its latency target "
+                    f"({target * 1000:.0f} ms): about {expected * 1000:.0f} ms of work is "
+                    "queued; retry later",
+                    retry_after_s=max(1.0, expected),
+                )
         limit = policy.max_queue_bytes
         if limit is not None and self._depth and self._queued_bytes + incoming_bytes > limit:
             raise OverloadedError(
@@ -263,6 +286,8 @@ class Batcher:
         self._depth += 1
         self._queued_bytes += nbytes
         self._queued_samples += samples
+        if self.policy.latency_target_s is not None:
+            self._arrivals.add(samples, now)
         if timeout_s is not None:
             self._add_deadline(pending, now + timeout_s)
         self._observer.queue_depth(self._depth)
@@ -345,15 +370,28 @@ class Batcher:
     def _hold_until(self, group: _ShapeGroup) -> float | None:
         """Loop time to wait until for a fuller batch, or None to take the batch now."""
         policy = self.policy
-        if self._closing or policy.max_queue_delay_s <= 0:
+        if self._draining or policy.max_queue_delay_s <= 0:
             return None
         if group.samples >= policy.target_batch_size:
             return None
         deadline = group.items[0].enqueued + policy.max_queue_delay_s
         return deadline if deadline > asyncio.get_running_loop().time() else None
 
-    def _take(self, group: _ShapeGroup) -> list[_Pending]:
+    def _plan(self, group: _ShapeGroup, runner: BatchRunner) -> tuple[int, float | None]:
+        """Latency-target mode: how many samples to take, and until when to wait."""
+        assert self.policy.latency_target_s is not None
+        now = asyncio.get_running_loop().time()
+        plan = plan_batch(
+            self._latency[runner.label], self.policy.latency_target_s,
+            self.policy.max_batch_size, group.samples, group.items[0].enqueued,
+            self._arrivals.at(now), now,
+        )  # fmt: skip
+        return plan.take, None if self._draining else plan.hold_until
+
+    def _take(self, group: _ShapeGroup, cap: int | None = None) -> list[_Pending]:
         limit = self.policy.take_limit(group.samples) if self.policy.batches else 1
+        if cap is not None:
+            limit = min(limit, cap)
         if self.policy.padding is not None:
             return self._take_bounded_padding(group, limit, self.policy.padding.max_ratio)
         batch: list[_Pending] = []
@@ -401,7 +439,8 @@ class Batcher:
         self._observer.queue_depth(self._depth)
         return batch
 
-    async def _next_batch(self) -> list[_Pending] | None:
+    async def _next_batch(self, runner: BatchRunner) -> list[_Pending] | None:
+        waited = False
         while True:
             group = self._oldest_group()
             if group is None:
@@ -409,13 +448,20 @@ class Batcher:
                     return None
                 await self._sleep()
                 continue
-            hold_until = self._hold_until(group)
+            cap: int | None = None
+            if self.policy.latency_target_s is not None and self.policy.batches:
+                cap, hold_until = self._plan(group, runner)
+            else:
+                hold_until = self._hold_until(group)
             if hold_until is not None:
+                waited = True
                 await self._sleep(until=hold_until)
                 continue
-            batch = self._take(group)
+            batch = self._take(group, cap)
             if not batch:
                 continue
+            if cap is not None:
+                self._observer.decided("waited" if waited else "now")
             if self._depth:
                 self._wake_one()  # more is queued: let another idle worker look at it
             return batch
@@ -450,7 +496,7 @@ class Batcher:
     async def _work(self, runner: BatchRunner, executor: ThreadPoolExecutor) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch()
+            batch = await self._next_batch(runner)
             if batch is None:
                 return
             started = loop.time()
@@ -490,6 +536,10 @@ class Batcher:
                             result.compute_s, result.output_s, failed_samples,
                             result.positions, result.padding_positions)
             )  # fmt: skip
+            if self.policy.latency_target_s is not None and not failed_samples:
+                model = self._latency[runner.label]
+                model.observe(samples, result.input_s + result.compute_s + result.output_s)
+                self._observer.latency_model(runner.label, model.fixed_s, model.per_sample_s)
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

@@ -48,3 +48,10 @@ class BatchObserver:
 
     def batch_executed(self, report: BatchReport) -> None:
         """One execution finished (or failed)."""
+
+    def decided(self, decision: str) -> None:
+        """Latency-target batching chose: `now` (a batch taken at once), `waited` (taken after
+        waiting for a fuller one) or `shed` (a request refused to keep the target)."""
+
+    def latency_model(self, worker: str, fixed_s: float, per_sample_s: float) -> None:
+        """A worker's fitted batch time, t(n) = fixed_s + per_sample_s * n."""

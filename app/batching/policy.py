@@ -32,6 +32,9 @@ class BatchingPolicy:
     max_queue_samples: int | None = None
     #: Variable-length batching (app.batching.padding); None: only equal shapes share a batch.
     padding: PaddingPlan | None = None
+    #: Latency-target batching (app.batching.latency): batch sizes, waits and shedding chosen
+    #: to keep queue wait + compute under this; replaces max_queue_delay_s.
+    latency_target_s: float | None = None
 
     @property
     def batches(self) -> bool:

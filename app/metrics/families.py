@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     GCCollector,
     Histogram,
     PlatformCollector,
@@ -89,6 +90,18 @@ class ServerMetrics:
             "Positions along variable-length axes (tokens) computed: kind=request for the "
             "requests' own, kind=padding for padding added to batch them (cut away after).",
             [*mvd, "kind"], registry=r,
+        )  # fmt: skip
+        self.decisions = Counter(
+            "batchserve_batcher_decisions",
+            "Latency-target batching: batches taken at once (now) or after waiting for a "
+            "fuller one (waited), and requests refused to keep the target (shed).",
+            [*mv, "decision"], registry=r,
+        )  # fmt: skip
+        self.latency_model = Gauge(
+            "batchserve_latency_model_seconds",
+            "Latency-target batching: each worker's fitted batch time t(n) = fixed + "
+            "per_sample * n (term = fixed | per_sample).",
+            [*mv, "worker", "term"], registry=r,
         )  # fmt: skip
         self.worker_busy = Counter(
             "batchserve_worker_busy_seconds",
@@ -197,6 +210,13 @@ class ModelMetrics(BatchObserver):
 
     def queue_depth(self, depth: int) -> None:
         self.depth = depth
+
+    def decided(self, decision: str) -> None:
+        self._server.decisions.labels(*self._labels, decision).inc()
+
+    def latency_model(self, worker: str, fixed_s: float, per_sample_s: float) -> None:
+        self._server.latency_model.labels(*self._labels, worker, "fixed").set(fixed_s)
+        self._server.latency_model.labels(*self._labels, worker, "per_sample").set(per_sample_s)
 
     def batch_executed(self, report: BatchReport) -> None:
         device = self._device(report.device)

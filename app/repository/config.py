@@ -44,12 +44,24 @@ class BatchingConfig(_Strict):
     max_queue_bytes: Annotated[int, Field(ge=1)] | None = None
     #: Samples (first-axis rows) queued beyond which requests are answered 429.
     max_queue_samples: Annotated[int, Field(ge=1)] | None = None
+    #: Latency-target batching: batch sizes, waits and load shedding chosen online to keep
+    #: queue wait + compute under this (instead of max_queue_delay_ms).
+    latency_target_ms: Annotated[float, Field(gt=0, le=600_000)] | None = None
     #: Deadline for requests that set no `parameters.timeout`; None: the server's default.
     default_timeout_ms: Annotated[float, Field(gt=0, le=3_600_000)] | None = None
     #: `parameters.priority` 1 (highest) .. priority_levels; FIFO within a level.
     priority_levels: Annotated[int, Field(ge=1, le=100)] = 1
     #: Level of requests that name none (default: the lowest, priority_levels).
     default_priority: Annotated[int, Field(ge=1, le=100)] | None = None
+
+    @model_validator(mode="after")
+    def _one_way_to_wait(self) -> BatchingConfig:
+        if self.latency_target_ms is not None and self.max_queue_delay_ms > 0:
+            raise ValueError(
+                "give max_queue_delay_ms (a fixed wait) or latency_target_ms (waits chosen to "
+                "meet the target), not both"
+            )
+        return self
 
     @model_validator(mode="after")
     def _priority_in_range(self) -> BatchingConfig:

@@ -77,6 +77,7 @@ def load_version(
         max_queue_samples=batching.max_queue_samples,
         padding=build_padding_plan(config.padding, first.inputs, first.outputs, max_batch_size),
         max_queue_delay_s=batching.max_queue_delay_ms / 1000.0,
+        latency_target_s=_seconds(batching.latency_target_ms),
         preferred_batch_sizes=tuple(sorted(set(batching.preferred_batch_sizes))),
         priority_levels=batching.priority_levels,
         default_priority=batching.default_priority or batching.priority_levels,

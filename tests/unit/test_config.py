@@ -198,9 +198,8 @@ def test_unknown_key_in_batching_lists_batching_keys(tmp_path: Path) -> None:
     assert "unknown key 'batching.max_delay_ms'" in message
     allowed = (
         "max_queue_delay_ms, preferred_batch_sizes, max_queue_size, max_queue_bytes, "
-        "max_queue_samples, "
-        "default_timeout_ms, "
-        "priority_levels, default_priority"
+        "max_queue_samples, latency_target_ms, default_timeout_ms, priority_levels, "
+        "default_priority"
     )
     assert f"(allowed here: {allowed})" in message
     assert "max_batch_size" not in message

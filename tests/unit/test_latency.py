@@ -1,0 +1,156 @@
+"""Latency-target batching: the online batch-time model converges on synthetic timings, the
+plan waits only when waiting pays and the target allows it, and the batcher sheds load early
+once the queue holds more work than the target allows."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+
+import numpy as np
+import pytest
+
+from app.batching import Batcher, BatchingPolicy, BatchObserver
+from app.batching.latency import ArrivalRate, LatencyModel, expected_latency, plan_batch
+from app.errors import OverloadedError
+
+WAIT_S = 10.0
+
+
+def test_the_model_converges_on_noisy_timings() -> None:
+    rng = random.Random(0)
+    model = LatencyModel()
+    for _ in range(300):
+        n = rng.choice([1, 2, 4, 8, 16, 32])
+        model.observe(n, (0.004 + 0.0005 * n) * rng.uniform(0.95, 1.05))
+    assert model.fitted
+    assert model.fixed_s == pytest.approx(0.004, rel=0.15)
+    assert model.per_sample_s == pytest.approx(0.0005, rel=0.15)
+    assert model.predict(10) == pytest.approx(0.009, rel=0.05)
+
+
+def test_the_model_follows_a_device_that_slows_down() -> None:
+    model = LatencyModel()
+    for n in [1, 8] * 50:
+        model.observe(n, 0.001 * n)
+    for n in [1, 8] * 50:
+        model.observe(n, 0.003 * n)  # e.g. another tenant took half the cores
+    assert model.per_sample_s == pytest.approx(0.003, rel=0.05)
+
+
+def test_one_batch_size_alone_is_not_a_fit() -> None:
+    model = LatencyModel()
+    for _ in range(10):
+        model.observe(4, 0.004)
+    assert not model.fitted
+    assert model.predict(4) == pytest.approx(0.004)
+
+
+def fitted(fixed_s: float, per_sample_s: float) -> LatencyModel:
+    model = LatencyModel()
+    for n in (1, 32) * 5:
+        model.observe(n, fixed_s + per_sample_s * n)
+    return model
+
+
+def test_the_cap_keeps_a_batch_within_half_the_target() -> None:
+    model = fitted(0.002, 0.001)  # t(n) = 2 ms + 1 ms * n
+    plan = plan_batch(model, 0.050, 64, queued=100, oldest_enqueued=0.0, rate=1000, now=0.0)
+    assert plan == plan_batch(model, 0.050, 64, 100, 0.0, 1000, 0.0)
+    assert plan.take == 23 and plan.hold_until is None  # 2 + 23 = 25 ms = half of 50
+
+
+def test_a_large_fixed_cost_is_worth_waiting_for_while_the_target_allows() -> None:
+    model = fitted(0.010, 0.0001)  # a GPU-like batch: 10 ms fixed, 0.1 ms a sample
+    plan = plan_batch(model, 0.200, 256, queued=4, oldest_enqueued=0.0, rate=2000, now=0.001)
+    assert plan.hold_until is not None and plan.hold_until > 0.001
+    # ... but not past the point where the oldest request would miss the target.
+    late = plan_batch(model, 0.200, 256, queued=4, oldest_enqueued=-0.195, rate=2000, now=0.0)
+    assert late.hold_until is None
+
+
+def test_a_cpu_like_batch_is_taken_at_once() -> None:
+    model = fitted(0.0001, 0.002)  # fixed cost negligible: waiting buys nothing
+    plan = plan_batch(model, 0.100, 64, queued=1, oldest_enqueued=0.0, rate=500, now=0.0)
+    assert plan.hold_until is None
+
+
+def test_no_arrivals_means_no_waiting() -> None:
+    model = fitted(0.010, 0.0001)
+    plan = plan_batch(model, 0.200, 256, queued=4, oldest_enqueued=0.0, rate=0.0, now=0.0)
+    assert plan.hold_until is None
+
+
+def test_the_arrival_rate_decays() -> None:
+    rate = ArrivalRate(tau_s=1.0)
+    for i in range(1000):
+        rate.add(1, i / 100)  # 100 a second for 10 s
+    assert rate.at(10.0) == pytest.approx(100, rel=0.05)
+    assert rate.at(13.0) < 100 * np.exp(-2.9)
+
+
+def test_expected_latency_counts_the_queue_ahead() -> None:
+    model = fitted(0.0, 0.001)  # 1000 samples/s
+    assert expected_latency([model], 1.0, 64, queued=0, incoming=1) == pytest.approx(0.001)
+    assert expected_latency([model], 1.0, 64, queued=500, incoming=1) == pytest.approx(0.5 + 0.064)
+    assert expected_latency([LatencyModel()], 1.0, 64, queued=500, incoming=1) is None
+
+
+class Sleeper:
+    """A worker whose batches take 1 ms + 2 ms a sample (really sleeping), gateable."""
+
+    label, device = "cpu/0", "cpu"
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.sizes: list[int] = []
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self.gate.wait(WAIT_S)
+        n = inputs["x"].shape[0]
+        self.sizes.append(n)
+        threading.Event().wait(0.001 + 0.002 * n)  # the compute being modelled
+        return {"y": inputs["x"]}
+
+
+class Decisions(BatchObserver):
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def decided(self, decision: str) -> None:
+        self.seen.append(decision)
+
+
+def test_the_batcher_sheds_what_the_target_cannot_take_and_serves_the_rest() -> None:
+    async def scenario() -> None:
+        runner, decisions = Sleeper(), Decisions()
+        policy = BatchingPolicy(max_batch_size=8, max_queue_size=10_000, latency_target_s=0.05)
+        batcher = Batcher("m/1", policy, [runner], decisions)
+        batcher.start()
+        x = {"x": np.zeros((1, 2), np.float32)}
+        for n in (1, 4, 2, 8):  # a few batches of different sizes: the model is fitted
+            await batcher.infer({"x": np.zeros((n, 2), np.float32)})
+        runner.gate.clear()  # hold the worker: what is sent now queues
+        held = batcher.submit(x)
+        for _ in range(1000):  # until the worker has taken it and is held at the gate
+            if not batcher.depth:
+                break
+            await asyncio.sleep(0)
+        sent, shed = [], 0
+        for _ in range(200):
+            try:
+                sent.append(batcher.submit(x))
+            except OverloadedError as exc:
+                assert "latency target (50 ms)" in str(exc)
+                shed += 1
+        # About 25 ms of work (t(8) = 17 ms for 8 samples) fits the 50 ms target.
+        assert 8 <= len(sent) <= 40 and shed == 200 - len(sent)
+        runner.gate.set()
+        await asyncio.gather(held, *sent)
+        await batcher.close()
+        assert decisions.seen.count("shed") == shed
+        assert "now" in decisions.seen
+
+    asyncio.run(asyncio.wait_for(scenario(), WAIT_S * 2))
