@@ -46,7 +46,7 @@ def versions_on_disk(directory: Path) -> list[int]:
     return sorted(
         int(p.name)
         for p in directory.iterdir()
-        if p.is_dir() and p.name.isdigit() and (p / MODEL_FILE).is_file()
+        if p.is_dir() and p.name.isascii() and p.name.isdigit() and (p / MODEL_FILE).is_file()
     )
 
 
@@ -64,7 +64,11 @@ def source_path(directory: Path, version: int | None) -> tuple[int, Path]:
 def next_version(directory: Path) -> int:
     """One above every numbered directory, with a model or not (never reuse a number a
     client may have used)."""
-    numbers = [int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()]
+    numbers = [
+        int(p.name)
+        for p in directory.iterdir()
+        if p.is_dir() and p.name.isascii() and p.name.isdigit()
+    ]
     return max(numbers, default=0) + 1
 
 

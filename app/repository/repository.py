@@ -129,7 +129,7 @@ class ModelRepository:
         on_disk = [
             int(p.name)
             for p in entry.path.iterdir()
-            if p.is_dir() and p.name.isdigit() and (p / MODEL_FILE).is_file()
+            if p.is_dir() and p.name.isascii() and p.name.isdigit() and (p / MODEL_FILE).is_file()
         ]
         if not on_disk:
             raise ModelLoadError(
@@ -187,7 +187,9 @@ class ModelRepository:
             loaded = entry.latest()
             assert loaded is not None
             return loaded
-        chosen = entry.versions.get(int(version)) if version.isdigit() else None
+        chosen = (
+            entry.versions.get(int(version)) if version.isascii() and version.isdigit() else None
+        )
         if chosen is None:
             raise NotFoundError(
                 f"model '{name}' has no version '{version}' loaded; loaded versions: "

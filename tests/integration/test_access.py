@@ -153,3 +153,16 @@ def test_cors_is_off_by_default(server: ServerProcess) -> None:
     simple = httpx.get(f"{server.url}/v2/health/live", headers={"Origin": origin["Origin"]})
     for response in (preflight, simple):
         assert "access-control-allow-origin" not in response.headers, response.headers
+
+
+# Superscript one passes str.isdigit() but not int(); Arabic-Indic one passes both.
+@pytest.mark.parametrize("version", ["\u00b9", "\u0661", "1.0", "-1"])
+def test_odd_versions_are_404_not_500(server: ServerProcess, version: str) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for response in (
+        httpx.get(f"{server.url}/v2/models/digits/versions/{version}", headers=auth),
+        httpx.post(
+            f"{server.url}/v2/models/digits/versions/{version}/infer", json=BODY, headers=auth
+        ),
+    ):
+        assert response.status_code == 404, (version, response.status_code, response.text)
