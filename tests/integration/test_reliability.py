@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -252,3 +253,49 @@ def test_a_client_that_goes_away_has_its_queued_request_dropped(server: ServerPr
         raise AssertionError("the disconnect was never noticed")
     assert server.metric("batchserve_queue_depth", model="held") == 0
     assert server.metric("batchserve_inferences_total", model="held") == inferences_before
+
+
+def test_a_request_whose_body_is_still_arriving_at_sigterm_is_served(tmp_path: Path) -> None:
+    root = tmp_path / "repository"
+    shutil.copytree(MODELS / "digits", root / "digits", ignore=shutil.ignore_patterns("*.py"))
+    server = ServerProcess(root)
+    x = np.load(MODELS / "digits" / "data" / "test_x.npy")[:1]
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                     "data": x.ravel().tolist()}]}
+    ).encode()  # fmt: skip
+    host, port = server.url.removeprefix("http://").split(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=30) as client:
+            head = (
+                "POST /v2/models/digits/infer HTTP/1.1\r\nHost: batchserve\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            client.sendall(head.encode() + body[:40])
+            for _ in range(200):  # until the server is handling it (bounded)
+                if server.metric("batchserve_inflight_requests", model="digits") == 1:
+                    break
+                time.sleep(0.02)
+            else:
+                raise AssertionError("the request never reached the server")
+            server.signal_term()
+            for _ in range(200):
+                if "draining" in server.log:
+                    break
+                time.sleep(0.02)
+            else:
+                raise AssertionError("the server never began to drain")
+            client.sendall(body[40:])
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = client.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        status, _, payload = answer.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 200"), answer
+        label = json.loads(payload)["outputs"][0]["data"][0]
+        assert label == int(np.load(MODELS / "digits" / "data" / "test_y.npy")[0])
+        assert server.wait(timeout=20) == 0, server.log
+    finally:
+        server.stop()
