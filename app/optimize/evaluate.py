@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from app.optimize.errors import OptimizeError
 from app.optimize.versions import model_files
 from app.protocol.types import TensorSpec
 from app.runtime import OnnxInstance
+from app.timing import Window, time_window, warm_up
 
 #: Samples per run when computing outputs over a whole data set (models with a dynamic batch).
 EVAL_CHUNK = 256
@@ -224,38 +224,31 @@ def file_sizes(path: Path) -> tuple[int, int]:
 def benchmark(
     instances: dict[str, OnnxInstance], data: Dataset, settings: BenchSettings
 ) -> dict[str, list[BatchPerf]]:
-    """Latency and throughput of every instance per batch size, measured interleaved."""
+    """Latency and throughput of every instance per batch size, measured interleaved: each
+    round times every instance for one window (app.timing), in a rotated order."""
     names = list(instances)
     results: dict[str, list[BatchPerf]] = {name: [] for name in names}
     for size in settings.batch_sizes:
         feeds = data.batch(size)
-        for instance in instances.values():  # first runs pay for lazy initialization
-            for _ in range(3):
-                instance.run(feeds)
-        throughputs: dict[str, list[float]] = {name: [] for name in names}
-        latencies: dict[str, list[float]] = {name: [] for name in names}
+        for instance in instances.values():
+            warm_up(instance.run, feeds)
+        windows: dict[str, list[Window]] = {name: [] for name in names}
         for round_index in range(settings.rounds):
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
-                run = instances[name].run
-                times = latencies[name]
-                runs = 0
-                start = now = time.perf_counter()
-                while now - start < settings.window_s or runs < 2:
-                    before = now
-                    run(feeds)
-                    now = time.perf_counter()
-                    times.append(now - before)
-                    runs += 1
-                throughputs[name].append(size * runs / (now - start))
+                windows[name].append(
+                    time_window(instances[name].run, feeds, size, settings.window_s)
+                )
         for name in names:
-            times_ms = np.array(latencies[name]) * 1000.0
+            times_ms = np.array(Window.merge(windows[name]).latencies_s) * 1000.0
             results[name].append(
                 BatchPerf(
                     batch_size=size,
                     latency_ms_p50=float(np.percentile(times_ms, 50)),
                     latency_ms_p90=float(np.percentile(times_ms, 90)),
-                    throughput_sps=float(statistics.median(throughputs[name])),
+                    throughput_sps=float(
+                        statistics.median(w.throughput_sps for w in windows[name])
+                    ),
                     runs=len(times_ms),
                 )
             )
