@@ -41,6 +41,8 @@ class Result:
     mode: str
     seconds: float
     latencies_s: list[float] = field(default_factory=list)
+    #: Latencies of the answered (200) requests alone: what a served client saw.
+    ok_latencies_s: list[float] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     bad_responses: int = 0
     rows: int = 1
@@ -83,6 +85,7 @@ class Result:
         merged = Result(parts[0].mode, sum(p.seconds for p in parts), rows=parts[0].rows)
         for part in parts:
             merged.latencies_s.extend(part.latencies_s)
+            merged.ok_latencies_s.extend(part.ok_latencies_s)
             merged.statuses.update(part.statuses)
             merged.bad_responses += part.bad_responses
         merged.windows = len(parts)
@@ -158,8 +161,11 @@ class LoadGenerator:
                 header_length = response.headers.get(BINARY_HEADER)
         except aiohttp.ClientError:
             status, payload, header_length = 0, b"", None  # connection error
-        result.latencies_s.append(time.perf_counter() - sent_at)
+        latency = time.perf_counter() - sent_at
+        result.latencies_s.append(latency)
         result.statuses[status] += 1
+        if status == 200:
+            result.ok_latencies_s.append(latency)
         if status == 200 and not self._valid(payload, header_length, request.rows):
             result.bad_responses += 1
 

@@ -33,7 +33,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.batching.latency import ArrivalRate, LatencyModel, expected_latency, plan_batch
+from app.batching.latency import (
+    SHED_AT,
+    ArrivalRate,
+    LatencyModel,
+    expected_latency,
+    plan_batch,
+)
 from app.batching.observer import BatchObserver, BatchReport
 from app.batching.padding import PaddingPlan, choose_by_length
 from app.batching.policy import BatchingPolicy
@@ -121,6 +127,8 @@ class Batcher:
         #: Latency-target batching: each worker's batch-time model, and the arrival rate.
         self._latency = {runner.label: LatencyModel() for runner in self._runners}
         self._arrivals = ArrivalRate()
+        #: When each worker's batch in progress should end (loop time; absent when idle).
+        self._busy_until: dict[str, float] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -194,9 +202,9 @@ class Batcher:
         if target is not None and self._depth:
             expected = expected_latency(
                 list(self._latency.values()), target, max(policy.max_batch_size, 1),
-                self._queued_samples, max(incoming_samples, 1),
+                self._queued_samples, max(incoming_samples, 1), self._first_free_in(),
             )  # fmt: skip
-            if expected is not None and expected > target:
+            if expected is not None and expected > SHED_AT * target:
                 self._observer.decided("shed")
                 raise OverloadedError(
                     f"model '{self.name}' cannot answer within its latency target "
@@ -377,6 +385,13 @@ class Batcher:
         deadline = group.items[0].enqueued + policy.max_queue_delay_s
         return deadline if deadline > asyncio.get_running_loop().time() else None
 
+    def _first_free_in(self) -> float:
+        """Seconds until the first worker is free (0 when one is idle now)."""
+        if len(self._busy_until) < len(self._runners):
+            return 0.0
+        now = asyncio.get_running_loop().time()
+        return max(0.0, min(self._busy_until.values()) - now)
+
     def _plan(self, group: _ShapeGroup, runner: BatchRunner) -> tuple[int, float | None]:
         """Latency-target mode: how many samples to take, and until when to wait."""
         assert self.policy.latency_target_s is not None
@@ -502,6 +517,10 @@ class Batcher:
             started = loop.time()
             waits = [started - p.enqueued for p in batch]
             samples = sum(p.samples for p in batch)
+            if self.policy.latency_target_s is not None:
+                self._busy_until[runner.label] = started + self._latency[runner.label].predict(
+                    samples
+                )
             try:
                 result = await loop.run_in_executor(
                     executor,
@@ -536,6 +555,7 @@ class Batcher:
                             result.compute_s, result.output_s, failed_samples,
                             result.positions, result.padding_positions)
             )  # fmt: skip
+            self._busy_until.pop(runner.label, None)
             if self.policy.latency_target_s is not None and not failed_samples:
                 model = self._latency[runner.label]
                 model.observe(samples, result.input_s + result.compute_s + result.output_s)

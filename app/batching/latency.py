@@ -27,6 +27,10 @@ from dataclasses import dataclass
 DECAY = 0.95
 #: A batch is "big enough" once its fixed cost is at most this share of its compute time.
 FIXED_COST_SHARE = 0.1
+#: Shed a request whose expected latency exceeds this share of the target: arrivals are
+#: bursty and batch times vary, so a request expected right at the target would miss it
+#: about half the time, and the target is for the tail.
+SHED_AT = 0.8
 
 
 class LatencyModel:
@@ -135,10 +139,16 @@ def plan_batch(
 
 
 def expected_latency(
-    models: list[LatencyModel], target_s: float, limit: int, queued: int, incoming: int
+    models: list[LatencyModel],
+    target_s: float,
+    limit: int,
+    queued: int,
+    incoming: int,
+    busy_s: float = 0.0,
 ) -> float | None:
     """About how long a request of `incoming` samples would take if queued now behind
-    `queued` samples, all workers sharing the queue; None while no worker is fitted."""
+    `queued` samples, all workers sharing the queue, the first of them free in `busy_s`;
+    None while no worker is fitted."""
     fitted = [m for m in models if m.fitted]
     if not fitted:
         return None
@@ -147,4 +157,5 @@ def expected_latency(
         n = m.cap(target_s / 2, limit)
         capacity += n / m.predict(n)
     own = min(fitted, key=lambda m: m.predict(1))
-    return queued / capacity + own.predict(min(queued + incoming, own.cap(target_s / 2, limit)))
+    own_batch = own.predict(min(queued + incoming, own.cap(target_s / 2, limit)))
+    return busy_s + queued / capacity + own_batch
