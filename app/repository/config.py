@@ -6,7 +6,6 @@ and bad values fail the load with a message naming the file, the key and what is
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
 from pathlib import Path
@@ -21,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.cores import available_cores
 from app.errors import ModelLoadError
 
 CONFIG_FILE = "config.toml"
@@ -99,7 +99,7 @@ class InstanceConfig(_Strict):
         """
         if self.threads is not None:
             return self.threads
-        return max(1, (os.cpu_count() or 1) // self.count)
+        return max(1, available_cores() // self.count)
 
 
 class PaddingConfig(_Strict):

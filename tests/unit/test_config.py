@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+import app.repository.config as config_module
 from app.errors import ModelLoadError
 from app.repository.config import (
     CONFIG_FILE,
@@ -407,18 +407,19 @@ def test_version_policy_rejects_two_choices_directly() -> None:
 
 
 def test_resolved_threads_uses_explicit_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(config_module, "available_cores", lambda: 64)
 
     assert InstanceConfig(threads=3).resolved_threads() == 3
 
 
 @pytest.mark.parametrize(
-    ("cpu_count", "count", "threads"),
-    [(16, 1, 16), (16, 4, 4), (8, 3, 2), (2, 1, 2), (2, 2, 1), (2, 4, 1), (None, 1, 1)],
+    ("cores", "count", "threads"),
+    [(16, 1, 16), (16, 4, 4), (8, 3, 2), (2, 1, 2), (2, 2, 1), (2, 4, 1), (1, 1, 1)],
 )
 def test_resolved_threads_share_the_cores_among_the_workers(
-    monkeypatch: pytest.MonkeyPatch, cpu_count: int | None, count: int, threads: int
+    monkeypatch: pytest.MonkeyPatch, cores: int, count: int, threads: int
 ) -> None:
-    monkeypatch.setattr(os, "cpu_count", lambda: cpu_count)
+    # The cores themselves (affinity, cgroup quota) are tests/unit/test_cores.py's business.
+    monkeypatch.setattr(config_module, "available_cores", lambda: cores)
 
     assert InstanceConfig(count=count).resolved_threads() == threads
