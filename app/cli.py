@@ -2,7 +2,8 @@
 
 `batchserve serve [--model-repository DIR] [--host H] [--port P]`; every option also reads
 BATCHSERVE_* from the environment (app.settings). `batchserve optimize quantize|prune|evaluate`
-makes and measures optimized versions of a model (app.optimize.cli).
+makes and measures optimized versions of a model (app.optimize.cli). `batchserve profile MODEL`
+measures it per batch size and instance layout and recommends its batching (app.profile.cli).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import uvicorn
 
 from app.main import create_app
 from app.optimize.cli import add_parser as add_optimize_parser
+from app.profile.cli import add_parser as add_profile_parser
 from app.server import BatchserveServer
 from app.settings import Settings
 
@@ -94,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=_serve)
     add_optimize_parser(commands)
+    add_profile_parser(commands)
     return parser
 
 

@@ -1,0 +1,180 @@
+"""Measure a model's compute per batch size and instance layout, as the server would run it.
+
+Sessions are app.runtime.OnnxInstance, made exactly as the server makes them (providers,
+intra-op threads, one inter-op thread, spinning off, full graph optimization), so a layout
+of `count` x `threads` here is `[[instances]] count, threads` there. The instances of a layout
+run at once, each from its own thread, as the server's workers do at saturation, and the
+aggregate throughput is what they compute together (app.timing.time_concurrent). Each
+(layout, batch size) is warmed up, then timed in windows until the last three throughputs
+agree within 5% or its time is up (app.timing.until_stable).
+
+Blocking (ORT sessions): run it from a command or a thread, never from an event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from app.errors import ModelLoadError
+from app.profile.errors import ProfileError
+from app.profile.recommend import DEFAULT_TARGET_FACTOR, DEFAULT_TARGET_FLOOR_MS, Layout, Point
+from app.protocol.datatypes import numpy_dtype
+from app.protocol.types import TensorSpec
+from app.runtime import OnnxInstance
+from app.timing import Feeds, Stability, Window, time_concurrent, until_stable, warm_up
+
+#: Largest batch size profiled by default (as Triton's Model Analyzer's default search).
+DEFAULT_MAX_BATCH_SIZE = 128
+#: Length given to variable non-batch axes (token sequences) by default: the usual
+#: max_length of sentence encoders, so the profile is of full-length inputs (the worst case).
+DEFAULT_SEQUENCE_LENGTH = 128
+
+FeedsFor = Callable[[int], Feeds]
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    device: str
+    layouts: tuple[Layout, ...]
+    batch_sizes: tuple[int, ...]
+    #: Stop growing a layout's batch size once a batch takes longer than this; None: the
+    #: default target (app.profile.recommend) from the layout's own smallest batch.
+    stop_above_ms: float | None = None
+    window_s: float = 0.2
+    stability: Stability = field(default_factory=Stability)
+
+
+@dataclass(frozen=True)
+class Profile:
+    points: list[Point]
+    #: Execution providers the sessions really got (ORT may fall back silently).
+    providers: list[str]
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_layouts(device: str, cores: int) -> tuple[Layout, ...]:
+    """On CPU, every count x threads that uses all the cores with count a power of two (or
+    the core count): 1x2 and 2x1 on 2 cores; 1x16, 2x8, 4x4, 8x2, 16x1 on 16. Layouts that
+    leave cores idle are left out: the server's event loop shares the cores anyway. On a
+    GPU, one instance (its threads only run the operators the GPU does not take)."""
+    if device != "cpu":
+        return (Layout(1, max(1, cores)),)
+    counts = sorted({c for c in (2**k for k in range(cores.bit_length())) if cores % c == 0})
+    if cores not in counts:
+        counts.append(cores)
+    return tuple(Layout(count, cores // count) for count in counts)
+
+
+def batch_sizes(limit: int, extra: Sequence[int] = ()) -> tuple[int, ...]:
+    """Powers of two up to `limit`, and the `extra` sizes (the config's preferred sizes and
+    max_batch_size) up to it."""
+    powers = {2**k for k in range(limit.bit_length()) if 2**k <= limit}
+    return tuple(sorted(powers | {s for s in extra if 1 <= s <= limit}))
+
+
+def synthetic_feeds(
+    specs: Sequence[TensorSpec], batch_size: int | None, sequence_length: int
+) -> Feeds:
+    """Inputs of the model's shapes: the first axis `batch_size` (None: as the graph fixes
+    it), every other variable axis `sequence_length`. Floats are uniform in [0, 1); integers
+    are 1 (a valid token id, attention mask and type id, and in range of any lookup table),
+    so that a text encoder computes every position as it would for a real sentence."""
+    rng = np.random.default_rng(0)
+    feeds: Feeds = {}
+    for spec in specs:
+        dims = [sequence_length if d < 0 else d for d in spec.shape]
+        if batch_size is not None and dims:
+            dims[0] = batch_size
+        if spec.datatype == "BYTES":
+            feeds[spec.name] = np.full(dims, "x", dtype=object)
+            continue
+        dtype = numpy_dtype(spec.datatype)
+        if np.issubdtype(dtype, np.floating):
+            feeds[spec.name] = rng.random(dims).astype(dtype)
+        else:
+            feeds[spec.name] = np.ones(dims, dtype=dtype)
+    return feeds
+
+
+def open_instances(path: Path, device: str, layout: Layout) -> list[OnnxInstance]:
+    """The layout's sessions, as the server would make them."""
+    try:
+        return [OnnxInstance(path, device, layout.threads, index=i) for i in range(layout.count)]
+    except ModelLoadError as exc:
+        raise ProfileError(str(exc)) from None
+
+
+def _stop_above(settings: ProfileSettings, first: Point) -> float:
+    if settings.stop_above_ms is not None:
+        return settings.stop_above_ms
+    return max(DEFAULT_TARGET_FACTOR * first.latency_ms_p50, DEFAULT_TARGET_FLOOR_MS)
+
+
+def measure_point(
+    instances: Sequence[OnnxInstance],
+    layout: Layout,
+    feeds: Feeds,
+    batch_size: int,
+    settings: ProfileSettings,
+    pool: ThreadPoolExecutor,
+) -> Point:
+    """One (layout, batch size): warm every instance, then windows until stable."""
+    list(pool.map(lambda instance: warm_up(instance.run, feeds), instances))
+    runs = [instance.run for instance in instances]
+
+    def window() -> Window:
+        return time_concurrent(runs, feeds, batch_size, settings.window_s, pool)
+
+    windows, stable = until_stable(window, settings.stability)
+    last = windows[-settings.stability.last :]
+    latencies_ms = np.array(Window.merge(last).latencies_s) * 1000.0
+    return Point(
+        layout=layout,
+        batch_size=batch_size,
+        latency_ms_p50=float(np.percentile(latencies_ms, 50)),
+        latency_ms_p90=float(np.percentile(latencies_ms, 90)),
+        throughput_sps=float(statistics.median(w.throughput_sps for w in last)),
+        windows=len(windows),
+        stable=stable,
+    )
+
+
+def profile(
+    path: Path,
+    settings: ProfileSettings,
+    feeds_for: FeedsFor,
+    progress: Callable[[Point], None] = lambda point: None,
+) -> Profile:
+    """Every layout of `settings` at every batch size, smallest first; a layout stops
+    growing after the first batch that takes longer than the latency that could still be
+    recommended (settings.stop_above_ms), which bounds the time spent on huge batches."""
+    points: list[Point] = []
+    providers: list[str] = []
+    for layout in settings.layouts:
+        instances = open_instances(path, settings.device, layout)
+        providers = list(instances[0].providers)
+        with ThreadPoolExecutor(layout.count, thread_name_prefix="profile") as pool:
+            stop_above: float | None = None
+            for size in settings.batch_sizes:
+                point = measure_point(instances, layout, feeds_for(size), size, settings, pool)
+                points.append(point)
+                progress(point)
+                stop_above = stop_above or _stop_above(settings, point)
+                if point.latency_ms_p50 > stop_above:
+                    break
+        del instances  # free the sessions before the next layout's
+    return Profile(points=points, providers=providers)

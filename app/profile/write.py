@@ -1,0 +1,124 @@
+"""`--write`: put a recommendation into a model's config.toml, keeping everything else.
+
+tomlkit edits the document in place, so comments, key order, spacing and every key the
+recommendation does not concern survive; values are replaced where they are (inline comments
+kept), new keys go after the last key of their table. Only the profiled device's
+`[[instances]]` lines are replaced (a GPU line stays when CPU is profiled, and the other way
+round). The result is validated as the server validates it before the file is replaced, and
+the file is replaced atomically, so a polling server never reads half of it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from app.optimize.errors import require
+from app.profile.errors import ProfileError
+from app.profile.recommend import Recommendation
+from app.repository.config import CONFIG_FILE, ModelConfig
+
+#: Inline comment on keys that --write adds (keys it replaces keep their own comments).
+MARK = "batchserve profile"
+
+
+def apply(text: str, recommendation: Recommendation, device: str) -> str:
+    """`text` (a config.toml, possibly empty) with the recommendation in it."""
+    require("tomlkit", "batchserve profile --write")
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+
+    try:
+        document = tomlkit.parse(text)
+    except TOMLKitError as exc:
+        raise ProfileError(f"the config is not valid TOML, so it was not changed: {exc}") from None
+    if recommendation.max_batch_size is not None:
+        _set(document, "max_batch_size", recommendation.max_batch_size)
+        if "batching" not in document:
+            document.add("batching", tomlkit.table())
+        batching: Any = document["batching"]
+        _set(batching, "preferred_batch_sizes", list(recommendation.preferred_batch_sizes))
+    layout = recommendation.layout
+    line = {"device": device, "count": layout.count, "threads": layout.threads}
+    if "instances" not in document:
+        lines = tomlkit.aot()
+        lines.append(tomlkit.item(line))
+        document.add("instances", lines)
+    else:
+        instances: Any = document["instances"]
+        mine = [i for i, table in enumerate(instances) if table.get("device", "cpu") == device]
+        if not mine:
+            instances.append(tomlkit.item(line))
+        else:
+            for key, value in line.items():
+                _set(instances[mine[0]], key, value)
+            for index in reversed(mine[1:]):
+                del instances[index]
+    return tomlkit.dumps(document)
+
+
+def _set(container: Any, key: str, value: Any) -> None:
+    """Replace `key` where it is, or add it after the last key of `container` (a table;
+    the document itself puts a new top-level key before its first table)."""
+    import tomlkit
+
+    if key in container:
+        container[key] = value
+        return
+    item = tomlkit.item(value)
+    item.comment(MARK)
+    table = isinstance(container, tomlkit.items.Table)
+    body: Any = container.value if table else None  # the table's Container
+    plain = [
+        k.key
+        for k, v in (body.body if table else [])
+        if k is not None and not isinstance(v, tomlkit.items.Table | tomlkit.items.AoT)
+    ]
+    if plain:
+        # Right after the last key, ahead of comments that trail the table (they are
+        # usually about the next one).
+        body._insert_after(plain[-1], key, item)
+    else:
+        container.add(key, item)
+
+
+def validate(text: str, path: Path) -> ModelConfig:
+    """The config as the server reads it, or an error naming what is wrong."""
+    try:
+        return ModelConfig.model_validate(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as exc:
+        problem = str(exc)
+    except ValidationError as exc:
+        problem = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}"
+            for error in exc.errors()
+        )
+    raise ProfileError(
+        f"{path} with the recommendation would not load ({problem}); it was not changed"
+    )
+
+
+def write_config(model_dir: Path, recommendation: Recommendation, device: str) -> Path:
+    """Apply the recommendation to `<model_dir>/config.toml` (created if absent)."""
+    path = model_dir / CONFIG_FILE
+    try:
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: cannot be read: {exc}") from None
+    updated = apply(text, recommendation, device)
+    validate(updated, path)
+    handle, temporary = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=model_dir)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(updated)
+        os.chmod(temporary, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        os.replace(temporary, path)
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        raise ProfileError(f"{path}: cannot be written: {exc}") from None
+    return path

@@ -1,0 +1,63 @@
+"""Measuring for `batchserve profile` (and `optimize evaluate`): windows until stable,
+instances timed at once from threads, a layout's sweep stopping past the target, on real
+ONNX Runtime sessions of a model built here."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from app.profile.measure import ProfileSettings, open_instances, profile, synthetic_feeds
+from app.profile.recommend import Layout
+from app.timing import Stability, Window, time_concurrent, until_stable
+from load_tests.synthetic_models import write_heavy_model
+from tests.optimize_models import write_mlp
+
+
+def windows(*throughputs: float) -> list[Window]:
+    return [Window(samples=int(t), seconds=1.0, latencies_s=(1.0,)) for t in throughputs]
+
+
+def test_windows_repeat_until_the_last_three_agree_within_five_percent() -> None:
+    queue = windows(100, 200, 100, 101, 103, 500)
+    got, stable = until_stable(lambda: queue.pop(0), Stability())
+    assert stable and [w.samples for w in got] == [100, 200, 100, 101, 103]
+
+
+def test_windows_stop_at_the_bound_and_say_they_did_not_settle() -> None:
+    queue = windows(*([100, 200] * 10))
+    got, stable = until_stable(lambda: queue.pop(0), Stability(max_windows=6))
+    assert not stable and len(got) == 6
+
+
+def test_instances_run_at_once_and_their_samples_add_up(tmp_path: Path) -> None:
+    path = write_mlp(tmp_path / "mlp.onnx")
+    instances = open_instances(path, "cpu", Layout(2, 1))
+    assert [i.label for i in instances] == ["cpu/0", "cpu/1"] and instances[0].threads == 1
+    feeds = synthetic_feeds(instances[0].inputs, 4, 1)
+    with ThreadPoolExecutor(2) as pool:
+        window = time_concurrent([i.run for i in instances], feeds, 4, 0.02, pool)
+    assert window.samples == 4 * window.runs and window.runs >= 2
+    # Wall time, not the sum of both instances' busy time: they ran side by side.
+    assert window.seconds < sum(window.latencies_s)
+
+
+def test_a_layout_stops_growing_after_the_first_batch_past_the_target(tmp_path: Path) -> None:
+    path = tmp_path / "heavy.onnx"
+    write_heavy_model(path, hidden=256, blocks=2)
+    specs = open_instances(path, "cpu", Layout(1, 1))[0].inputs
+    settings = ProfileSettings(
+        device="cpu",
+        layouts=(Layout(1, 1),),
+        batch_sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
+        stop_above_ms=0.05,  # batch 1 takes about 0.02 ms; 1024 rows never fit
+        window_s=0.002,
+        stability=Stability(max_seconds=0.05),
+    )
+    seen = []
+    result = profile(path, settings, lambda n: synthetic_feeds(specs, n, 1), seen.append)
+    assert seen == result.points and result.providers == ["CPUExecutionProvider"]
+    sizes = [p.batch_size for p in result.points]
+    assert sizes == list(settings.batch_sizes[: len(sizes)]) and len(sizes) < 12
+    assert result.points[-1].latency_ms_p50 > 0.05
+    assert all(p.latency_ms_p50 <= 0.05 for p in result.points[:-1])
