@@ -13,7 +13,6 @@ Blocking (ORT sessions): run it from a command or a thread, never from an event 
 
 from __future__ import annotations
 
-import os
 import statistics
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.cores import available_cores
 from app.errors import ModelLoadError
 from app.profile.errors import ProfileError
 from app.profile.recommend import DEFAULT_TARGET_FACTOR, DEFAULT_TARGET_FLOOR_MS, Layout, Point
@@ -59,11 +59,10 @@ class Profile:
 
 
 def cpu_cores() -> int:
-    """Cores this process may run on (a container's CPU set, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    """Cores this process may use, counted as the server counts them for its default threads
+    (app.cores: the affinity mask capped by the cgroup CPU quota), so that a layout here is
+    one the server would run within the same cores."""
+    return available_cores()
 
 
 def default_layouts(device: str, cores: int) -> tuple[Layout, ...]:
