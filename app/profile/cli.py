@@ -81,6 +81,10 @@ def add_parser(commands: Any) -> None:
         "for three windows within 5%% of each other after this long (default 8)",
     )  # fmt: skip
     parser.add_argument(
+        "--passes", type=int, default=2, metavar="N", help="measure every point N times, in "
+        "alternating orders, and keep its least disturbed (fastest) pass (default 2)",
+    )  # fmt: skip
+    parser.add_argument(
         "--out", type=Path, metavar="DIR", help="where to write profile.md, profile.json and "
         "profile.png (default ./profile-<model>)",
     )  # fmt: skip
@@ -134,8 +138,8 @@ def _profile(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ProfileError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.window_s <= 0 or args.max_seconds_per_point <= 0:
-        raise ProfileError("--window-s and --max-seconds-per-point must be > 0")
+    if args.window_s <= 0 or args.max_seconds_per_point <= 0 or args.passes < 1:
+        raise ProfileError("--window-s and --max-seconds-per-point must be > 0, --passes >= 1")
     if args.latency_target_ms is not None and args.latency_target_ms <= 0:
         raise ProfileError("--latency-target-ms must be > 0")
     # Fail on a missing optional package before minutes of measuring, not after.
@@ -187,6 +191,7 @@ def _profile(args: argparse.Namespace) -> int:
         stop_above_ms=args.latency_target_ms,
         window_s=args.window_s,
         stability=Stability(max_seconds=args.max_seconds_per_point),
+        passes=args.passes,
     )
     print(
         f"profiling {args.model} v{version} on {args.device} ({cores} cores): layouts "
@@ -205,7 +210,13 @@ def _profile(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    result = measure.profile(path, settings, feeds_for, progress)
+    def pass_started(number: int) -> None:
+        if settings.passes > 1:
+            order = "in reverse order, " if number > 1 else ""
+            print(f" pass {number} of {settings.passes} ({order}the fastest pass of each point "
+                  "counts):", file=sys.stderr, flush=True)  # fmt: skip
+
+    result = measure.profile(path, settings, feeds_for, progress, pass_started)
     recommendation = recommend(result.points, args.latency_target_ms, batching)
     context = report.Context(
         model=args.model,

@@ -6,7 +6,8 @@ of `count` x `threads` here is `[[instances]] count, threads` there. The instanc
 run at once, each from its own thread, as the server's workers do at saturation, and the
 aggregate throughput is what they compute together (app.timing.time_concurrent). Each
 (layout, batch size) is warmed up, then timed in windows until the last three throughputs
-agree within 5% or its time is up (app.timing.until_stable).
+agree within 5% or its time is up (app.timing.until_stable). Every point is measured twice
+by default, the second time in the reverse order, and keeps its faster pass (see `profile`).
 
 Blocking (ORT sessions): run it from a command or a thread, never from an event loop.
 """
@@ -49,6 +50,8 @@ class ProfileSettings:
     stop_above_ms: float | None = None
     window_s: float = 0.2
     stability: Stability = field(default_factory=Stability)
+    #: Times every point is measured (in alternating orders); the best pass counts.
+    passes: int = 2
 
 
 @dataclass(frozen=True)
@@ -157,21 +160,60 @@ def profile(
     settings: ProfileSettings,
     feeds_for: FeedsFor,
     progress: Callable[[Point], None] = lambda point: None,
+    pass_started: Callable[[int], None] = lambda number: None,
 ) -> Profile:
     """Every layout of `settings` at every batch size, smallest first; a layout stops
     growing after the first batch that takes longer than the latency that could still be
-    recommended (settings.stop_above_ms), which bounds the time spent on huge batches."""
+    recommended (settings.stop_above_ms), which bounds the time spent on huge batches.
+
+    With `settings.passes` > 1 the same points are measured again, in the reverse order
+    (last layout first, largest batch first), and each point keeps its pass with the highest
+    throughput. On a shared machine other work only ever slows a measurement down, and a
+    busy spell lasting seconds would otherwise make one batch size look worse than its
+    neighbours; measured twice in opposite orders, a point is rarely disturbed both times,
+    and the least disturbed pass is the one comparable across points.
+    """
+    pass_started(1)
+    first = _measure_pass(path, settings, feeds_for, progress, None)
+    points = first.points
+    for index in range(1, settings.passes):
+        pass_started(index + 1)
+        order = [(p.layout, p.batch_size) for p in reversed(points)]
+        again = _measure_pass(path, settings, feeds_for, progress, order)
+        redo = {(p.layout, p.batch_size): p for p in again.points}
+        points = [
+            max(p, redo[(p.layout, p.batch_size)], key=lambda q: q.throughput_sps) for p in points
+        ]
+    return Profile(points=points, providers=first.providers)
+
+
+def _measure_pass(
+    path: Path,
+    settings: ProfileSettings,
+    feeds_for: FeedsFor,
+    progress: Callable[[Point], None],
+    order: list[tuple[Layout, int]] | None,
+) -> Profile:
+    """One pass: every layout's sizes ascending until past the stop latency (order None),
+    or exactly the (layout, size) points of `order`, in that order."""
     points: list[Point] = []
     providers: list[str] = []
-    for layout in settings.layouts:
+    layouts = list(settings.layouts) if order is None else list(dict.fromkeys(x for x, _ in order))
+    for layout in layouts:
         instances = open_instances(path, settings.device, layout)
         providers = list(instances[0].providers)
+        if order is None:
+            sizes = list(settings.batch_sizes)
+        else:
+            sizes = [size for x, size in order if x == layout]
         with ThreadPoolExecutor(layout.count, thread_name_prefix="profile") as pool:
             stop_above: float | None = None
-            for size in settings.batch_sizes:
+            for size in sizes:
                 point = measure_point(instances, layout, feeds_for(size), size, settings, pool)
                 points.append(point)
                 progress(point)
+                if order is not None:
+                    continue
                 stop_above = stop_above or _stop_above(settings, point)
                 if point.latency_ms_p50 > stop_above:
                     break

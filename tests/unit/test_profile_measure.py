@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from app.profile.measure import ProfileSettings, open_instances, profile, synthetic_feeds
-from app.profile.recommend import Layout
+from app.profile.recommend import Layout, Point
 from app.timing import Stability, Window, time_concurrent, until_stable
 from load_tests.synthetic_models import write_heavy_model
 from tests.optimize_models import write_mlp
@@ -53,6 +53,7 @@ def test_a_layout_stops_growing_after_the_first_batch_past_the_target(tmp_path: 
         stop_above_ms=0.05,  # batch 1 takes about 0.02 ms; 1024 rows never fit
         window_s=0.002,
         stability=Stability(max_seconds=0.05),
+        passes=1,
     )
     seen = []
     result = profile(path, settings, lambda n: synthetic_feeds(specs, n, 1), seen.append)
@@ -61,3 +62,27 @@ def test_a_layout_stops_growing_after_the_first_batch_past_the_target(tmp_path: 
     assert sizes == list(settings.batch_sizes[: len(sizes)]) and len(sizes) < 12
     assert result.points[-1].latency_ms_p50 > 0.05
     assert all(p.latency_ms_p50 <= 0.05 for p in result.points[:-1])
+
+
+def test_a_second_pass_remeasures_in_reverse_and_keeps_the_faster(tmp_path: Path) -> None:
+    path = write_mlp(tmp_path / "mlp.onnx")
+    specs = open_instances(path, "cpu", Layout(1, 1))[0].inputs
+    settings = ProfileSettings(
+        device="cpu",
+        layouts=(Layout(1, 1), Layout(2, 1)),
+        batch_sizes=(1, 2, 4),
+        window_s=0.002,
+        stability=Stability(max_seconds=0.05),
+    )
+    seen: list[Point] = []
+    passes: list[int] = []
+    result = profile(
+        path, settings, lambda n: synthetic_feeds(specs, n, 1), seen.append, passes.append
+    )
+    assert settings.passes == 2 and passes == [1, 2]
+    first, second = seen[:6], seen[6:]
+    order = [(p.layout.label, p.batch_size) for p in seen]
+    assert order[:6] == [(x, n) for x in ("1x1", "2x1") for n in (1, 2, 4)]
+    assert order[6:] == list(reversed(order[:6]))
+    for point, a, b in zip(result.points, first, reversed(second), strict=True):
+        assert point == max(a, b, key=lambda q: q.throughput_sps)
