@@ -12,7 +12,14 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import start_http_server
 
 from app.batching import BatchObserver
-from app.metrics import ModelMetrics, ModelStatistics, NoMetrics, ServerMetrics, VersionGauges
+from app.metrics import (
+    ModelMetrics,
+    ModelStatistics,
+    NoMetrics,
+    ServerMetrics,
+    VersionGauges,
+    WorkerInfo,
+)
 from app.repository import ModelRepository, ModelState, ServingDefaults
 from app.repository.poller import RepositoryPoller
 from app.settings import Settings
@@ -144,6 +151,10 @@ class InferenceService:
                     metrics.depth if metrics else 0,
                     metrics.inflight if metrics else 0,
                     loaded.batcher.queued_bytes,
+                    tuple(
+                        WorkerInfo(i.label, i.device, i.providers[0], i.requested)
+                        for i in loaded.instances
+                    ),
                 )
 
     def statistics(self, model: str | None, version: str | None) -> list[dict[str, Any]]:

@@ -92,6 +92,8 @@ class _BatchResult:
     output_s: float = 0.0
     positions: int = 0
     padding_positions: int = 0
+    #: Samples the runner added to reach one of its fixed batch sizes (CUDA graphs).
+    padding: int = 0
 
 
 class Batcher:
@@ -551,8 +553,8 @@ class Batcher:
                     samples, runner.label,
                 )  # fmt: skip
             self._observer.batch_executed(
-                BatchReport(runner.label, runner.device, samples, 0, waits, result.input_s,
-                            result.compute_s, result.output_s, failed_samples,
+                BatchReport(runner.label, runner.device, samples, result.padding, waits,
+                            result.input_s, result.compute_s, result.output_s, failed_samples,
                             result.positions, result.padding_positions)
             )  # fmt: skip
             self._busy_until.pop(runner.label, None)
@@ -599,6 +601,7 @@ def _execute(
         left.output_s + right.output_s,
         left.positions + right.positions,
         left.padding_positions + right.padding_positions,
+        left.padding + right.padding,
     )
 
 
@@ -623,8 +626,13 @@ def _execute_once(
     assembled = time.perf_counter()
     outputs = runner.run(feeds)
     computed = time.perf_counter()
+    # A runner with fixed batch sizes (BatchRunner.padded_size) pads the batch up to one.
+    padded_size = getattr(runner, "padded_size", None)
+    added = padded_size(total) - total if padded_size is not None and batches else 0
     if len(requests) == 1:
-        return _BatchResult([outputs], assembled - started, computed - assembled, 0.0, positions, 0)
+        return _BatchResult(
+            [outputs], assembled - started, computed - assembled, 0.0, positions, 0, added
+        )
     assert batches, "only batching models run several requests at once"
     for name, array in outputs.items():
         if array.ndim == 0 or array.shape[0] != total:
@@ -647,4 +655,5 @@ def _execute_once(
         time.perf_counter() - computed,
         batch_positions,
         batch_positions - positions,
+        added,
     )

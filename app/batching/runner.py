@@ -21,5 +21,9 @@ class BatchRunner(Protocol):
         ...
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the model on a batch; every output keeps the batch axis first."""
+        """Run the model on a batch; every output keeps the batch axis first.
+
+        A runner that only runs fixed batch sizes (CUDA graphs) pads the batch up to one and
+        cuts the outputs back; it may then also offer `padded_size(samples) -> int`, the
+        size a batch of `samples` really runs at, which the batcher reports as padding."""
         ...

@@ -1,7 +1,14 @@
 """Prometheus metric families, Triton-style statistics, and the observer that feeds both."""
 
-from app.metrics.collectors import VersionGauges
+from app.metrics.collectors import VersionGauges, WorkerInfo
 from app.metrics.families import ModelMetrics, NoMetrics, ServerMetrics
 from app.metrics.statistics import ModelStatistics
 
-__all__ = ["ModelMetrics", "ModelStatistics", "NoMetrics", "ServerMetrics", "VersionGauges"]
+__all__ = [
+    "ModelMetrics",
+    "ModelStatistics",
+    "NoMetrics",
+    "ServerMetrics",
+    "VersionGauges",
+    "WorkerInfo",
+]

@@ -12,6 +12,17 @@ STATES = ("loading", "ready", "failed")
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """One worker of a model version: where it runs, on which provider, and what its
+    config asked for (they differ when it fell back to the CPU)."""
+
+    worker: str
+    device: str
+    provider: str
+    requested: str
+
+
+@dataclass(frozen=True, slots=True)
 class VersionGauges:
     """What one model version looks like right now."""
 
@@ -21,11 +32,12 @@ class VersionGauges:
     queue_depth: int
     inflight: int
     queue_bytes: int = 0
+    workers: tuple[WorkerInfo, ...] = ()
 
 
 class StateCollector(Collector):
-    """Exports batchserve_queue_depth, batchserve_queue_bytes, batchserve_inflight_requests
-    and batchserve_model_state."""
+    """Exports batchserve_queue_depth, batchserve_queue_bytes, batchserve_inflight_requests,
+    batchserve_model_state and batchserve_worker_info."""
 
     def __init__(self, read: Callable[[], Iterable[VersionGauges]]) -> None:
         self._read = read
@@ -50,6 +62,12 @@ class StateCollector(Collector):
             "1 for the state each model version is in (loading, ready, failed), else 0.",
             labels=[*labels, "state"],
         )
+        workers = GaugeMetricFamily(
+            "batchserve_worker_info",
+            "1 per worker: the device and ONNX Runtime provider it really runs on, and the "
+            "device its config asked for (they differ when it fell back to the CPU).",
+            labels=[*labels, "worker", "device", "provider", "requested"],
+        )
         for row in self._read():
             values = [row.model, row.version]
             depth.add_metric(values, row.queue_depth)
@@ -57,7 +75,10 @@ class StateCollector(Collector):
             inflight.add_metric(values, row.inflight)
             for name in STATES:
                 state.add_metric([*values, name], 1.0 if row.state == name else 0.0)
+            for w in row.workers:
+                workers.add_metric([*values, w.worker, w.device, w.provider, w.requested], 1.0)
         yield depth
         yield queued_bytes
         yield inflight
         yield state
+        yield workers

@@ -1,7 +1,9 @@
 """GPU utilization and memory per GPU through NVML (nvidia-ml-py), read at scrape time.
 
 Without a GPU (or without the NVIDIA driver) the families are absent, not zero: a dashboard
-must not show a 0 % GPU that does not exist.
+must not show a 0 % GPU that does not exist. The `gpu` label is NVML's index, which follows
+the PCI bus order and ignores CUDA_VISIBLE_DEVICES, so it can differ from the N of a
+worker's `cuda:N`; `name` tells models apart.
 """
 
 from __future__ import annotations
@@ -37,8 +39,17 @@ class GpuCollector(Collector):
 
     @classmethod
     def create(cls) -> GpuCollector | None:
+        """The collector, or None where NVML works but sees no GPU (a driver without a
+        device, as in a container not given one): the families stay absent there too."""
         nvml = _nvml()
-        return cls(nvml) if nvml is not None else None
+        if nvml is None:
+            return None
+        try:
+            if nvml.nvmlDeviceGetCount() == 0:
+                return None
+        except Exception:
+            return None
+        return cls(nvml)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         nvml = self._nvml

@@ -12,11 +12,11 @@ from app.batching import Batcher, BatchingPolicy, BatchObserver
 from app.errors import ModelLoadError
 from app.protocol.types import TensorSpec
 from app.repository.config import AUTO_MAX_BATCH_SIZE, ModelConfig
+from app.repository.instances import build_instances
 from app.repository.model_files import check_model_files
 from app.repository.padding import build_padding_plan
 from app.repository.state import LoadedVersion
 from app.repository.text import build_text_stage
-from app.runtime import OnnxInstance
 
 MODEL_FILE = "model.onnx"
 
@@ -56,17 +56,7 @@ def load_version(
     """Create and warm every instance of one version; the batcher is built but not started."""
     model_path = version_dir / MODEL_FILE
     check_model_files(model_path, version_dir)
-    instances: list[OnnxInstance] = []
-    for instance_config in config.instances:
-        for _ in range(instance_config.count):
-            instances.append(
-                OnnxInstance(
-                    model_path,
-                    instance_config.device,
-                    instance_config.resolved_threads(),
-                    index=sum(i.device == instance_config.device for i in instances),
-                )
-            )
+    instances = build_instances(model, version, model_path, config)
     first = instances[0]
     max_batch_size = resolve_max_batch_size(config, first.inputs)
     batching = config.batching

@@ -83,22 +83,42 @@ class LoadedVersion:
             "outputs": [spec.metadata() for spec in self.outputs],
             "parameters": {
                 "max_batch_size": self.max_batch_size,
-                "instances": [
-                    {
-                        "name": i.label,
-                        "device": i.device,
-                        "threads": i.threads,
-                        "providers": i.providers,
-                    }
-                    for i in self.instances
-                ],
+                "instances": [_instance_metadata(i) for i in self.instances],
             },
         }
 
     def describe(self) -> str:
-        """`digits v1 [cpu/0 CPUExecutionProvider]`, for the startup log."""
-        parts = ", ".join(f"{i.label} {'+'.join(i.providers)}" for i in self.instances)
+        """`digits v1 [cpu/0 CPUExecutionProvider]`, for the startup log; a worker that fell
+        back to the CPU adds what it asked for: `(asked cuda:0)`, or the provider it asked
+        for on the CPU (`(asked OpenVINOExecutionProvider)`)."""
+        parts = ", ".join(f"{i.label} {'+'.join(i.providers)}{_asked(i)}" for i in self.instances)
         return f"{self.model} v{self.version} [{parts}]"
+
+
+def _asked(instance: OnnxInstance) -> str:
+    if not instance.fallback_reason:
+        return ""
+    if instance.requested != instance.device:
+        return f" (asked {instance.requested})"
+    return f" (asked {instance.requested_provider})"
+
+
+def _instance_metadata(instance: OnnxInstance) -> dict[str, Any]:
+    """One worker in the model metadata: where it runs and on which providers, what it was
+    asked to run on, and why it is not there when it fell back to the CPU."""
+    entry: dict[str, Any] = {
+        "name": instance.label,
+        "device": instance.device,
+        "threads": instance.threads,
+        "providers": instance.providers,
+        "requested_device": instance.requested,
+        "requested_provider": instance.requested_provider,
+    }
+    if instance.fallback_reason:
+        entry["fallback_reason"] = instance.fallback_reason
+    if instance.fixed_batch_sizes:
+        entry["fixed_batch_sizes"] = list(instance.fixed_batch_sizes)
+    return entry
 
 
 @dataclass(slots=True)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +14,49 @@ import onnxruntime as ort
 from app.errors import ModelLoadError
 from app.protocol.datatypes import ONNX_TO_V2, numpy_dtype
 from app.protocol.types import TensorSpec
+from app.runtime.providers import (
+    CPU,
+    CUDA,
+    NVIDIA_PROVIDERS,
+    TENSORRT,
+    known_providers,
+    missing_cuda_libraries,
+    package_for,
+    parse_cuda_device,
+    preload_cuda_libraries,
+    provider_chain,
+)
 
-_CUDA = re.compile(r"^cuda:(\d+)$")
+log = logging.getLogger(__name__)
+
+#: Runs of each batch size in warm-up when CUDA graphs are on: ONNX Runtime runs a graph
+#: normally a few times before it captures it, and the capture must not hit a request.
+GRAPH_WARM_UP_RUNS = 3
 
 
-def _providers_for(device: str) -> list[Any]:
-    match = _CUDA.match(device)
-    if match:
-        return [("CUDAExecutionProvider", {"device_id": int(match[1])}), "CPUExecutionProvider"]
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    raise ModelLoadError(f"unknown device {device!r}; use 'cpu' or 'cuda:N'")
+@dataclass(frozen=True, slots=True)
+class InstanceOptions:
+    """How one worker's session is made beyond its device and threads (config.toml's
+    `[[instances]]` line, resolved by the loader)."""
+
+    #: The provider the instance is for; None: the CPU's on "cpu", CUDA's on "cuda:N".
+    provider: str | None = None
+    #: Options of that provider (strings, as ONNX Runtime parses them).
+    provider_options: Mapping[str, str] = field(default_factory=dict)
+    #: CUDAExecutionProvider options, also behind TensorRT.
+    cuda_options: Mapping[str, str] = field(default_factory=dict)
+    #: Serve on the CPU when the device or provider is missing, instead of failing.
+    fallback_cpu: bool = False
+    #: The only batch sizes the session runs (CUDA graphs): a batch is padded with copies of
+    #: its last row up to the next of them, into buffers bound once; outputs are cut back.
+    fixed_batch_sizes: tuple[int, ...] = ()
+    #: Run through I/O binding (inputs bound once per batch, outputs bound to host memory);
+    #: None: on every device but the CPU, where plain session.run measured fastest.
+    io_binding: bool | None = None
+
+
+class ProviderUnavailableError(ModelLoadError):
+    """The device or provider an instance asks for is not usable here (fallback applies)."""
 
 
 def _session_options(threads: int) -> ort.SessionOptions:
@@ -39,39 +72,117 @@ def _session_options(threads: int) -> ort.SessionOptions:
     return options
 
 
-class OnnxInstance:
-    """A model version's session on one device; implements batching.BatchRunner."""
+def _ort_package() -> str:
+    try:
+        from onnxruntime.capi import build_and_package_info as info
+    except ImportError:
+        return f"onnxruntime {ort.__version__}"
+    return f"{getattr(info, 'package_name', 'onnxruntime')} {ort.__version__}"
 
-    def __init__(self, model_path: Path, device: str, threads: int, index: int) -> None:
+
+class OnnxInstance:
+    """A model version's session on one device; implements batching.BatchRunner.
+
+    `device` is what was asked for; with `fallback_cpu` and that device or provider missing,
+    the session runs on the CPU instead: `device` and `providers` then say what it got and
+    `requested` / `fallback_reason` what was asked and why it was not had.
+    """
+
+    def __init__(
+        self,
+        model_path: Path,
+        device: str,
+        threads: int,
+        index: int,
+        options: InstanceOptions | None = None,
+    ) -> None:
+        options = options or InstanceOptions()
+        self.requested = device
+        self.threads = threads
+        self.fallback_reason: str | None = None
+        gpu = parse_cuda_device(device)
+        self.requested_provider = options.provider or (CUDA if gpu is not None else CPU)
+        try:
+            self._session = _open(model_path, device, threads, options, self.requested_provider)
+        except ProviderUnavailableError as exc:
+            if not options.fallback_cpu:
+                raise ProviderUnavailableError(
+                    f'{exc}. Use device = "cpu", or fallback = "cpu" to serve on the CPU where '
+                    f"{self.requested_provider} is missing"
+                ) from exc
+            self.fallback_reason = str(exc)
+            device, gpu = "cpu", None
+            self._session = _open(model_path, "cpu", threads, InstanceOptions(), CPU)
         self.device = device
         self.label = f"{device}/{index}"
-        self.threads = threads
-        wanted = _providers_for(device)
-        try:
-            self._session = ort.InferenceSession(
-                str(model_path), _session_options(threads), providers=wanted
-            )
-        except Exception as exc:  # ORT raises its own exception types for bad graphs
-            raise ModelLoadError(f"ONNX Runtime could not load {model_path}: {exc}") from exc
         self.providers: list[str] = list(self._session.get_providers())
-        if device.startswith("cuda") and "CUDAExecutionProvider" not in self.providers:
-            raise ModelLoadError(
-                f"device {device} asked for CUDAExecutionProvider but the session got "
-                f"{self.providers} (available here: {ort.get_available_providers()}); "
-                "is an NVIDIA GPU with the CUDA and cuDNN libraries onnxruntime-gpu needs "
-                'present? Use device = "cpu" to serve on the CPU'
-            )
         self.inputs = graph_tensor_specs(self._session.get_inputs())
         self.outputs = graph_tensor_specs(self._session.get_outputs())
         self._output_names = [spec.name for spec in self.outputs]
+        # Where bound buffers live: the GPU's memory, or host memory for the CPU.
+        self._bind_device = ("cuda", gpu) if gpu is not None else ("cpu", 0)
+        bind = options.io_binding if options.io_binding is not None else device != "cpu"
+        # ONNX Runtime binds numeric tensors only: models with strings use session.run.
+        strings = any(s.datatype == "BYTES" for s in (*self.inputs, *self.outputs))
+        self._io_binding = bind and not strings
+        self._fixed: list[_FixedBatch] = []
+        if options.fixed_batch_sizes and self.fallback_reason is None:
+            check_fixed_shapes(self.inputs, self.outputs)
+            self._fixed = [
+                _FixedBatch.allocate(self._session, size, i, self.inputs, self.outputs,
+                                     self._bind_device, graphs=gpu is not None)
+                for i, size in enumerate(sorted(set(options.fixed_batch_sizes)))
+            ]  # fmt: skip
+
+    @property
+    def fixed_batch_sizes(self) -> tuple[int, ...]:
+        return tuple(f.size for f in self._fixed)
+
+    def padded_size(self, samples: int) -> int:
+        """The batch size a batch of `samples` really runs at (padding = the difference)."""
+        for fixed in self._fixed:
+            if fixed.size >= samples:
+                return fixed.size
+        return samples
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._fixed:
+            return self._run_fixed(inputs)
+        if self._io_binding:
+            return self._run_bound(inputs)
         results = self._session.run(self._output_names, inputs)
         return dict(zip(self._output_names, results, strict=True))
 
+    def _run_bound(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One batch through I/O binding: ONNX Runtime copies each input to the device once
+        and writes each output into host memory once. A fresh binding per batch, so none
+        keeps a batch's arrays (or a stale output shape) alive after it."""
+        binding = self._session.io_binding()
+        for name, array in inputs.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in self._output_names:
+            binding.bind_output(name, "cpu")
+        self._session.run_with_iobinding(binding)
+        values = binding.copy_outputs_to_cpu()
+        return dict(zip(self._output_names, values, strict=True))
+
+    def _run_fixed(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        samples = next(iter(inputs.values())).shape[0]
+        fixed = next((f for f in self._fixed if f.size >= samples), None)
+        if fixed is None:
+            raise ValueError(
+                f"a batch of {samples} is above the largest fixed batch size {self._fixed[-1].size}"
+            )
+        return fixed.run(self._session, inputs, samples)
+
     def warm_up(self, batch_sizes: Iterable[int], batches: bool) -> None:
-        """Run once per batch size on zeros so first requests don't pay for lazy init."""
-        for size in batch_sizes:
+        """Run once per batch size on zeros so first requests don't pay for lazy init (CUDA
+        graphs: each fixed size a few times, so its graph is captured before traffic)."""
+        sizes = list(batch_sizes)
+        repeats = 1
+        if self._fixed:
+            sizes, repeats = list(self.fixed_batch_sizes), GRAPH_WARM_UP_RUNS
+        for size in sizes:
             feeds = {}
             for spec in self.inputs:
                 dims = [1 if d < 0 else d for d in spec.shape]
@@ -81,7 +192,130 @@ class OnnxInstance:
                     feeds[spec.name] = np.full(dims, "", dtype=object)
                 else:
                     feeds[spec.name] = np.zeros(dims, dtype=numpy_dtype(spec.datatype))
-            self.run(feeds)
+            for _ in range(repeats):
+                self.run(feeds)
+
+
+def _open(
+    model_path: Path, device: str, threads: int, options: InstanceOptions, provider: str
+) -> ort.InferenceSession:
+    """A session with `provider` first; ProviderUnavailableError when this build lacks it
+    or the session did not get it (ONNX Runtime then falls back to the CPU, only logging)."""
+    available = ort.get_available_providers()
+    if provider not in available:
+        if provider not in known_providers():
+            reason = f"{provider}, which ONNX Runtime does not know (known: {known_providers()})"
+        else:
+            reason = (
+                f"{provider}, which this onnxruntime build ({_ort_package()}) does not include "
+                f"(it has: {available}); {provider} comes with {package_for(provider)}"
+            )
+        raise ProviderUnavailableError(f"device {device} asked for {reason}")
+    if provider in NVIDIA_PROVIDERS:
+        preload_cuda_libraries()
+    chain = provider_chain(device, provider, options.provider_options, options.cuda_options)
+    try:
+        session = ort.InferenceSession(str(model_path), _session_options(threads), providers=chain)
+    except Exception as exc:  # ORT raises its own exception types for bad graphs
+        if provider != CPU:
+            # Maybe the provider's fault (a bad option, out of GPU memory): fallback applies;
+            # the CPU session made then fails in turn if the graph itself is bad.
+            raise ProviderUnavailableError(
+                f"device {device}: ONNX Runtime could not create a {provider} session for "
+                f"{model_path}: {exc}"
+            ) from exc
+        raise ModelLoadError(f"ONNX Runtime could not load {model_path}: {exc}") from exc
+    got = session.get_providers()
+    if provider not in got:
+        hint = ""
+        if provider in NVIDIA_PROVIDERS:
+            missing = missing_cuda_libraries(tensorrt=provider == TENSORRT)
+            hint = (
+                f"; missing here: {', '.join(missing)}"
+                if missing
+                else "; the CUDA libraries load, so the GPU itself is missing or refused "
+                "(ONNX Runtime's log says why)"
+            )
+        raise ProviderUnavailableError(
+            f"device {device} asked for {provider} but the session got {got} (available "
+            f"here: {available}){hint}. {provider} needs {package_for(provider)}"
+        )
+    return session
+
+
+def check_fixed_shapes(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> None:
+    """Fixed batch sizes (CUDA graphs) bind buffers once: every tensor needs a batch axis
+    and fixed other dims, and a numeric type (strings cannot live on a GPU)."""
+    for kind, specs in (("input", inputs), ("output", outputs)):
+        for spec in specs:
+            if spec.datatype == "BYTES":
+                raise ModelLoadError(
+                    f"CUDA graphs need numeric tensors; {kind} '{spec.name}' is BYTES"
+                )
+            if not spec.shape or any(d < 0 for d in spec.shape[1:]):
+                raise ModelLoadError(
+                    f"CUDA graphs replay fixed shapes, but {kind} '{spec.name}' has shape "
+                    f"{list(spec.shape)}: only the first (batch) axis may vary"
+                )
+
+
+@dataclass(slots=True)
+class _FixedBatch:
+    """Buffers and binding of one fixed batch size, bound once; with CUDA graphs, run as
+    graph `graph_id`."""
+
+    size: int
+    binding: Any
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    run_options: ort.RunOptions
+
+    @classmethod
+    def allocate(
+        cls,
+        session: ort.InferenceSession,
+        size: int,
+        graph_id: int,
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[TensorSpec],
+        device: tuple[str, int],
+        graphs: bool,
+    ) -> _FixedBatch:
+        def buffer(spec: TensorSpec) -> Any:
+            shape = [size, *spec.shape[1:]]
+            dtype = numpy_dtype(spec.datatype)
+            return ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, *device)
+
+        binding = session.io_binding()
+        bound_inputs = {spec.name: buffer(spec) for spec in inputs}
+        bound_outputs = {spec.name: buffer(spec) for spec in outputs}
+        for name, value in bound_inputs.items():
+            binding.bind_ortvalue_input(name, value)
+        for name, value in bound_outputs.items():
+            binding.bind_ortvalue_output(name, value)
+        run_options = ort.RunOptions()
+        if graphs:
+            run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
+        return cls(size, binding, bound_inputs, bound_outputs, run_options)
+
+    def run(
+        self, session: ort.InferenceSession, inputs: Mapping[str, np.ndarray], samples: int
+    ) -> dict[str, np.ndarray]:
+        for name, array in inputs.items():
+            self.inputs[name].update_inplace(pad_rows(array, self.size))
+        session.run_with_iobinding(self.binding, self.run_options)
+        # numpy() is a view of a host buffer (or a fresh copy of a GPU one): copy the rows
+        # out before the next batch overwrites the buffer.
+        return {name: np.array(value.numpy()[:samples]) for name, value in self.outputs.items()}
+
+
+def pad_rows(array: np.ndarray, size: int) -> np.ndarray:
+    """`array` with copies of its last row appended up to `size` rows (contiguous): real
+    values, so padding never feeds a model zeros it would divide by."""
+    missing = size - array.shape[0]
+    if missing <= 0:
+        return np.ascontiguousarray(array)
+    return np.concatenate([array, np.repeat(array[-1:], missing, axis=0)])
 
 
 def graph_tensor_specs(args: Sequence[Any]) -> tuple[TensorSpec, ...]:

@@ -213,7 +213,9 @@ def test_unknown_key_in_instances_lists_instance_keys(tmp_path: Path, index: int
     message = load_error(tmp_path, "\n".join(entries))
 
     assert f"unknown key 'instances.{index}.gpu'" in message
-    assert "(allowed here: device, count, threads)" in message
+    allowed = "device, gpus, count, threads, execution_provider, provider_options, cuda, "
+    allowed += "tensorrt, fallback"
+    assert f"(allowed here: {allowed})" in message
 
 
 def test_unknown_key_in_version_policy_lists_policy_keys(tmp_path: Path) -> None:
@@ -245,7 +247,7 @@ def test_every_problem_is_reported(tmp_path: Path) -> None:
         ("[batching]\npreferred_batch_sizes = 4", "batching.preferred_batch_sizes", "list"),
         ("[batching]\nmax_queue_size = 0", "batching.max_queue_size", "(got 0)"),
         ('[[instances]]\ndevice = "tpu"', "instances.0.device", "(got 'tpu')"),
-        ('[[instances]]\ndevice = "cuda"', "instances.0.device", "(got 'cuda')"),
+        ('[[instances]]\ndevice = "cuda:"', "instances.0.device", "(got 'cuda:')"),
         ('[[instances]]\ndevice = "cuda:x"', "instances.0.device", "(got 'cuda:x')"),
         ('[[instances]]\ndevice = "CPU"', "instances.0.device", "(got 'CPU')"),
         ("[[instances]]\ncount = 0", "instances.0.count", "(got 0)"),

@@ -1,0 +1,124 @@
+"""The workers of one model version, made from config.toml's `[[instances]]` lines.
+
+A line becomes `count` sessions on each of its devices (one for "cpu" or "cuda:N", each GPU
+listed or visible for "cuda" with `gpus` or "cuda:*"), with its provider and options. Where
+the device or provider is missing, the load fails saying what to install, unless the line
+allows `fallback = "cpu"`: then the worker runs on the CPU and a warning says what was asked
+and what was got.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from app.errors import ModelLoadError
+from app.repository.config import InstanceConfig, ModelConfig, TensorrtConfig
+from app.runtime import InstanceOptions, OnnxInstance
+from app.runtime.providers import to_option_strings, visible_gpus
+
+log = logging.getLogger(__name__)
+
+
+def build_instances(
+    model: str,
+    version: int,
+    model_path: Path,
+    config: ModelConfig,
+    gpus: Callable[[], list[int]] = visible_gpus,
+) -> list[OnnxInstance]:
+    """Create every worker's session; `gpus` lists the GPUs "cuda:*" expands to."""
+    model_dir = model_path.parent.parent
+    made: list[tuple[OnnxInstance, str | None]] = []  # with why it is not where it was asked
+    for number, line in enumerate(config.instances):
+        options = instance_options(line, number, model, version, model_dir, config)
+        devices = line.devices(gpus)
+        unmet: str | None = None
+        if not devices:
+            unmet = f'device = "{line.device}" found no GPU here ({_gpu_census()})'
+            if not options.fallback_cpu:
+                raise ModelLoadError(f"instances.{number}: {unmet}")
+            devices = ["cpu"]
+        for device in devices:
+            for _ in range(line.count):
+                instance = OnnxInstance(model_path, device, line.resolved_threads(), 0, options)
+                if unmet is not None:
+                    instance.requested, instance.fallback_reason = line.device, unmet
+                made.append((instance, instance.fallback_reason))
+    instances = [instance for instance, _ in made]
+    _number(instances)
+    fell_back: dict[tuple[str, str], list[str]] = {}
+    for instance, reason in made:
+        if reason is not None:
+            fell_back.setdefault((instance.requested, reason), []).append(instance.label)
+    for (requested, reason), labels in fell_back.items():
+        log.warning(
+            'model %s v%d: %s %s on the CPU instead of %s, as fallback = "cpu" allows: %s',
+            model, version, ", ".join(labels), "runs" if len(labels) == 1 else "run",
+            requested, reason,
+        )  # fmt: skip
+    return instances
+
+
+def _number(instances: list[OnnxInstance]) -> None:
+    """Label workers `device/k`, k counting per device where they really run."""
+    seen: Counter[str] = Counter()
+    for instance in instances:
+        instance.label = f"{instance.device}/{seen[instance.device]}"
+        seen[instance.device] += 1
+
+
+def _gpu_census() -> str:
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    where = "NVML counts none" if listed is None else f"CUDA_VISIBLE_DEVICES={listed!r}"
+    return f"{where}; is the NVIDIA driver installed and the GPU passed to this container?"
+
+
+def instance_options(
+    line: InstanceConfig,
+    number: int,
+    model: str,
+    version: int,
+    model_dir: Path,
+    config: ModelConfig,
+) -> InstanceOptions:
+    """One `[[instances]]` line's provider, options and fixed batch sizes, resolved."""
+    provider_options = dict(line.provider_options)
+    if line.tensorrt is not None:
+        cache = tensorrt_cache_dir(line.tensorrt, number, model, version, model_dir)
+        provider_options = {**line.tensorrt.provider_options(cache), **provider_options}
+    graphs = line.cuda is not None and line.cuda.enable_cuda_graph
+    return InstanceOptions(
+        provider=line.execution_provider,
+        provider_options=to_option_strings(provider_options),
+        cuda_options=to_option_strings(line.cuda.provider_options() if line.cuda else {}),
+        fallback_cpu=line.fallback == "cpu",
+        fixed_batch_sizes=tuple(config.batching.preferred_batch_sizes) if graphs else (),
+    )
+
+
+def tensorrt_cache_dir(
+    settings: TensorrtConfig, number: int, model: str, version: int, model_dir: Path
+) -> Path | None:
+    """The folder TensorRT keeps engines (and timing caches) in, created and checked
+    writable now, so a read-only path fails the load rather than every later build."""
+    if not settings.caches:
+        return None
+    if settings.engine_cache_dir is None:
+        path = Path(tempfile.gettempdir()) / "batchserve-tensorrt" / model / str(version)
+    else:
+        path = Path(settings.engine_cache_dir)
+        if not path.is_absolute():
+            path = model_dir / path
+    key = f"instances.{number}.tensorrt.engine_cache_dir"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelLoadError(f"{key}: cannot create {path}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ModelLoadError(f"{key}: {path} is not writable; name a writable folder")
+    return path
