@@ -1,0 +1,112 @@
+"""Workers of different speeds on one queue (a GPU beside CPU instances, or a fast GPU beside
+a slow one): a worker takes requests only when it is free to start them, so a slow device
+never holds queued requests that a fast one could take, and the fast one takes most batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+
+from app.batching import Batcher, BatchingPolicy
+
+T = TypeVar("T")
+WAIT_S = 10.0
+
+
+@dataclass
+class Runner:
+    """y = x + 1; records its batches; `gated` holds its thread until `gate` opens, and
+    `compute_s` stands for the time a slower device spends on each batch."""
+
+    label: str
+    device: str = "cpu"
+    gated: bool = False
+    compute_s: float = 0.0
+    batches: list[int] = field(default_factory=list)
+    started: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+    gate: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        self.batches.append(x.shape[0])
+        self.started.release()
+        if self.gated:
+            assert self.gate.wait(WAIT_S), "the test never opened the gate"
+        if self.compute_s:
+            time.sleep(self.compute_s)  # the device's compute time, not synchronisation
+        return {"y": x + 1}
+
+    async def wait_started(self) -> None:
+        assert await asyncio.to_thread(self.started.acquire, True, WAIT_S), "never ran"
+
+
+def rows(start: int, n: int = 1) -> dict[str, np.ndarray]:
+    return {"x": np.arange(start, start + n, dtype=np.float32).reshape(n, 1)}
+
+
+def run(scenario: Callable[[], Awaitable[T]]) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(scenario(), WAIT_S * 2)
+
+    return asyncio.run(bounded())
+
+
+def test_a_busy_slow_worker_holds_only_the_batch_it_is_computing() -> None:
+    async def scenario() -> None:
+        slow, fast = Runner("cuda:1/0", gated=True), Runner("cuda:0/0", gated=True)
+        batcher = Batcher("m/1", BatchingPolicy(max_batch_size=4, max_queue_size=100), [slow, fast])
+        batcher.start()
+        # Each worker starts one request and is held there (idle workers are woken in the
+        # order they went idle: the slow one, listed first, takes the first request).
+        first = [asyncio.ensure_future(batcher.infer(rows(0)))]
+        await slow.wait_started()
+        first.append(asyncio.ensure_future(batcher.infer(rows(1))))
+        await fast.wait_started()
+        # Forty more arrive while both are busy: they wait in the queue, taken by no one.
+        rest = [asyncio.ensure_future(batcher.infer(rows(100 + i))) for i in range(40)]
+        await asyncio.sleep(0)
+        assert batcher.depth == 40
+        # The fast device frees up and drains the whole queue while the slow one still
+        # computes its first request: none of the forty waited for the slow device.
+        fast.gated = False
+        fast.gate.set()
+        results = await asyncio.gather(*rest)
+        assert [r["y"][0, 0] for r in results] == [101.0 + i for i in range(40)]
+        assert slow.batches == [1]
+        assert sum(fast.batches[1:]) == 40 and max(fast.batches) == 4
+        assert batcher.depth == 0
+        assert sum(f.done() for f in first) == 1  # the slow one's is still computing
+        slow.gate.set()
+        await asyncio.gather(*first)
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_the_fast_worker_takes_most_batches_under_load() -> None:
+    async def scenario() -> None:
+        slow = Runner("cpu/0", compute_s=0.02)  # 20 ms a batch
+        fast = Runner("cuda:0/0")  # as fast as the hand-off allows
+        batcher = Batcher(
+            "m/1", BatchingPolicy(max_batch_size=4, max_queue_size=1000), [slow, fast]
+        )
+        batcher.start()
+
+        results = await asyncio.gather(*(batcher.infer(rows(i)) for i in range(400)))
+
+        assert [r["y"][0, 0] for r in results] == [1.0 + i for i in range(400)]
+        assert sum(slow.batches) + sum(fast.batches) == 400
+        # The slow worker gets a batch only when it is free: a few in the time the fast
+        # one takes for the rest.
+        assert sum(fast.batches) >= 0.8 * 400, (slow.batches, len(fast.batches))
+        assert len(slow.batches) < len(fast.batches) / 4
+        await batcher.close()
+
+    run(scenario)
