@@ -30,7 +30,10 @@ class ServerProcess:
         extra_args: list[str] | None = None,
     ) -> None:
         executable = Path(sys.executable).with_name("batchserve")
-        command = [str(executable), "serve", "--model-repository", str(repository), "--port", "0"]
+        # Where batchserve is importable but not installed (a GPU machine's python3 with the
+        # project on PYTHONPATH, load_tests/gpu_check.sh), `python -m app` is the same CLI.
+        launcher = [str(executable)] if executable.exists() else [sys.executable, "-m", "app"]
+        command = [*launcher, "serve", "--model-repository", str(repository), "--port", "0"]
         self._process = subprocess.Popen(
             [*command, *(extra_args or [])],
             stdout=subprocess.PIPE,

@@ -1,0 +1,108 @@
+"""load_tests/gpu_transfer.py: what travels to a lent GPU machine in parts comes back whole.
+
+A payload of stand-in wheels and a stand-in text model is packed into small parts, carried
+one call at a time into a copy of the tree (as the device tool does), kept out of the tree,
+joined and unpacked byte for byte; a part that is owed or damaged is named.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from load_tests import gpu_transfer
+from load_tests.gpu_transfer import MANIFEST, join, pack, plan, receive
+
+
+@pytest.fixture
+def payload(tmp_path: Path) -> tuple[list[Path], Path]:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for i, name in enumerate(["onnxruntime_gpu-1.0-cp312-x.whl", "fastapi-1.0-py3-none-any.whl"]):
+        (wheels / name).write_bytes(bytes(range(256)) * (40 + i * 13))
+    minilm = tmp_path / "minilm"
+    (minilm / "1").mkdir(parents=True)
+    for name in gpu_transfer.MINILM_FILES:
+        (minilm / name).write_bytes(name.encode() * 500)
+    return sorted(wheels.glob("*.whl")), minilm
+
+
+def test_parts_carried_call_by_call_join_into_the_same_files(
+    tmp_path: Path, payload: tuple[list[Path], Path]
+) -> None:
+    wheels, minilm = payload
+    out = tmp_path / "out"
+    manifest = pack(out, wheels, minilm, part_bytes=4096)
+    parts = [entry["name"] for entry in manifest["parts"]]
+    assert len(parts) >= 5 and all((out / p).stat().st_size <= 4096 for p in parts)
+    assert not (out / "payload.tar").exists()
+
+    state, tree = tmp_path / "state", tmp_path / "tree"
+    for i, part in enumerate(parts):
+        # Each call's tree holds the manifest and the one part carried with it.
+        shutil.rmtree(tree, ignore_errors=True)
+        tree.mkdir()
+        shutil.copy(out / MANIFEST, tree / MANIFEST)
+        shutil.copy(out / part, tree / part)
+        have, owed = receive(tree, state)
+        assert have == parts[: i + 1] and owed == parts[i + 1 :]
+        assert not (tree / part).exists()  # moved out of the tree
+
+    unpacked = join(state)
+
+    for wheel in wheels:
+        assert (unpacked / "wheels" / wheel.name).read_bytes() == wheel.read_bytes()
+    for name in gpu_transfer.MINILM_FILES:
+        assert (unpacked / "minilm" / name).read_bytes() == (minilm / name).read_bytes()
+    # A rerun on the same machine carries nothing: the kept manifest and parts suffice.
+    shutil.rmtree(tree)
+    tree.mkdir()
+    assert receive(tree, state) == (parts, [])
+    assert (join(state) / "wheels" / wheels[0].name).exists()
+
+
+def test_owed_and_damaged_parts_are_named(tmp_path: Path, payload: tuple[list[Path], Path]) -> None:
+    wheels, minilm = payload
+    out = tmp_path / "out"
+    manifest = pack(out, wheels, minilm, part_bytes=8192)
+    state = tmp_path / "state"
+    (out / "part-01").unlink()  # carried later, say
+
+    have, owed = receive(out, state)
+
+    assert "part-01" in owed and "part-00" in have
+    with pytest.raises(SystemExit, match="parts still owed: part-01"):
+        join(state)
+    damaged = tmp_path / "tree"
+    damaged.mkdir()
+    shutil.copy(out / MANIFEST, damaged / MANIFEST)
+    (damaged / "part-01").write_bytes(b"x" * manifest["parts"][1]["bytes"])
+    with pytest.raises(SystemExit, match="sha256 differs"):
+        receive(damaged, state)
+
+
+def test_the_plan_lists_one_call_per_part_the_last_one_running_the_check(
+    tmp_path: Path, payload: tuple[list[Path], Path]
+) -> None:
+    wheels, _ = payload
+    out = tmp_path / ".gpu-transfer"
+    manifest = pack(out, wheels, None, part_bytes=10_000)
+
+    text = plan(manifest, out, root=tmp_path)
+
+    calls = [line for line in text.splitlines() if line.startswith("  run(")]
+    assert len(calls) == len(manifest["parts"])
+    assert all("--receive" in c and "timeout_s=120" in c for c in calls[:-1])
+    assert "'bash load_tests/gpu_check.sh'" in calls[-1] and "timeout_s=540" in calls[-1]
+    carried = json.loads(calls[0].split("carry=")[1].split(", timeout")[0])
+    assert carried == [".gpu-transfer/part-00", f".gpu-transfer/{MANIFEST}"]
+
+
+def test_the_wheels_are_pinned_as_the_gpu_image_locks_them() -> None:
+    versions = gpu_transfer.locked_versions()
+
+    assert all(name in versions for name in gpu_transfer.WHEELS), versions.keys()
+    assert versions["onnxruntime-gpu"].count(".") == 2
