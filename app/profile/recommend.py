@@ -144,13 +144,25 @@ def recommend(
     # Highest throughput wins; on a tie, fewer instances (less memory, lower latency).
     layout = max(candidates, key=lambda c: (best_of(c).throughput_sps, -c.count))
     best = best_of(layout)
+    largest = max(p.batch_size for p in within[layout])
+    preferred = sorted(
+        p.batch_size
+        for p in within[layout]
+        if p.throughput_sps >= (1 - tolerance) * best.throughput_sps
+    )
     notes = []
-    unstable = [p for p in within[layout] if not p.stable]
+    # Only the points the recommendation rests on: an unsettled batch 1 does not matter
+    # when batch 64 is chosen.
+    unstable = [
+        p
+        for p in within[layout]
+        if not p.stable and (p.batch_size in preferred or p.batch_size == largest)
+    ]
     if unstable:
         sizes = ", ".join(str(p.batch_size) for p in unstable)
         notes.append(
-            f"timings of batch {sizes} did not settle within 5% (a busy machine?): rerun "
-            "when it is quiet before trusting close calls"
+            f"timings of {layout.label} batch {sizes} did not settle within 5% (a busy "
+            "machine?): rerun when it is quiet before trusting close calls"
         )
     if not batching:
         return Recommendation(
@@ -164,12 +176,6 @@ def recommend(
             meets_target=True,
             notes=notes,
         )
-    largest = max(p.batch_size for p in within[layout])
-    preferred = sorted(
-        p.batch_size
-        for p in within[layout]
-        if p.throughput_sps >= (1 - tolerance) * best.throughput_sps
-    )
     return Recommendation(
         target_ms=target,
         target_source=source,

@@ -79,9 +79,14 @@ def test_a_model_that_does_not_batch_gets_a_layout_only() -> None:
     assert rec.preferred_batch_sizes == []
 
 
-def test_unsettled_timings_are_noted() -> None:
-    points = [Point(ONE_BY_TWO, 1, 1.0, 1.0, 1000, windows=15, stable=False)]
-    assert "did not settle" in recommend(points, target_ms=10.0).notes[0]
+def test_unsettled_timings_are_noted_where_the_recommendation_rests_on_them() -> None:
+    points = [
+        Point(ONE_BY_TWO, 1, 1.0, 1.0, 1000, windows=15, stable=False),
+        Point(ONE_BY_TWO, 2, 1.2, 1.3, 1600, windows=15, stable=True),
+    ]
+    assert recommend(points, target_ms=10.0).notes == []  # batch 2 is chosen, and settled
+    note = recommend(points, target_ms=2.2).notes[0]  # now batch 1 is
+    assert "1x2 batch 1 did not settle" in note
 
 
 def test_layouts_parse_and_default_to_every_split_of_the_cores() -> None:
