@@ -65,6 +65,18 @@ def test_the_default_target_is_ten_times_batch_one_latency_with_a_floor() -> Non
     assert (rec.max_batch_size, rec.preferred_batch_sizes) == (128, [64])
 
 
+def test_throughput_past_what_http_carries_ties_and_fewer_instances_win() -> None:
+    # digits as measured: 2x1 computes twice what 1x2 does, both far past the HTTP ceiling,
+    # and 1x2 served 10% more requests.
+    digits = table(ONE_BY_TWO, {1: (0.025, 42_000), 64: (0.14, 450_000), 128: (0.23, 540_000)})
+    digits += table(TWO_BY_ONE, {1: (0.016, 85_000), 64: (0.13, 970_000), 128: (0.25, 1e6)})
+    rec = recommend(digits)
+    assert rec.layout == ONE_BY_TWO and rec.max_batch_size == 128
+    assert rec.preferred_batch_sizes == [128]  # from the real throughputs, not the capped
+    assert rec.throughput_sps == 540_000
+    assert recommend(digits, ceiling_sps=float("inf")).layout == TWO_BY_ONE
+
+
 def test_a_target_no_layout_can_meet_is_flagged_with_the_lowest_latency_choice() -> None:
     rec = recommend(COMPUTE_BOUND, target_ms=3.0)  # batch 1 takes 2 ms > 1.5 ms
     assert not rec.meets_target
