@@ -34,7 +34,7 @@ def add_parser(commands: Any) -> None:
         "a request waits for about one batch and computes in the next); the layout with the "
         "best throughput within that bound wins (past 20,000 samples/s, more than the HTTP "
         "path carries, layouts tie and fewer instances win); max_batch_size is its largest "
-        "batch within the bound; preferred sizes are those within 3%% of its best "
+        "batch within the bound; preferred sizes are those within 3% of its best "
         "throughput. Default target: max(10 x batch-1 latency, 5 ms). Exit status: 0 done, "
         "1 error, 2 bad arguments.",
     )
