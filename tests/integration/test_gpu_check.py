@@ -6,7 +6,9 @@ machine runs is known to work up to what only a GPU changes: the device, and the
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,8 @@ def test_the_device_check_runs_end_to_end_on_the_cpu(tmp_path: Path) -> None:
         ["bash", "load_tests/gpu_check.sh", "--cpu", "--quick", "--models", "digits",
          "--out", str(report_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
+        # This interpreter, not whatever PYTHON says (make exports PYTHON=python3 in CI).
+        env={**os.environ, "PYTHON": sys.executable},
     )  # fmt: skip
 
     assert done.returncode == 0, done.stdout + done.stderr
