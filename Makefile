@@ -7,7 +7,7 @@ PORT ?= 8000
 # Built by `make text-model` (torch and sentence-transformers); `make test` builds it too.
 TEXT_MODEL := models/minilm/1/model.onnx
 
-.PHONY: serve test lint typecheck models text-model bench bench-text bench-latency bench-metrics clean lock
+.PHONY: serve test lint typecheck models text-model bench bench-text bench-latency bench-metrics bench-profile clean lock
 
 # The virtual environment, rebuilt when pyproject.toml or the lock changes. Runtime packages
 # are held at the versions the container images ship (requirements/gpu.txt, the lock of what
@@ -60,6 +60,11 @@ bench-text: $(VENV)/.test-deps $(TEXT_MODEL)
 # of capacity on a compute-bound model (load_tests/report/LATENCY.md; ~8 min).
 bench-latency: $(VENV)/.test-deps
 	$(BIN)/python -m load_tests.bench_latency --out load_tests/report
+
+# batchserve profile's recommendation served against a sweep of max_batch_size x instance
+# layouts, for digits and (once built) minilm: load_tests/report/PROFILE.md (~20 min).
+bench-profile: $(VENV)/.test-deps
+	$(BIN)/python -m load_tests.bench_profile --out load_tests/report
 
 # Throughput with metrics on vs off, alternating rounds in one run (load_tests/bench_metrics.py).
 bench-metrics: $(VENV)/.test-deps
