@@ -531,6 +531,7 @@ class Batcher:
                     [p.inputs for p in batch],
                     self.policy.batches,
                     self.policy.padding,
+                    [p.length for p in batch],
                 )
             except Exception as exc:  # the executor itself failed (shut down, ...)
                 result = _BatchResult([exc] * len(batch))
@@ -582,18 +583,21 @@ def _execute(
     requests: list[dict[str, np.ndarray]],
     batches: bool,
     padding: PaddingPlan | None = None,
+    lengths: list[int] | None = None,
 ) -> _BatchResult:
     """Runs in the worker's thread: assemble (concatenate, or pad), execute, split back
-    per request. When the batch fails, bisect it so only the requests that fail alone get
-    the error."""
+    per request. `lengths` are the requests' lengths along the padded axis (measured when
+    they were queued). When the batch fails, bisect it so only the requests that fail alone
+    get the error."""
+    lengths = lengths or [0] * len(requests)
     try:
-        return _execute_once(runner, requests, batches, padding)
+        return _execute_once(runner, requests, batches, padding, lengths)
     except Exception as exc:
         if len(requests) == 1:
             return _BatchResult([exc])
     middle = len(requests) // 2
-    left = _execute(runner, requests[:middle], batches, padding)
-    right = _execute(runner, requests[middle:], batches, padding)
+    left = _execute(runner, requests[:middle], batches, padding, lengths[:middle])
+    right = _execute(runner, requests[middle:], batches, padding, lengths[middle:])
     return _BatchResult(
         left.outputs + right.outputs,
         left.input_s + right.input_s,
@@ -610,10 +614,10 @@ def _execute_once(
     requests: list[dict[str, np.ndarray]],
     batches: bool,
     padding: PaddingPlan | None,
+    lengths: list[int],
 ) -> _BatchResult:
     started = time.perf_counter()
     counts = [next(iter(r.values())).shape[0] for r in requests]
-    lengths = [padding.length(r) for r in requests] if padding is not None else [0] * len(counts)
     positions = sum(n * length for n, length in zip(counts, lengths, strict=True))
     if len(requests) == 1:
         feeds = requests[0]
@@ -648,8 +652,9 @@ def _execute_once(
             padding.cut_back(outputs, length)
             for outputs, length in zip(per_request, lengths, strict=True)
         ]
+    results: list[Outputs | Exception] = list(per_request)
     return _BatchResult(
-        list[Outputs | Exception](per_request),
+        results,
         assembled - started,
         computed - assembled,
         time.perf_counter() - computed,

@@ -70,11 +70,6 @@ class PaddingPlan:
             shapes.append(tuple(shape))
         return tuple(shapes)
 
-    def waste(self, samples: int, positions: int, longest: int) -> float:
-        """Share of padding in a batch of `samples` holding `positions` real positions."""
-        total = samples * longest
-        return 1.0 - positions / total if total else 0.0
-
     def assemble(
         self, requests: Sequence[dict[str, np.ndarray]], lengths: Sequence[int]
     ) -> dict[str, np.ndarray]:
