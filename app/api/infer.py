@@ -33,7 +33,7 @@ from app.errors import (
     UnavailableError,
     UnsupportedMediaTypeError,
 )
-from app.preprocess.text import TextStage, cut_to_own_length, remaining
+from app.preprocess.text import TextStage, cut_to_own_length
 from app.protocol.codec import decode_infer_request, encode_error, encode_infer_response
 from app.service import InferenceService
 
@@ -248,7 +248,17 @@ async def _tokenize(
     deadline for the model's own queue."""
     deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
     tokens = await _until_done_or_gone(text.submit(texts, timeout_s, priority), receive)
-    return cut_to_own_length(tokens), remaining(deadline)
+    return cut_to_own_length(tokens), _remaining(deadline)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    """Seconds left of a deadline (loop time) for the second stage; raise if none are."""
+    if deadline is None:
+        return None
+    left = deadline - asyncio.get_running_loop().time()
+    if left <= 0:
+        raise DeadlineExceededError("the request's deadline passed while its text was tokenized")
+    return left
 
 
 def _timeout_s(parameters: dict[str, Any], default_s: float | None) -> float | None:

@@ -16,7 +16,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from app.batching import Batcher, BatchingPolicy
-from app.errors import DeadlineExceededError, ModelLoadError
+from app.errors import ModelLoadError
 
 #: The model inputs a tokenizer can fill, by their conventional names.
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -78,13 +78,3 @@ def cut_to_own_length(tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return tokens
     longest = int(mask.sum(axis=1).max())
     return {name: np.ascontiguousarray(array[:, :longest]) for name, array in tokens.items()}
-
-
-def remaining(deadline: float | None) -> float | None:
-    """Seconds left of a deadline (loop time) for the second stage; raise if none are."""
-    if deadline is None:
-        return None
-    left = deadline - asyncio.get_running_loop().time()
-    if left <= 0:
-        raise DeadlineExceededError("the request's deadline passed while its text was tokenized")
-    return left
