@@ -7,7 +7,8 @@ drift on a shared machine hits all alike:
 - batchserve serving raw text with length-bucketed padding (the shipped minilm config);
 - the same server with padding-blind requests (token ids padded to the model's 128), the
   batching users get when lengths are ignored;
-- concurrency 1 at 128 tokens against raw batch-1 at 128 tokens (the latency batching adds).
+- concurrency 1 at 128 tokens against raw batch-1 at 128 tokens, and against the floor any
+  Python server on this stack has (load_tests/baselines/floor.py).
 Results go to load_tests/report/TEXT.md and text.json.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import random
@@ -23,13 +25,18 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from load_tests.bench import external_server, uvicorn
 from load_tests.loadgen import LoadGenerator, PreparedRequest, Result, client_session
 from load_tests.server_process import ServerProcess
 
@@ -122,15 +129,6 @@ def raw_throughput(sess: ort.InferenceSession, batches: list[dict[str, np.ndarra
     return sentences_done / (time.perf_counter() - started)
 
 
-def raw_latency_ms(sess: ort.InferenceSession, row: dict[str, np.ndarray], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        sess.run(["sentence_embedding"], row)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
-
-
 def text_request(text: str) -> PreparedRequest:
     body = {
         "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}],
@@ -139,14 +137,27 @@ def text_request(text: str) -> PreparedRequest:
     return PreparedRequest(json.dumps(body).encode(), JSON_HEADERS, 1, False)
 
 
-def ids_request(row: dict[str, np.ndarray]) -> PreparedRequest:
+def ids_request(row: dict[str, np.ndarray], binary: bool = False) -> PreparedRequest:
+    """Token ids in, the embedding out: JSON, or binary tensors both ways."""
+    if not binary:
+        inputs = [
+            {"name": name, "shape": list(array.shape), "datatype": "INT64",
+             "data": array.ravel().tolist()}
+            for name, array in row.items()
+        ]  # fmt: skip
+        body = {"inputs": inputs, "outputs": [{"name": "sentence_embedding"}]}
+        return PreparedRequest(json.dumps(body).encode(), JSON_HEADERS, 1, False)
     inputs = [
         {"name": name, "shape": list(array.shape), "datatype": "INT64",
-         "data": array.ravel().tolist()}
+         "parameters": {"binary_data_size": array.nbytes}}
         for name, array in row.items()
     ]  # fmt: skip
-    body = {"inputs": inputs, "outputs": [{"name": "sentence_embedding"}]}
-    return PreparedRequest(json.dumps(body).encode(), JSON_HEADERS, 1, False)
+    outputs = [{"name": "sentence_embedding", "parameters": {"binary_data": True}}]
+    header = json.dumps({"inputs": inputs, "outputs": outputs}).encode()
+    headers = {"Content-Type": "application/octet-stream",
+               "Inference-Header-Content-Length": str(len(header))}  # fmt: skip
+    data = b"".join(np.ascontiguousarray(array).tobytes() for array in row.values())
+    return PreparedRequest(header + data, headers, 1, True)
 
 
 def repository(work: Path, threads: int, max_padding_ratio: float | None) -> Path:
@@ -176,8 +187,89 @@ async def closed(
         return await generator.closed_loop(http, concurrency, seconds)
 
 
+@contextmanager
+def floor_server(feed: Path, threads: int) -> Iterator[str]:
+    """load_tests/baselines/floor.py serving the fp32 model on one prepared feed."""
+    env = {"BASELINE_MODEL": str(MODEL_DIR / "1" / "model.onnx"), "BASELINE_FEED": str(feed),
+           "BASELINE_OUTPUT": "sentence_embedding", "BASELINE_THREADS": str(threads)}  # fmt: skip
+    command = [*uvicorn("load_tests.baselines.floor:app"), "--lifespan", "off"]
+    with external_server(command, env, "/") as url:
+        yield url
+
+
+def concurrency_one(
+    url: str,
+    floor_url: str,
+    sess: ort.InferenceSession,
+    row: dict[str, np.ndarray],
+    text: str,
+    count: int,
+) -> dict[str, float]:
+    """Median latency of one request at a time, `count` of each kind, interleaved one by one
+    (in a rotating order) so that the machine's drift hits every kind alike: raw batch-1
+    session.run; the floor server; batchserve from token ids (JSON, and binary tensors both
+    ways); batchserve from text. A plain
+    blocking HTTP/1.1 client with keep-alive, as a single-threaded caller would use."""
+    requests = {
+        "floor": PreparedRequest(b"{}", JSON_HEADERS, 1, False),
+        "ids": ids_request(row),
+        "binary": ids_request(row, binary=True),
+        "text": text_request(text),
+    }
+    connections = {
+        kind: http.client.HTTPConnection(
+            *urlsplit(floor_url if kind == "floor" else url).netloc.split(":")
+        )
+        for kind in requests
+    }
+
+    def post(kind: str) -> None:
+        path = "/" if kind == "floor" else "/v2/models/minilm/infer"
+        request = requests[kind]
+        connections[kind].request("POST", path, request.body, request.headers)
+        response = connections[kind].getresponse()
+        payload = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{kind}: HTTP {response.status}: {payload[:200]!r}")
+
+    def raw() -> None:
+        sess.run(["sentence_embedding"], row)
+
+    calls = {"raw": raw, **{kind: partial(post, kind) for kind in requests}}
+    kinds = list(calls)
+    for _ in range(5):  # warm-up
+        for kind in kinds:
+            calls[kind]()
+    times: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for index in range(count):
+        turn = index % len(kinds)
+        for kind in kinds[turn:] + kinds[:turn]:
+            started = time.perf_counter()
+            calls[kind]()
+            times[kind].append(time.perf_counter() - started)
+    for connection in connections.values():
+        connection.close()
+    median = {kind: statistics.median(values) * 1000 for kind, values in times.items()}
+    return {
+        "raw_batch1_ms": median["raw"],
+        "floor_p50_ms": median["floor"],
+        "ids_p50_ms": median["ids"],
+        "binary_p50_ms": median["binary"],
+        "text_p50_ms": median["text"],
+        "floor_minus_raw_ms": median["floor"] - median["raw"],
+        "ids_minus_raw_ms": median["ids"] - median["raw"],
+        "binary_minus_raw_ms": median["binary"] - median["raw"],
+        "text_minus_raw_ms": median["text"] - median["raw"],
+    }
+
+
 def run(
-    rounds: int, seconds: float, concurrency: int, count: int, ratio: float | None
+    rounds: int,
+    seconds: float,
+    concurrency: int,
+    count: int,
+    ratio: float | None,
+    c1_requests: int = 200,
 ) -> dict[str, Any]:
     threads = os.cpu_count() or 1
     lengths = length_mix(count)
@@ -195,7 +287,7 @@ def run(
     server = ServerProcess(repository(work, threads, ratio))
     figures: dict[str, list[float]] = {k: [] for k in (
         "raw_sentences_per_s", "bucketed_sentences_per_s", "blind_sentences_per_s",
-        "padding_ratio", "raw_batch1_ms", "c1_text_p50_ms", "c1_ids_p50_ms",
+        "padding_ratio",
     )}  # fmt: skip
     try:
         bucketed = [text_request(t) for t in texts]
@@ -216,13 +308,15 @@ def run(
             result = asyncio.run(closed(server.url, blind, concurrency, seconds))
             assert result.failures == 0, result.summary()
             figures["blind_sentences_per_s"].append(result.throughput)
-            figures["raw_batch1_ms"].append(raw_latency_ms(sess, long_row, 30))
-            one = asyncio.run(closed(server.url, [text_request(long_text)], 1, seconds / 2))
-            figures["c1_text_p50_ms"].append(one.percentile(50) * 1000)
-            one = asyncio.run(closed(server.url, [ids_request(long_row)], 1, seconds / 2))
-            figures["c1_ids_p50_ms"].append(one.percentile(50) * 1000)
             for name, values in figures.items():
                 print(f"  {name:26} {values[-1]:10.2f}", flush=True)
+        print(f"concurrency 1: {c1_requests} requests each, interleaved", flush=True)
+        feed = work / "feed.npz"
+        np.savez(feed, **long_row)
+        with floor_server(feed, threads) as floor_url:
+            single = concurrency_one(server.url, floor_url, sess, long_row, long_text, c1_requests)
+        for name, value in single.items():
+            print(f"  {name:26} {value:10.2f}", flush=True)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -242,8 +336,8 @@ def run(
         "median": median,
         "bucketed_vs_raw": median["bucketed_sentences_per_s"] / median["raw_sentences_per_s"],
         "bucketed_vs_blind": median["bucketed_sentences_per_s"] / median["blind_sentences_per_s"],
-        "c1_text_minus_raw_ms": median["c1_text_p50_ms"] - median["raw_batch1_ms"],
-        "c1_ids_minus_raw_ms": median["c1_ids_p50_ms"] - median["raw_batch1_ms"],
+        "concurrency_one": single,
+        "c1_requests": c1_requests,
     }
 
 
@@ -251,6 +345,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "text.json").write_text(json.dumps(results, indent=2))
     m = results["median"]
+    one = results["concurrency_one"]
     lengths = results["token_lengths"]
     lines = [
         "# Text embeddings: variable-length batching (all-MiniLM-L6-v2, fp32)",
@@ -272,10 +367,21 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "",
         f"Bucketed vs padding-blind: {results['bucketed_vs_blind']:.2f}x.",
         "",
-        f"Concurrency 1 at {MAX_LENGTH} tokens: raw batch-1 {m['raw_batch1_ms']:.2f} ms; "
-        f"batchserve p50 {m['c1_text_p50_ms']:.2f} ms from text "
-        f"(+{results['c1_text_minus_raw_ms']:.2f} ms, tokenizing included), "
-        f"{m['c1_ids_p50_ms']:.2f} ms from ids (+{results['c1_ids_minus_raw_ms']:.2f} ms).",
+        f"## Concurrency 1 at {MAX_LENGTH} tokens",
+        "",
+        f"{results['c1_requests']} requests of each kind, interleaved one by one; medians.",
+        "",
+        "| kind | p50 ms | over raw batch-1 |",
+        "|---|---|---|",
+        f"| raw ONNX Runtime, batch 1, in-process | {one['raw_batch1_ms']:.2f} | |",
+        f"| floor: HTTP + one thread hand-off each way, constant answer (baselines/floor.py) | "
+        f"{one['floor_p50_ms']:.2f} | +{one['floor_minus_raw_ms']:.2f} ms |",
+        f"| batchserve, token ids in (JSON) | {one['ids_p50_ms']:.2f} | "
+        f"+{one['ids_minus_raw_ms']:.2f} ms |",
+        f"| batchserve, token ids in and embedding out as binary tensors | "
+        f"{one['binary_p50_ms']:.2f} | +{one['binary_minus_raw_ms']:.2f} ms |",
+        f"| batchserve, text in (tokenizing included) | {one['text_p50_ms']:.2f} | "
+        f"+{one['text_minus_raw_ms']:.2f} ms |",
         "",
     ]
     (out / "TEXT.md").write_text("\n".join(lines))
@@ -288,6 +394,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--sentences", type=int, default=512)
     parser.add_argument(
+        "--c1-requests", type=int, default=200, help="requests of each kind at concurrency 1"
+    )
+    parser.add_argument(
         "--max-padding-ratio", type=float, help="instead of the shipped config's ceiling"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "load_tests" / "report")
@@ -295,8 +404,9 @@ def main() -> None:
     if not (MODEL_DIR / "1" / "model.onnx").exists():
         raise SystemExit("the text model is not built: run `make text-model` first")
     results = run(
-        args.rounds, args.seconds, args.concurrency, args.sentences, args.max_padding_ratio
-    )
+        args.rounds, args.seconds, args.concurrency, args.sentences, args.max_padding_ratio,
+        args.c1_requests,
+    )  # fmt: skip
     write_report(results, args.out)
     print((args.out / "TEXT.md").read_text())
 

@@ -21,6 +21,7 @@ Semantics (DESIGN.md, "Batching semantics"):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -523,31 +524,19 @@ class Batcher:
                 self._busy_until[runner.label] = started + self._latency[runner.label].predict(
                     samples
                 )
+            # One hand-off each way per batch: the thread answers the requests itself
+            # (_finish, one loop callback) and only then wakes this task for the bookkeeping.
+            finished: asyncio.Future[_BatchResult] = loop.create_future()
             try:
-                result = await loop.run_in_executor(
-                    executor,
-                    _execute,
-                    runner,
-                    [p.inputs for p in batch],
-                    self.policy.batches,
-                    self.policy.padding,
-                    [p.length for p in batch],
-                )
-            except Exception as exc:  # the executor itself failed (shut down, ...)
+                executor.submit(self._run_batch, loop, finished, runner, batch)
+                result = await finished
+            except RuntimeError as exc:  # the executor was shut down
                 result = _BatchResult([exc] * len(batch))
-            failed_samples = 0
-            for pending, outcome in zip(batch, result.outputs, strict=True):
-                if isinstance(outcome, Exception):
-                    failed_samples += pending.samples
-                    if not pending.future.done():
-                        pending.future.set_exception(
-                            InferenceFailedError(
-                                f"model '{self.name}' failed to run on {runner.device}: "
-                                f"{sanitise(outcome)}"
-                            )
-                        )
-                elif not pending.future.done():
-                    pending.future.set_result(outcome)
+                self._deliver(batch, result, runner)
+            failed_samples = sum(
+                p.samples for p, o in zip(batch, result.outputs, strict=True)
+                if isinstance(o, Exception)
+            )  # fmt: skip
             if failed_samples:
                 log.warning(
                     "model %s: %d of %d samples failed on %s", self.name, failed_samples,
@@ -563,6 +552,51 @@ class Batcher:
                 model = self._latency[runner.label]
                 model.observe(samples, result.input_s + result.compute_s + result.output_s)
                 self._observer.latency_model(runner.label, model.fixed_s, model.per_sample_s)
+
+    def _run_batch(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        finished: asyncio.Future[_BatchResult],
+        runner: BatchRunner,
+        batch: list[_Pending],
+    ) -> None:
+        """In the worker's thread: execute, then hand the results to the loop in one call
+        that answers the requests before anything else (metrics, the next batch) runs."""
+        try:
+            result = _execute(
+                runner, [p.inputs for p in batch], self.policy.batches, self.policy.padding,
+                [p.length for p in batch],
+            )  # fmt: skip
+        except Exception as exc:  # _execute reports failures per request; this is a bug
+            result = _BatchResult([exc] * len(batch))
+        # Closed loop: the server is gone, and nobody waits for these results.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._finish, batch, result, runner, finished)
+
+    def _finish(
+        self,
+        batch: list[_Pending],
+        result: _BatchResult,
+        runner: BatchRunner,
+        finished: asyncio.Future[_BatchResult],
+    ) -> None:
+        """On the loop: answer the batch's requests, then wake its worker task."""
+        self._deliver(batch, result, runner)
+        if not finished.done():
+            finished.set_result(result)
+
+    def _deliver(self, batch: list[_Pending], result: _BatchResult, runner: BatchRunner) -> None:
+        for pending, outcome in zip(batch, result.outputs, strict=True):
+            if pending.future.done():
+                continue
+            if isinstance(outcome, Exception):
+                pending.future.set_exception(
+                    InferenceFailedError(
+                        f"model '{self.name}' failed to run on {runner.device}: {sanitise(outcome)}"
+                    )
+                )
+            else:
+                pending.future.set_result(outcome)
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:
