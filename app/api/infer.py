@@ -98,6 +98,7 @@ class InferenceFastPath:
         self, model: str, version: str | None, scope: Scope, receive: Receive, send: Send
     ) -> None:
         started = time.perf_counter()
+        arrived = asyncio.get_running_loop().time()
         service = self.service
         try:
             loaded = service.repository.version(model, version)
@@ -128,9 +129,11 @@ class InferenceFastPath:
             text = loaded.text
             if text is not None and text.input in inputs:
                 texts = inputs[text.input]
-                inputs, timeout_s = await _tokenize(text, texts, timeout_s, priority, receive)
+                inputs, timeout_s = await _tokenize(
+                    text, texts, timeout_s, priority, arrived, receive
+                )
             outputs = await _until_done_or_gone(
-                loaded.batcher.submit(inputs, timeout_s, priority), receive
+                loaded.batcher.submit(inputs, timeout_s, priority, arrived), receive
             )
             if request.outputs is not None:
                 outputs = {name: outputs[name] for name in request.outputs}
@@ -242,12 +245,13 @@ async def _tokenize(
     texts: np.ndarray,
     timeout_s: float | None,
     priority: int | None,
+    arrived: float,
     receive: Receive,
 ) -> tuple[dict[str, np.ndarray], float | None]:
     """The request's token ids from the model's tokenizer step, and what is left of its
     deadline for the model's own queue."""
     deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
-    tokens = await _until_done_or_gone(text.submit(texts, timeout_s, priority), receive)
+    tokens = await _until_done_or_gone(text.submit(texts, timeout_s, priority, arrived), receive)
     return cut_to_own_length(tokens), _remaining(deadline)
 
 

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.batching.latency import (
-    SHED_AT,
     ArrivalRate,
     LatencyModel,
+    ShedThreshold,
     expected_latency,
     plan_batch,
 )
@@ -73,6 +73,8 @@ class _Pending:
     length: int = 0
     #: True while the request counts in the queue (not taken, expired or cancelled).
     queued: bool = True
+    #: When the request reached the server (loop time): its latency counts from there.
+    arrived: float = 0.0
 
 
 @dataclass(slots=True)
@@ -130,6 +132,7 @@ class Batcher:
         #: Latency-target batching: each worker's batch-time model, and the arrival rate.
         self._latency = {runner.label: LatencyModel() for runner in self._runners}
         self._arrivals = ArrivalRate()
+        self._shed_at = ShedThreshold()
         #: When each worker's batch in progress should end (loop time; absent when idle).
         self._busy_until: dict[str, float] = {}
 
@@ -207,7 +210,7 @@ class Batcher:
                 list(self._latency.values()), target, max(policy.max_batch_size, 1),
                 self._queued_samples, max(incoming_samples, 1), self._first_free_in(),
             )  # fmt: skip
-            if expected is not None and expected > SHED_AT * target:
+            if expected is not None and expected > self._shed_at.share * target:
                 self._observer.decided("shed")
                 raise OverloadedError(
                     f"model '{self.name}' cannot answer within its latency target "
@@ -276,9 +279,12 @@ class Batcher:
         inputs: dict[str, np.ndarray],
         timeout_s: float | None = None,
         priority: int | None = None,
+        arrived: float | None = None,
     ) -> asyncio.Future[Outputs]:
         """Queue one request; its future resolves to its outputs. Cancelling the future
-        drops the request if it is still queued (see `infer`)."""
+        drops the request if it is still queued (see `infer`). `arrived` (loop time, default
+        now) is when the request reached the server, for latency-target batching: reading
+        and decoding it, or tokenizing its text, spent part of its budget."""
         samples, shapes = self._batch_samples(inputs)
         padding = self.policy.padding
         length = padding.length(inputs) if padding is not None else 0
@@ -290,7 +296,10 @@ class Batcher:
         if group is None:
             group = self._groups[key] = _ShapeGroup()
         now = loop.time()
-        pending = _Pending(inputs, samples, nbytes, now, loop.create_future(), group, None, length)
+        pending = _Pending(
+            inputs, samples, nbytes, now, loop.create_future(), group, None, length,
+            arrived=now if arrived is None else min(arrived, now),
+        )  # fmt: skip
         pending.future.add_done_callback(lambda _f: self._cancelled(pending))
         group.items.append(pending)
         group.samples += samples
@@ -401,8 +410,8 @@ class Batcher:
         now = asyncio.get_running_loop().time()
         plan = plan_batch(
             self._latency[runner.label], self.policy.latency_target_s,
-            self.policy.max_batch_size, group.samples, group.items[0].enqueued,
-            self._arrivals.at(now), now,
+            self.policy.max_batch_size, group.samples, group.items[0].arrived,
+            self._arrivals.at(now), now, len(self._runners),
         )  # fmt: skip
         return plan.take, None if self._draining else plan.hold_until
 
@@ -530,7 +539,9 @@ class Batcher:
             try:
                 executor.submit(self._run_batch, loop, finished, runner, batch)
                 result = await finished
+                occupied = loop.time() - started
             except RuntimeError as exc:  # the executor was shut down
+                occupied = 0.0
                 result = _BatchResult([exc] * len(batch))
                 self._deliver(batch, result, runner)
             failed_samples = sum(
@@ -550,8 +561,11 @@ class Batcher:
             self._busy_until.pop(runner.label, None)
             if self.policy.latency_target_s is not None and not failed_samples:
                 model = self._latency[runner.label]
-                model.observe(samples, result.input_s + result.compute_s + result.output_s)
+                # The worker's whole occupation, hand-offs included: what a batch of this
+                # size really costs in throughput, not only its time in ONNX Runtime.
+                model.observe(samples, occupied)
                 self._observer.latency_model(runner.label, model.fixed_s, model.per_sample_s)
+                self._observer.shed_threshold(self._shed_at.share * self.policy.latency_target_s)
 
     def _run_batch(
         self,
@@ -586,9 +600,13 @@ class Batcher:
             finished.set_result(result)
 
     def _deliver(self, batch: list[_Pending], result: _BatchResult, runner: BatchRunner) -> None:
+        target = self.policy.latency_target_s
+        now = asyncio.get_running_loop().time()
         for pending, outcome in zip(batch, result.outputs, strict=True):
             if pending.future.done():
                 continue
+            if target is not None and not isinstance(outcome, Exception):
+                self._shed_at.observe(now - pending.arrived, target, now)
             if isinstance(outcome, Exception):
                 pending.future.set_exception(
                     InferenceFailedError(

@@ -5,14 +5,17 @@ online model of its batch compute time, t(n) = a + b*n, fitted by exponentially 
 least squares on its recent batches (as BentoML's adaptive batching does), and the batcher
 keeps an exponentially decayed estimate of the arrival rate. From them:
 
-- the batch cap: the largest n whose t(n) is at most half the target (at saturation a request
-  waits about one batch, then computes one), so a batch never spends the budget by itself;
+- the batch size: the smallest n whose throughput n / t(n) keeps up with the arrival rate
+  (with a margin), never more than the cap, the largest n whose t(n) is at most half the
+  target (at saturation a request waits about one batch, then computes one);
 - the batch worth waiting for: where the fixed cost a is at most a tenth of t(n), no bigger
   batch is much more efficient; a free worker waits for it only while the arrival rate can
   fill it and the oldest request can still finish within the target, else takes what there is
   (on a CPU, where a is small, that is nearly always at once: work-conserving);
 - shedding: when the work already queued would make a new request miss the target, it is
   refused at once (429) instead of queueing to miss it, and making everyone behind it miss.
+  Where exactly to refuse is steered by outcomes (ShedThreshold): the expectation is a mean,
+  and how far the tail lies above it depends on the model, the device and the load.
 
 Until a worker has timed batches of two different sizes the model is not fitted, and the
 batcher simply works as without a target (work-conserving, no shedding).
@@ -27,10 +30,13 @@ from dataclasses import dataclass
 DECAY = 0.95
 #: A batch is "big enough" once its fixed cost is at most this share of its compute time.
 FIXED_COST_SHARE = 0.1
-#: Shed a request whose expected latency exceeds this share of the target: arrivals are
-#: bursty and batch times vary, so a request expected right at the target would miss it
-#: about half the time, and the target is for the tail.
-SHED_AT = 0.8
+#: A batch is sized to serve this multiple of the arrival rate: bigger ones only make the
+#: requests in them wait for each other (and on a CPU a batch past its best size is slower
+#: per sample, which a linear t(n) does not see).
+KEEP_UP = 1.1
+#: The share of answered requests allowed to miss the target: half of what a p99 target
+#: allows, for what the server cannot see (the network, the client)...
+MISS_SHARE = 0.005
 
 
 class LatencyModel:
@@ -80,6 +86,16 @@ class LatencyModel:
             return limit
         return max(1, min(limit, math.floor((budget_s - self.fixed_s) / self.per_sample_s)))
 
+    def keeping_up(self, rate: float, limit: int) -> int:
+        """The smallest batch (1..limit) whose throughput n / t(n) reaches `rate` samples/s;
+        `limit` when none does."""
+        if rate <= 0:
+            return 1
+        room = 1 - rate * self.per_sample_s
+        if room <= 0:
+            return limit
+        return max(1, min(limit, math.ceil(rate * self.fixed_s / room)))
+
     def worth_waiting_for(self, limit: int) -> int:
         """The batch size past which waiting buys little: a <= FIXED_COST_SHARE * t(n)."""
         if self.per_sample_s <= 0:
@@ -107,6 +123,42 @@ class ArrivalRate:
         return self._rate * math.exp(-(now - self._at) / self._tau)
 
 
+class ShedThreshold:
+    """Where to start refusing requests: at an expected latency of `share` x the target.
+
+    A request expected right at the target misses it about half the time (arrivals are bursty,
+    batch times vary), so the share must sit below 1 by as much as the tail lies above the
+    mean, which depends on the model, the device and the load. It is steered by outcomes: an
+    answered request that missed the target lowers it by `step`, each that made it raises it
+    by step x p / (1 - p), so it settles where a share p of the answered requests miss (the
+    stochastic approximation of a quantile; AIMD steers a rate the same way). Misses closer
+    together than one target's length share a cause (a slow spell of the machine, a burst) and
+    lower it once: counted one by one, one such spell would collapse the threshold and shed
+    for a minute after it. It starts at `start` and stays within [`low`, `high`].
+    """
+
+    def __init__(
+        self,
+        start: float = 1.0,
+        low: float = 0.5,
+        high: float = 1.2,
+        miss_share: float = MISS_SHARE,
+        step: float = 0.05,
+    ) -> None:
+        self.share = start
+        self._low, self._high = low, high
+        self._down = step
+        self._up = step * miss_share / (1 - miss_share)
+        self._last_miss = -math.inf
+
+    def observe(self, latency_s: float, target_s: float, now: float) -> None:
+        if latency_s <= target_s:
+            self.share = min(self._high, self.share + self._up)
+        elif now - self._last_miss >= target_s:
+            self._last_miss = now
+            self.share = max(self._low, self.share - self._down)
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What a free worker should do: take up to `take` samples now, or wait until `hold`."""
@@ -123,19 +175,21 @@ def plan_batch(
     oldest_enqueued: float,
     rate: float,
     now: float,
+    workers: int = 1,
 ) -> Plan:
     """The decision of a free worker facing `queued` samples, the oldest since
-    `oldest_enqueued`, with `rate` samples/s arriving."""
+    `oldest_enqueued`, with `rate` samples/s arriving for `workers` workers."""
+    if not model.fitted:
+        return Plan(limit)
     cap = model.cap(target_s / 2, limit)
-    if not model.fitted or queued >= cap:
-        return Plan(cap if model.fitted else limit)
-    goal = min(cap, model.worth_waiting_for(cap))
+    take = min(cap, model.keeping_up(KEEP_UP * rate / max(workers, 1), cap))
+    goal = min(take, model.worth_waiting_for(cap))
     if queued >= goal or rate <= 0:
-        return Plan(cap)
+        return Plan(take)
     filled_at = now + (goal - queued) / rate
     latest_start = oldest_enqueued + target_s - 2 * model.predict(goal)
     hold_until = min(filled_at, latest_start)
-    return Plan(cap, hold_until if hold_until > now else None)
+    return Plan(take, hold_until if hold_until > now else None)
 
 
 def expected_latency(

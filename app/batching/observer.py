@@ -55,3 +55,6 @@ class BatchObserver:
 
     def latency_model(self, worker: str, fixed_s: float, per_sample_s: float) -> None:
         """A worker's fitted batch time, t(n) = fixed_s + per_sample_s * n."""
+
+    def shed_threshold(self, expected_s: float) -> None:
+        """Latency-target batching refuses requests expected to take longer than this."""

@@ -103,6 +103,12 @@ class ServerMetrics:
             "per_sample * n (term = fixed | per_sample).",
             [*mv, "worker", "term"], registry=r,
         )  # fmt: skip
+        self.shed_threshold = Gauge(
+            "batchserve_shed_threshold_seconds",
+            "Latency-target batching: requests expected to take longer than this are refused "
+            "(429); steered so that about 1% of the answered ones miss the target.",
+            mv, registry=r,
+        )  # fmt: skip
         self.worker_busy = Counter(
             "batchserve_worker_busy_seconds",
             "Seconds each worker spent executing; rate() is its utilization.",
@@ -217,6 +223,9 @@ class ModelMetrics(BatchObserver):
     def latency_model(self, worker: str, fixed_s: float, per_sample_s: float) -> None:
         self._server.latency_model.labels(*self._labels, worker, "fixed").set(fixed_s)
         self._server.latency_model.labels(*self._labels, worker, "per_sample").set(per_sample_s)
+
+    def shed_threshold(self, expected_s: float) -> None:
+        self._server.shed_threshold.labels(*self._labels).set(expected_s)
 
     def batch_executed(self, report: BatchReport) -> None:
         device = self._device(report.device)

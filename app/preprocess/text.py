@@ -64,11 +64,15 @@ class TextStage:
         self.batcher = Batcher(f"{input_name} tokenizer", policy, [tokenizer])
 
     def submit(
-        self, texts: np.ndarray, timeout_s: float | None, priority: int | None
+        self,
+        texts: np.ndarray,
+        timeout_s: float | None,
+        priority: int | None,
+        arrived: float | None = None,
     ) -> asyncio.Future[dict[str, np.ndarray]]:
         """Queue the request's texts; its future resolves to the token inputs, batch first,
         padded to the request's own longest text."""
-        return self.batcher.submit({self.input: texts}, timeout_s, priority)
+        return self.batcher.submit({self.input: texts}, timeout_s, priority, arrived)
 
 
 def cut_to_own_length(tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,6 +1,7 @@
 """Latency-target batching: the online batch-time model converges on synthetic timings, the
 plan waits only when waiting pays and the target allows it, and the batcher sheds load early
-once the queue holds more work than the target allows."""
+once the queue holds more work than the target allows, at a threshold steered so that about
+the allowed share of answered requests miss the target."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import numpy as np
 import pytest
 
 from app.batching import Batcher, BatchingPolicy, BatchObserver
-from app.batching.latency import ArrivalRate, LatencyModel, expected_latency, plan_batch
+from app.batching.latency import (
+    MISS_SHARE,
+    ArrivalRate,
+    LatencyModel,
+    ShedThreshold,
+    expected_latency,
+    plan_batch,
+)
 from app.errors import OverloadedError
 
 WAIT_S = 10.0
@@ -76,6 +84,20 @@ def test_a_cpu_like_batch_is_taken_at_once() -> None:
     assert plan.hold_until is None
 
 
+def test_a_batch_grows_only_as_far_as_the_arrival_rate_needs() -> None:
+    model = fitted(0.004, 0.001)  # 4 ms fixed, 1 ms a sample: at most 1000 samples/s
+    sizes = [
+        plan_batch(model, 1.0, 256, queued=300, oldest_enqueued=0.0, rate=rate, now=0.0).take
+        for rate in (10, 200, 500, 800, 2000)
+    ]
+    # n / (4 ms + 1 ms * n) >= 1.1 x rate: 1, 2, 5, 3.52/0.12 -> 30; past capacity, the cap
+    # (t(n) <= 500 ms: 496).
+    assert sizes == [1, 2, 5, 30, 256]
+    # Two workers share the arrivals: each needs half.
+    shared = plan_batch(model, 1.0, 256, 300, 0.0, 800, 0.0, workers=2)
+    assert shared.take == 4  # 1.76 / 0.56
+
+
 def test_no_arrivals_means_no_waiting() -> None:
     model = fitted(0.010, 0.0001)
     plan = plan_batch(model, 0.200, 256, queued=4, oldest_enqueued=0.0, rate=0.0, now=0.0)
@@ -95,6 +117,64 @@ def test_expected_latency_counts_the_queue_ahead() -> None:
     assert expected_latency([model], 1.0, 64, queued=0, incoming=1) == pytest.approx(0.001)
     assert expected_latency([model], 1.0, 64, queued=500, incoming=1) == pytest.approx(0.5 + 0.064)
     assert expected_latency([LatencyModel()], 1.0, 64, queued=500, incoming=1) is None
+
+
+def admit_and_answer(
+    threshold: ShedThreshold, rng: random.Random, requests: int, spread: float
+) -> tuple[int, int]:
+    """Requests expected to take 0..2x the target, each really taking its expectation times
+    lognormal noise of `spread`: admitted below the threshold, their outcomes fed back.
+    Returns (answered, missed). They come a target's length apart: independent misses."""
+    target = 1.0
+    answered = missed = 0
+    for _ in range(requests):
+        admit_and_answer.clock += target  # type: ignore[attr-defined]
+        expected = rng.uniform(0.0, 2.0) * target
+        if expected > threshold.share * target:
+            continue  # shed
+        latency = expected * rng.lognormvariate(0.0, spread)
+        threshold.observe(latency, target, admit_and_answer.clock)  # type: ignore[attr-defined]
+        answered += 1
+        missed += latency > target
+    return answered, missed
+
+
+admit_and_answer.clock = 0.0  # type: ignore[attr-defined]
+
+
+def test_the_shed_threshold_settles_where_the_allowed_share_of_answers_miss() -> None:
+    rng = random.Random(7)
+    threshold = ShedThreshold()
+    admit_and_answer(threshold, rng, 20_000, spread=0.2)  # settle
+    answered, missed = admit_and_answer(threshold, rng, 100_000, spread=0.2)
+    assert MISS_SHARE / 2 < missed / answered < MISS_SHARE * 2
+    # With 20% noise the tail lies well above the mean: the threshold sits below 1.
+    assert 0.5 < threshold.share < 0.9
+
+
+def test_the_shed_threshold_follows_noisier_batches_down_and_calmer_ones_up() -> None:
+    rng = random.Random(8)
+    threshold = ShedThreshold()
+    admit_and_answer(threshold, rng, 30_000, spread=0.05)
+    calm = threshold.share
+    admit_and_answer(threshold, rng, 30_000, spread=0.3)
+    noisy = threshold.share
+    admit_and_answer(threshold, rng, 60_000, spread=0.05)
+    assert noisy < calm - 0.2 and abs(threshold.share - calm) < 0.1
+    # Always within its bounds, however it is fed.
+    threshold = ShedThreshold()
+    for second in range(1000):
+        threshold.observe(10.0, 1.0, float(second))
+    assert threshold.share == pytest.approx(0.5)
+
+
+def test_a_spell_of_misses_lowers_the_threshold_once() -> None:
+    threshold = ShedThreshold()
+    for i in range(50):  # 50 answers late within one target's length: one cause
+        threshold.observe(0.3, 0.25, 10.0 + i * 0.004)
+    assert threshold.share == pytest.approx(0.95)
+    threshold.observe(0.3, 0.25, 10.5)  # a later miss counts again
+    assert threshold.share == pytest.approx(0.90)
 
 
 class Sleeper:
@@ -121,6 +201,9 @@ class Decisions(BatchObserver):
 
     def decided(self, decision: str) -> None:
         self.seen.append(decision)
+
+    def shed_threshold(self, expected_s: float) -> None:
+        self.threshold_s = expected_s
 
 
 def test_the_batcher_sheds_what_the_target_cannot_take_and_serves_the_rest() -> None:
@@ -152,5 +235,29 @@ def test_the_batcher_sheds_what_the_target_cannot_take_and_serves_the_rest() -> 
         await batcher.close()
         assert decisions.seen.count("shed") == shed
         assert "now" in decisions.seen
+        # The threshold in force is reported, within its bounds (0.5x..1.2x the target).
+        assert 0.025 <= decisions.threshold_s <= 0.06
+
+    asyncio.run(asyncio.wait_for(scenario(), WAIT_S * 2))
+
+
+def test_latency_counts_from_arrival_not_from_the_queue() -> None:
+    """A request that spent its budget before it was queued (a slow body, tokenizing) is an
+    answer that missed the target: the shed threshold learns from it."""
+
+    async def scenario() -> None:
+        decisions = Decisions()
+        policy = BatchingPolicy(max_batch_size=8, max_queue_size=100, latency_target_s=0.5)
+        batcher = Batcher("m/1", policy, [Sleeper()], decisions)
+        batcher.start()
+        x = {"x": np.zeros((1, 2), np.float32)}
+        for n in (1, 4):  # fit the model, so the threshold is reported
+            await batcher.infer({"x": np.zeros((n, 2), np.float32)})
+        before = decisions.threshold_s
+        now = asyncio.get_running_loop().time()
+        await batcher.submit(x, arrived=now - 1.0)  # arrived a second ago: a miss
+        await batcher.infer(x)  # the next batch reports the threshold
+        assert decisions.threshold_s < before - 0.02
+        await batcher.close()
 
     asyncio.run(asyncio.wait_for(scenario(), WAIT_S * 2))
