@@ -600,21 +600,22 @@ class Batcher:
             finished.set_result(result)
 
     def _deliver(self, batch: list[_Pending], result: _BatchResult, runner: BatchRunner) -> None:
+        """Answer each request of the batch; answers teach the shed threshold (with a target)."""
         target = self.policy.latency_target_s
         now = asyncio.get_running_loop().time()
         for pending, outcome in zip(batch, result.outputs, strict=True):
             if pending.future.done():
                 continue
-            if target is not None and not isinstance(outcome, Exception):
-                self._shed_at.observe(now - pending.arrived, target, now)
             if isinstance(outcome, Exception):
                 pending.future.set_exception(
                     InferenceFailedError(
                         f"model '{self.name}' failed to run on {runner.device}: {sanitise(outcome)}"
                     )
                 )
-            else:
-                pending.future.set_result(outcome)
+                continue
+            if target is not None:
+                self._shed_at.observe(now - pending.arrived, target, now)
+            pending.future.set_result(outcome)
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

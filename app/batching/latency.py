@@ -35,7 +35,7 @@ FIXED_COST_SHARE = 0.1
 #: per sample, which a linear t(n) does not see).
 KEEP_UP = 1.1
 #: The share of answered requests allowed to miss the target: half of what a p99 target
-#: allows, for what the server cannot see (the network, the client)...
+#: allows, leaving the rest for the time the server cannot see (network, client).
 MISS_SHARE = 0.005
 
 
@@ -172,13 +172,13 @@ def plan_batch(
     target_s: float,
     limit: int,
     queued: int,
-    oldest_enqueued: float,
+    oldest_arrived: float,
     rate: float,
     now: float,
     workers: int = 1,
 ) -> Plan:
-    """The decision of a free worker facing `queued` samples, the oldest since
-    `oldest_enqueued`, with `rate` samples/s arriving for `workers` workers."""
+    """The decision of a free worker facing `queued` samples, the oldest of them at the
+    server since `oldest_arrived`, with `rate` samples/s arriving for `workers` workers."""
     if not model.fitted:
         return Plan(limit)
     cap = model.cap(target_s / 2, limit)
@@ -187,7 +187,7 @@ def plan_batch(
     if queued >= goal or rate <= 0:
         return Plan(take)
     filled_at = now + (goal - queued) / rate
-    latest_start = oldest_enqueued + target_s - 2 * model.predict(goal)
+    latest_start = oldest_arrived + target_s - 2 * model.predict(goal)
     hold_until = min(filled_at, latest_start)
     return Plan(take, hold_until if hold_until > now else None)
 

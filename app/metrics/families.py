@@ -22,6 +22,7 @@ from prometheus_client import (
 )
 
 from app.batching import BatchObserver, BatchReport
+from app.batching.latency import MISS_SHARE
 from app.metrics.collectors import StateCollector, VersionGauges
 from app.metrics.gpu import GpuCollector
 from app.metrics.statistics import ModelStatistics
@@ -106,7 +107,8 @@ class ServerMetrics:
         self.shed_threshold = Gauge(
             "batchserve_shed_threshold_seconds",
             "Latency-target batching: requests expected to take longer than this are refused "
-            "(429); steered so that about 1% of the answered ones miss the target.",
+            f"(429); steered so that about {MISS_SHARE:.1%} of the answered ones miss the "
+            "target.",
             mv, registry=r,
         )  # fmt: skip
         self.worker_busy = Counter(

@@ -64,30 +64,30 @@ def fitted(fixed_s: float, per_sample_s: float) -> LatencyModel:
 
 def test_the_cap_keeps_a_batch_within_half_the_target() -> None:
     model = fitted(0.002, 0.001)  # t(n) = 2 ms + 1 ms * n
-    plan = plan_batch(model, 0.050, 64, queued=100, oldest_enqueued=0.0, rate=1000, now=0.0)
+    plan = plan_batch(model, 0.050, 64, queued=100, oldest_arrived=0.0, rate=1000, now=0.0)
     assert plan == plan_batch(model, 0.050, 64, 100, 0.0, 1000, 0.0)
     assert plan.take == 23 and plan.hold_until is None  # 2 + 23 = 25 ms = half of 50
 
 
 def test_a_large_fixed_cost_is_worth_waiting_for_while_the_target_allows() -> None:
     model = fitted(0.010, 0.0001)  # a GPU-like batch: 10 ms fixed, 0.1 ms a sample
-    plan = plan_batch(model, 0.200, 256, queued=4, oldest_enqueued=0.0, rate=2000, now=0.001)
+    plan = plan_batch(model, 0.200, 256, queued=4, oldest_arrived=0.0, rate=2000, now=0.001)
     assert plan.hold_until is not None and plan.hold_until > 0.001
     # ... but not past the point where the oldest request would miss the target.
-    late = plan_batch(model, 0.200, 256, queued=4, oldest_enqueued=-0.195, rate=2000, now=0.0)
+    late = plan_batch(model, 0.200, 256, queued=4, oldest_arrived=-0.195, rate=2000, now=0.0)
     assert late.hold_until is None
 
 
 def test_a_cpu_like_batch_is_taken_at_once() -> None:
     model = fitted(0.0001, 0.002)  # fixed cost negligible: waiting buys nothing
-    plan = plan_batch(model, 0.100, 64, queued=1, oldest_enqueued=0.0, rate=500, now=0.0)
+    plan = plan_batch(model, 0.100, 64, queued=1, oldest_arrived=0.0, rate=500, now=0.0)
     assert plan.hold_until is None
 
 
 def test_a_batch_grows_only_as_far_as_the_arrival_rate_needs() -> None:
     model = fitted(0.004, 0.001)  # 4 ms fixed, 1 ms a sample: at most 1000 samples/s
     sizes = [
-        plan_batch(model, 1.0, 256, queued=300, oldest_enqueued=0.0, rate=rate, now=0.0).take
+        plan_batch(model, 1.0, 256, queued=300, oldest_arrived=0.0, rate=rate, now=0.0).take
         for rate in (10, 200, 500, 800, 2000)
     ]
     # n / (4 ms + 1 ms * n) >= 1.1 x rate: 1, 2, 5, 3.52/0.12 -> 30; past capacity, the cap
@@ -100,7 +100,7 @@ def test_a_batch_grows_only_as_far_as_the_arrival_rate_needs() -> None:
 
 def test_no_arrivals_means_no_waiting() -> None:
     model = fitted(0.010, 0.0001)
-    plan = plan_batch(model, 0.200, 256, queued=4, oldest_enqueued=0.0, rate=0.0, now=0.0)
+    plan = plan_batch(model, 0.200, 256, queued=4, oldest_arrived=0.0, rate=0.0, now=0.0)
     assert plan.hold_until is None
 
 
