@@ -485,6 +485,8 @@ class Batcher:
                 await self._sleep(until=hold_until)
                 continue
             batch = self._take(group, cap)
+            if cap is not None:
+                batch = self._refuse_late(batch, runner)
             if not batch:
                 continue
             if cap is not None:
@@ -492,6 +494,42 @@ class Batcher:
             if self._depth:
                 self._wake_one()  # more is queued: let another idle worker look at it
             return batch
+
+    def _refuse_late(self, batch: list[_Pending], runner: BatchRunner) -> list[_Pending]:
+        """Latency-target mode: answer 429 to the requests of `batch` that have waited so long
+        they would miss the target even computed now, and return the others.
+
+        Computing a request that will miss anyway only spends the worker on it and makes the
+        requests behind it late too (Triton's queue policy rejects timed-out requests the same
+        way). A request whose compute alone exceeds the target is kept: no wait made it late.
+        Refusals here do not lower the shed threshold: that steers the answers' misses, which
+        this backstop prevents; shedding more on arrival would turn away requests that might
+        have made it, where this turns away only those that cannot.
+        """
+        model = self._latency[runner.label]
+        target = self.policy.latency_target_s
+        if target is None or not model.fitted or self._draining:
+            return batch
+        now = asyncio.get_running_loop().time()
+        compute = model.predict(sum(p.samples for p in batch))
+        if compute >= target:
+            return batch
+        kept: list[_Pending] = []
+        for pending in batch:
+            waited = now - pending.arrived
+            if waited + compute <= target or pending.future.done():
+                kept.append(pending)
+                continue
+            self._observer.decided("late")
+            pending.future.set_exception(
+                OverloadedError(
+                    f"model '{self.name}' cannot answer within its latency target "
+                    f"({target * 1000:.0f} ms): this request waited {waited * 1000:.0f} ms in "
+                    f"the queue and needs about {compute * 1000:.0f} ms more; retry later",
+                    retry_after_s=1.0,
+                )
+            )
+        return kept
 
     async def _sleep(self, until: float | None = None) -> None:
         """Wait to be woken by an arrival (or close), or until `until` in loop time."""

@@ -51,7 +51,8 @@ class BatchObserver:
 
     def decided(self, decision: str) -> None:
         """Latency-target batching chose: `now` (a batch taken at once), `waited` (taken after
-        waiting for a fuller one) or `shed` (a request refused to keep the target)."""
+        waiting for a fuller one), `shed` (a request refused on arrival to keep the target) or
+        `late` (a queued request refused when its turn came too late to make the target)."""
 
     def latency_model(self, worker: str, fixed_s: float, per_sample_s: float) -> None:
         """A worker's fitted batch time, t(n) = fixed_s + per_sample_s * n."""

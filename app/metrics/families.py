@@ -95,7 +95,8 @@ class ServerMetrics:
         self.decisions = Counter(
             "batchserve_batcher_decisions",
             "Latency-target batching: batches taken at once (now) or after waiting for a "
-            "fuller one (waited), and requests refused to keep the target (shed).",
+            "fuller one (waited), requests refused on arrival to keep the target (shed), and "
+            "requests refused when their turn came too late to make it (late).",
             [*mv, "decision"], registry=r,
         )  # fmt: skip
         self.latency_model = Gauge(

@@ -67,7 +67,11 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("observed")
     (root / "digits" / "1").mkdir(parents=True)
     shutil.copy(DIGITS_ONNX, root / "digits" / "1" / "model.onnx")
-    shutil.copy(MODELS / "digits" / "config.toml", root / "digits" / "config.toml")
+    # digits batched to a latency target, so the dashboard's latency-target panels have data.
+    config = (MODELS / "digits" / "config.toml").read_text()
+    assert "max_queue_delay_ms = 0" in config
+    config = config.replace("max_queue_delay_ms = 0", "latency_target_ms = 1000")
+    (root / "digits" / "config.toml").write_text(config)
     write_heavy_model(root / "heavy" / "1" / "model.onnx")
     (root / "heavy" / "config.toml").write_text(
         # One 8-sample request per batch, so a closed loop of 3 clients keeps it always busy.
