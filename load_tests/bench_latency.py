@@ -8,6 +8,13 @@ A compute-bound model (the heavy CNN of load_tests/synthetic_models.py, batch-1 
 For each load level it reports p99 (of the answered requests), answered throughput and the
 429s; the claim to check is that latency-target mode keeps p99 under the target wherever a
 fixed configuration can, at a throughput at least that of the best such fixed one.
+
+On a shared 2-core machine one window's p99 is decided by a handful of requests, and a spell
+of the machine's own noise (another process, the load generator's own share of the cores) moves
+it by hundreds of ms. So every server runs for the whole benchmark, and each round gives every
+configuration one window at each level, in a shuffled order: a noisy spell lands on a
+different configuration each round instead of deciding one of them. p99 is over all rounds'
+answers pooled; the spread of the rounds' own p99 is reported beside it.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -71,52 +79,90 @@ async def capacity(url: str, seconds: float) -> float:
         return (await generator.closed_loop(http, 32, seconds)).throughput
 
 
-async def open_loop(url: str, rate: float, seconds: float, target_ms: float) -> dict[str, Any]:
+async def open_loop(url: str, rate: float, seconds: float) -> dict[str, Any]:
+    """One window of Poisson arrivals at `rate`: the answers' latencies and the statuses."""
     async with client_session(2000) as http:
         generator = LoadGenerator(url, "heavy", request())
         result = await generator.open_loop(http, rate, seconds)
-    ok = result.ok_latencies_s
-    p99 = float(np.percentile(ok, 99)) * 1000 if ok else float("inf")
+    return {"seconds": result.seconds, "latencies_s": list(result.ok_latencies_s),
+            "statuses": dict(result.statuses)}  # fmt: skip
+
+
+def decisions(server: ServerProcess) -> dict[str, float]:
+    """Latency-target mode's refusals so far: on arrival (shed) and when a request's turn came
+    too late to make the target (late)."""
+    name = "batchserve_batcher_decisions_total"
+    return {d: server.metric(name, model="heavy", decision=d) for d in ("shed", "late")}
+
+
+def pooled(windows: list[dict[str, Any]], rate: float, target_ms: float) -> dict[str, Any]:
+    """One configuration at one level, over all its windows."""
+    seconds = sum(w["seconds"] for w in windows)
+    ok = [s for w in windows for s in w["latencies_s"]]
+    statuses: dict[int, int] = {}
+    for w in windows:
+        for status, count in w["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + count
+
+    def p99(latencies: list[float]) -> float:
+        return float(np.percentile(latencies, 99)) * 1000 if latencies else float("inf")
+
+    rounds = [p99(w["latencies_s"]) for w in windows]
     return {
         "offered_per_s": rate,
-        "answered_per_s": result.statuses.get(200, 0) / result.seconds,
+        "answered_per_s": statuses.get(200, 0) / seconds,
         # Goodput: answers that made the target, per second.
-        "within_target_per_s": sum(1 for s in ok if s * 1000 <= target_ms) / result.seconds,
-        "p99_ms": p99,
-        "rejected_429": result.statuses.get(429, 0),
-        "other_failures": sum(n for s, n in result.statuses.items() if s not in (200, 429)),
-        "statuses": {str(k): v for k, v in result.statuses.items()},
+        "within_target_per_s": sum(1 for s in ok if s * 1000 <= target_ms) / seconds,
+        "p99_ms": p99(ok),
+        "round_p99_ms": rounds,
+        "rejected_429": statuses.get(429, 0),
+        "shed_on_arrival": sum(w["decisions"]["shed"] for w in windows),
+        "refused_late": sum(w["decisions"]["late"] for w in windows),
+        "other_failures": sum(n for s, n in statuses.items() if s not in (200, 429)),
+        "statuses": {str(k): v for k, v in statuses.items()},
     }
 
 
-def run(target_ms: float, seconds: float) -> dict[str, Any]:
+def run(target_ms: float, seconds: float, rounds: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="batchserve-bench-latency-"))
     model = work / "heavy.onnx"
     write_cnn_model(model, channels=(128, 256, 512), size=56)
-    results: dict[str, Any] = {"target_ms": target_ms, "levels": list(LEVELS), "configs": {}}
+    named = configs(target_ms)
+    results: dict[str, Any] = {"target_ms": target_ms, "levels": list(LEVELS), "configs": {},
+                               "rounds": rounds, "window_s": seconds}  # fmt: skip
+    servers: dict[str, ServerProcess] = {}
     try:
-        reference = serve(work, "capacity", configs(target_ms)["fixed delay 0 ms, max batch 16"],
-                          model)  # fmt: skip
-        try:
-            results["capacity_per_s"] = cap = asyncio.run(capacity(reference.url, seconds))
-        finally:
-            reference.stop()
+        for name, config in named.items():
+            servers[name] = serve(work, name, config, model)
+        reference = servers["fixed delay 0 ms, max batch 16"]
+        results["capacity_per_s"] = cap = asyncio.run(capacity(reference.url, seconds))
         print(f"capacity {cap:.1f} req/s", flush=True)
-        for name, config in configs(target_ms).items():
-            server = serve(work, name, config, model)
-            try:
-                rows = []
-                for level in LEVELS:
-                    row = asyncio.run(open_loop(server.url, level * cap, seconds, target_ms))
-                    row["level"] = level
-                    rows.append(row)
-                    print(f"  {name:34} {level:4.0%}  answered {row['answered_per_s']:6.1f}/s "
-                          f"p99 {row['p99_ms']:8.1f} ms  429s {row['rejected_429']}",
-                          flush=True)  # fmt: skip
-                results["configs"][name] = rows
-            finally:
-                server.stop()
+        windows: dict[tuple[str, float], list[dict[str, Any]]] = {}
+        order = random.Random(0)
+        for round_ in range(rounds):
+            for level in LEVELS:
+                names = list(named)
+                order.shuffle(names)
+                for name in names:
+                    before = decisions(servers[name])
+                    window = asyncio.run(open_loop(servers[name].url, level * cap, seconds))
+                    after = decisions(servers[name])
+                    window["decisions"] = {k: after[k] - before[k] for k in after}
+                    windows.setdefault((name, level), []).append(window)
+                    ok = window["latencies_s"]
+                    p99 = np.percentile(ok, 99) * 1000 if ok else float("inf")
+                    print(f"  round {round_ + 1} {level:4.0%} {name:34} p99 {p99:8.1f} ms  "
+                          f"429s {window['statuses'].get(429, 0)}", flush=True)  # fmt: skip
+        for name in named:
+            rows = []
+            for level in LEVELS:
+                row = pooled(windows[(name, level)], level * cap, target_ms)
+                row["level"] = level
+                rows.append(row)
+            results["configs"][name] = rows
     finally:
+        for server in servers.values():
+            server.stop()
         shutil.rmtree(work, ignore_errors=True)
     return results
 
@@ -130,6 +176,7 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
         meeting = {n: r for n, r in fixed.items() if r["p99_ms"] <= target}
         best = max(meeting.items(), key=lambda kv: kv[1]["answered_per_s"], default=None)
         ours = results["configs"][mode][index]
+        most = max(fixed.items(), key=lambda kv: kv[1]["within_target_per_s"])
         best_rate = best[1]["answered_per_s"] if best else None
         rows.append({
             "level": level,
@@ -140,6 +187,10 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
             "target_mode_per_s": ours["answered_per_s"],
             "target_mode_p99_ms": ours["p99_ms"],
             "target_mode_429": ours["rejected_429"],
+            "target_mode_shed_on_arrival": ours.get("shed_on_arrival", 0),
+            "target_mode_refused_late": ours.get("refused_late", 0),
+            "most_goodput_fixed": most[0],
+            "most_goodput_fixed_per_s": most[1]["within_target_per_s"],
             "throughput_ratio": ours["answered_per_s"] / best_rate if best_rate else None,
             "best_fixed_within_target_per_s": best[1]["within_target_per_s"] if best else None,
             "target_mode_within_target_per_s": ours["within_target_per_s"],
@@ -159,24 +210,33 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         f"# Latency-target batching vs fixed configurations (target p99 {target:g} ms)",
         "",
         f"Heavy CNN (batch-1 over 10 ms), one 2-thread worker; capacity "
-        f"{results['capacity_per_s']:.1f} req/s (closed loop, C=32); open-loop Poisson load.",
+        f"{results['capacity_per_s']:.1f} req/s (closed loop, C=32); open-loop Poisson load. "
+        f"{results['rounds']} rounds, each giving every configuration one "
+        f"{results['window_s']:g} s window per level in a shuffled order; p99 over the "
+        "rounds' answers pooled (in brackets: the lowest and highest of the rounds' own p99).",
         "",
         "| config | "
-        + " | ".join(f"{lv:.0%}: req/s, p99 ms, 429s" for lv in results["levels"])
+        + " | ".join(f"{lv:.0%}: req/s, p99 ms (rounds), 429s" for lv in results["levels"])
         + " |",
         "|---|" + "---|" * len(results["levels"]),
     ]
     for name, rows in results["configs"].items():
-        cells = [f"{r['answered_per_s']:.1f}, {r['p99_ms']:.0f}, {r['rejected_429']}" for r in rows]
+        cells = [
+            f"{r['answered_per_s']:.1f}, {r['p99_ms']:.0f} ({min(r['round_p99_ms']):.0f}-"
+            f"{max(r['round_p99_ms']):.0f}), {r['rejected_429']}"
+            for r in rows
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Best: the fixed configuration with the highest throughput among those whose p99 "
-        "met the target. Goodput: answers within the target per second.",
+        "met the target. Goodput: answers within the target per second. 429s of latency "
+        "target mode: refused on arrival + refused when their turn came too late.",
         "",
         "| load | fixed configs under target | best of them (req/s, p99, goodput) | "
-        "latency target mode (req/s, p99, 429s, goodput) | throughput ratio | goodput ratio |",
-        "|---|---|---|---|---|---|",
+        "latency target mode (req/s, p99, 429s, goodput) | throughput ratio | goodput ratio | "
+        "most goodput of any fixed config |",
+        "|---|---|---|---|---|---|---|",
     ]
     for v in results["verdicts"]:
         best = (f"{v['best_fixed']}: {v['best_fixed_per_s']:.1f}, {v['best_fixed_p99_ms']:.0f} ms,"
@@ -187,8 +247,9 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         lines.append(
             f"| {v['level']:.0%} | {v['fixed_meeting_target']} | {best} | "
             f"{v['target_mode_per_s']:.1f}, {v['target_mode_p99_ms']:.0f} ms, "
-            f"{v['target_mode_429']}, {v['target_mode_within_target_per_s']:.1f} | {ratio} | "
-            f"{goodput} |"
+            f"{v['target_mode_shed_on_arrival']:.0f} + {v['target_mode_refused_late']:.0f}, "
+            f"{v['target_mode_within_target_per_s']:.1f} | {ratio} | {goodput} | "
+            f"{v['most_goodput_fixed']}: {v['most_goodput_fixed_per_s']:.1f} |"
         )
     (out / "LATENCY.md").write_text("\n".join(lines) + "\n")
 
@@ -196,10 +257,11 @@ def write_report(results: dict[str, Any], out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target-ms", type=float, default=250.0)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=8.0, help="one window")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "load_tests" / "report")
     args = parser.parse_args()
-    results = run(args.target_ms, args.seconds)
+    results = run(args.target_ms, args.seconds, args.rounds)
     write_report(results, args.out)
     print((args.out / "LATENCY.md").read_text())
 

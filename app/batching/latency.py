@@ -15,7 +15,9 @@ keeps an exponentially decayed estimate of the arrival rate. From them:
 - shedding: when the work already queued would make a new request miss the target, it is
   refused at once (429) instead of queueing to miss it, and making everyone behind it miss.
   Where exactly to refuse is steered by outcomes (ShedThreshold): the expectation is a mean,
-  and how far the tail lies above it depends on the model, the device and the load.
+  and how far the tail lies above it depends on the model, the device and the load;
+- the backstop: a request whose turn comes too late to make the target even so is refused
+  then (the batcher's _refuse_late) rather than computed to miss it.
 
 Until a worker has timed batches of two different sizes the model is not fitted, and the
 batcher simply works as without a target (work-conserving, no shedding).
