@@ -57,7 +57,8 @@ bench-text: $(VENV)/.test-deps $(TEXT_MODEL)
 	$(BIN)/python -m load_tests.bench_text --out load_tests/report
 
 # Latency-target batching vs a sweep of fixed delays and batch sizes, open-loop at 50/80/95%
-# of capacity on a compute-bound model, three interleaved rounds (load_tests/report/LATENCY.md; ~15 min).
+# of capacity on a compute-bound model, in three interleaved rounds
+# (load_tests/report/LATENCY.md; ~15 min).
 bench-latency: $(VENV)/.test-deps
 	$(BIN)/python -m load_tests.bench_latency --out load_tests/report
 
