@@ -79,11 +79,12 @@ async def capacity(url: str, seconds: float) -> float:
         return (await generator.closed_loop(http, 32, seconds)).throughput
 
 
-async def open_loop(url: str, rate: float, seconds: float) -> dict[str, Any]:
-    """One window of Poisson arrivals at `rate`: the answers' latencies and the statuses."""
+async def open_loop(url: str, rate: float, seconds: float, seed: int) -> dict[str, Any]:
+    """One window of Poisson arrivals at `rate` (the arrival times drawn from `seed`): the
+    answers' latencies and the statuses."""
     async with client_session(2000) as http:
         generator = LoadGenerator(url, "heavy", request())
-        result = await generator.open_loop(http, rate, seconds)
+        result = await generator.open_loop(http, rate, seconds, seed=seed)
     return {"seconds": result.seconds, "latencies_s": list(result.ok_latencies_s),
             "statuses": dict(result.statuses)}  # fmt: skip
 
@@ -145,7 +146,11 @@ def run(target_ms: float, seconds: float, rounds: int) -> dict[str, Any]:
                 order.shuffle(names)
                 for name in names:
                     before = decisions(servers[name])
-                    window = asyncio.run(open_loop(servers[name].url, level * cap, seconds))
+                    # The same arrivals for every configuration within a round, new ones
+                    # each round: the bursts that decide a p99 differ between rounds.
+                    window = asyncio.run(
+                        open_loop(servers[name].url, level * cap, seconds, seed=round_)
+                    )
                     after = decisions(servers[name])
                     window["decisions"] = {k: after[k] - before[k] for k in after}
                     windows.setdefault((name, level), []).append(window)

@@ -496,40 +496,48 @@ class Batcher:
             return batch
 
     def _refuse_late(self, batch: list[_Pending], runner: BatchRunner) -> list[_Pending]:
-        """Latency-target mode: answer 429 to the requests of `batch` that have waited so long
-        they would miss the target even computed now, and return the others.
+        """Latency-target mode: answer 429 to the requests of `batch` that the queue has made
+        too late to make the target in it; return the others, the batch to run.
 
         Computing a request that will miss anyway only spends the worker on it and makes the
-        requests behind it late too (Triton's queue policy rejects timed-out requests the same
-        way). A request whose compute alone exceeds the target is kept: no wait made it late.
-        Refusals here do not lower the shed threshold: that steers the answers' misses, which
-        this backstop prevents; shedding more on arrival would turn away requests that might
-        have made it, where this turns away only those that cannot.
+        requests behind it late too, the queued ones and those arriving meanwhile (Triton's
+        queue policy rejects timed-out requests the same way). "Will miss" counts the batch's
+        compute pessimistically (the prediction plus about two of its typical errors): a
+        request computed on a few ms of slack misses whenever its batch runs a little slow.
+        Oldest first, each refusal shrinking the batch the next is judged in. Kept all the
+        same: a request already late when it was queued (its body or its tokenizing took the
+        time: refusing it would not be the queue's doing, and retrying would not help), and
+        one whose compute alone exceeds the target. Refusals here do not lower the shed
+        threshold, which steers the answers' misses: shedding more on arrival would turn away
+        requests that might have made it, where this turns away only those that cannot.
         """
         model = self._latency[runner.label]
         target = self.policy.latency_target_s
         if target is None or not model.fitted or self._draining:
             return batch
         now = asyncio.get_running_loop().time()
-        compute = model.predict(sum(p.samples for p in batch))
-        if compute >= target:
-            return batch
-        kept: list[_Pending] = []
-        for pending in batch:
+        samples = sum(p.samples for p in batch)
+        refused: set[int] = set()
+        for index, pending in sorted(enumerate(batch), key=lambda item: item[1].arrived):
             waited = now - pending.arrived
-            if waited + compute <= target or pending.future.done():
-                kept.append(pending)
-                continue
+            if waited + model.pessimistic(samples) <= target:
+                break  # the rest arrived later still
+            if pending.enqueued - pending.arrived + model.predict(pending.samples) > target:
+                continue  # late before it was queued, or too big to make it at all
+            refused.add(index)
+            samples -= pending.samples
             self._observer.decided("late")
             pending.future.set_exception(
                 OverloadedError(
                     f"model '{self.name}' cannot answer within its latency target "
-                    f"({target * 1000:.0f} ms): this request waited {waited * 1000:.0f} ms in "
-                    f"the queue and needs about {compute * 1000:.0f} ms more; retry later",
+                    f"({target * 1000:.0f} ms): this request arrived {waited * 1000:.0f} ms "
+                    f"ago, {(now - pending.enqueued) * 1000:.0f} ms of it in the queue, and "
+                    f"would need about {model.predict(samples + pending.samples) * 1000:.0f} "
+                    "ms more; retry later",
                     retry_after_s=1.0,
                 )
             )
-        return kept
+        return [p for i, p in enumerate(batch) if i not in refused] if refused else batch
 
     async def _sleep(self, until: float | None = None) -> None:
         """Wait to be woken by an arrival (or close), or until `until` in loop time."""

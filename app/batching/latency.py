@@ -47,6 +47,7 @@ class LatencyModel:
     def __init__(self, decay: float = DECAY) -> None:
         self._decay = decay
         self._w = self._n = self._nn = self._t = self._nt = 0.0
+        self._errors = 0.0  # decayed sum of |relative prediction error|, once fitted
         self._sizes: set[int] = set()
         self.fixed_s = 0.0  # a
         self.per_sample_s = 0.0  # b
@@ -57,6 +58,12 @@ class LatencyModel:
 
     def observe(self, samples: int, seconds: float) -> None:
         d = self._decay
+        if self.fitted:  # relative, and at most 100%: one stalled batch is not the norm
+            predicted = self.predict(samples)
+            error = min(1.0, abs(seconds - predicted) / predicted) if predicted > 0 else 0.0
+        else:
+            error = 0.0
+        self._errors = d * self._errors + error
         self._w = d * self._w + 1.0
         self._n = d * self._n + samples
         self._nn = d * self._nn + samples * samples
@@ -82,6 +89,18 @@ class LatencyModel:
     def predict(self, samples: int) -> float:
         return self.fixed_s + self.per_sample_s * samples
 
+    @property
+    def error_share(self) -> float:
+        """The mean absolute error of predict() on recent batches, as a share of the
+        prediction: how much longer than predicted a batch may well run on this device, under
+        this load."""
+        return self._errors / self._w if self._w else 0.0
+
+    def pessimistic(self, samples: int) -> float:
+        """A batch time that few batches exceed: the prediction plus 2.5 mean absolute
+        errors (about two standard deviations, were the errors normal)."""
+        return self.predict(samples) * (1 + 2.5 * self.error_share)
+
     def cap(self, budget_s: float, limit: int) -> int:
         """The largest batch (1..limit) whose predicted time fits `budget_s`."""
         if self.per_sample_s <= 0:
@@ -93,6 +112,8 @@ class LatencyModel:
         `limit` when none does."""
         if rate <= 0:
             return 1
+        if math.isinf(rate):
+            return limit
         room = 1 - rate * self.per_sample_s
         if room <= 0:
             return limit
@@ -136,7 +157,9 @@ class ShedThreshold:
     stochastic approximation of a quantile; AIMD steers a rate the same way). Misses closer
     together than one target's length share a cause (a slow spell of the machine, a burst) and
     lower it once: counted one by one, one such spell would collapse the threshold and shed
-    for a minute after it. It starts at `start` and stays within [`low`, `high`].
+    for a minute after it. It starts at `start` and stays within [`low`, `high`]. Above 1 it
+    admits requests expected a little past the target: the expectation is uncertain, and the
+    batcher refuses, when its turn comes, one that the queue has really made too late.
     """
 
     def __init__(
@@ -185,6 +208,18 @@ def plan_batch(
         return Plan(limit)
     cap = model.cap(target_s / 2, limit)
     take = min(cap, model.keeping_up(KEEP_UP * rate / max(workers, 1), cap))
+    # A backlog (a burst the decayed rate has not caught up with yet, a slow spell) is
+    # drained at the rate that serves all of it before the oldest request's deadline, with
+    # batches grown only as far as growing pays (past that, a bigger batch only delays the
+    # answers in it); and a batch never runs past that deadline itself, where a smaller one
+    # would not.
+    left = oldest_arrived + target_s - now
+    if queued > take:
+        drain = queued / left if left > 0 else math.inf
+        grown = model.keeping_up(drain / max(workers, 1), cap)
+        take = max(take, min(grown, model.worth_waiting_for(cap)))
+        if left > model.predict(1):  # else the oldest misses however small the batch
+            take = min(take, model.cap(left, cap))
     goal = min(take, model.worth_waiting_for(cap))
     if queued >= goal or rate <= 0:
         return Plan(take)

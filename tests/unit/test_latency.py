@@ -38,6 +38,27 @@ def test_the_model_converges_on_noisy_timings() -> None:
     assert model.predict(10) == pytest.approx(0.009, rel=0.05)
 
 
+def test_the_model_knows_how_far_its_predictions_miss() -> None:
+    """Batches of 20 ms a sample that vary by +-10% (uniform: a mean absolute error of 5%),
+    later by +-30% (15%), then one stalls 10x: the error follows, one stall moves it little,
+    and the pessimistic time lies above most batches."""
+    rng = random.Random(1)
+    model = LatencyModel()
+    for spread in (0.1, 0.3):
+        times = []
+        for _ in range(400):
+            n = rng.choice([1, 2])
+            times.append((n, 0.02 * n * rng.uniform(1 - spread, 1 + spread)))
+            model.observe(*times[-1])
+        assert model.error_share == pytest.approx(spread / 2, rel=0.4)
+        recent = times[-100:]
+        over = sum(1 for n, t in recent if t > model.pessimistic(n)) / len(recent)
+        assert over < 0.1
+    before = model.error_share
+    model.observe(1, 0.2)  # a stalled batch counts as a 100% error, not 900%
+    assert model.error_share < before + 0.06
+
+
 def test_the_model_follows_a_device_that_slows_down() -> None:
     model = LatencyModel()
     for n in [1, 8] * 50:
@@ -86,16 +107,35 @@ def test_a_cpu_like_batch_is_taken_at_once() -> None:
 
 def test_a_batch_grows_only_as_far_as_the_arrival_rate_needs() -> None:
     model = fitted(0.004, 0.001)  # 4 ms fixed, 1 ms a sample: at most 1000 samples/s
-    sizes = [
-        plan_batch(model, 1.0, 256, queued=300, oldest_arrived=0.0, rate=rate, now=0.0).take
+    sizes = [  # 40 queued: no backlog to drain within the oldest's second
+        plan_batch(model, 1.0, 256, queued=40, oldest_arrived=0.0, rate=rate, now=0.0).take
         for rate in (10, 200, 500, 800, 2000)
     ]
     # n / (4 ms + 1 ms * n) >= 1.1 x rate: 1, 2, 5, 3.52/0.12 -> 30; past capacity, the cap
     # (t(n) <= 500 ms: 496).
     assert sizes == [1, 2, 5, 30, 256]
     # Two workers share the arrivals: each needs half.
-    shared = plan_batch(model, 1.0, 256, 300, 0.0, 800, 0.0, workers=2)
+    shared = plan_batch(model, 1.0, 256, 40, 0.0, 800, 0.0, workers=2)
     assert shared.take == 4  # 1.76 / 0.56
+
+
+def test_a_backlog_is_drained_before_the_oldest_deadline_without_running_past_it() -> None:
+    model = fitted(0.004, 0.001)
+    # 240 queued, a trickle arriving, the oldest with 0.5 s left: 480/s drains it in time.
+    drain = plan_batch(model, 1.0, 256, queued=240, oldest_arrived=-0.5, rate=10, now=0.0)
+    assert drain.take == 4  # 480 x 4 ms / (1 - 480 x 1 ms) = 3.7
+    # 20 ms left: no batch drains it in time, but one that ends past the deadline would make
+    # the oldest miss where a batch of 16 (t = 20 ms) does not.
+    urgent = plan_batch(model, 1.0, 256, queued=300, oldest_arrived=-0.98, rate=10, now=0.0)
+    assert urgent.take == 16
+    # The oldest misses whatever the size: drain with batches as big as still pays (fixed
+    # cost a tenth of t(n): n = 36), not as big as the target allows.
+    lost = plan_batch(model, 1.0, 256, queued=300, oldest_arrived=-0.997, rate=10, now=0.0)
+    assert lost.take == model.worth_waiting_for(256)
+    assert 36 <= lost.take <= 37
+    # No fixed cost (a CPU-bound model): a bigger batch drains no faster, so it stays 1.
+    linear = fitted(0.0, 0.0175)
+    assert plan_batch(linear, 0.25, 16, queued=12, oldest_arrived=-0.1, rate=40, now=0.0).take == 1
 
 
 def test_no_arrivals_means_no_waiting() -> None:
@@ -237,7 +277,7 @@ def test_the_batcher_sheds_what_the_target_cannot_take_and_serves_the_rest() -> 
         # the target (the expectation it was admitted on is a mean); nothing else.
         late = [o for o in outcomes if isinstance(o, OverloadedError)]
         assert all(isinstance(o, dict) for o in outcomes if o not in late)
-        assert len(late) <= len(sent) // 2
+        assert len(late) < len(sent)
         assert decisions.seen.count("late") == len(late)
         assert decisions.seen.count("shed") == shed
         assert "now" in decisions.seen
@@ -280,39 +320,49 @@ def test_latency_counts_from_arrival_not_from_the_queue() -> None:
 
 
 def test_a_request_whose_turn_comes_too_late_is_refused_not_computed() -> None:
-    """Computing a request that will miss anyway only makes those behind it late too: when its
-    turn comes past the point of making the target, it is answered 429 (saying how long it
-    waited); it is not an answer that missed, so the shed threshold does not drop for it. A
-    request that cannot make the target even without waiting is computed all the same."""
+    """Computing a request that will miss anyway only makes those behind it late too: when the
+    queue has made it too late to make the target in its batch, it is answered 429
+    (saying how long it waited) and the next one is served. Kept all the same: one that was
+    late before it was queued (a slow body, tokenizing: not the queue's doing)."""
 
     async def scenario() -> None:
         runner, decisions = Sleeper(), Decisions()
-        policy = BatchingPolicy(max_batch_size=8, max_queue_size=100, latency_target_s=0.5)
+        policy = BatchingPolicy(max_batch_size=8, max_queue_size=100, latency_target_s=0.1)
         batcher = Batcher("m/1", policy, [runner], decisions)
         batcher.start()
         x = {"x": np.zeros((1, 2), np.float32)}
-        for n in (1, 4):  # fit the model
+        for n in (1, 4):  # fit the model: t(1) = 3 ms
             await batcher.infer({"x": np.zeros((n, 2), np.float32)})
-        before = decisions.threshold_s
-        now = asyncio.get_running_loop().time()
-        with pytest.raises(OverloadedError, match=r"waited 10\d\d ms in the queue"):
-            await batcher.submit(x, arrived=now - 1.0)
-        assert decisions.seen.count("late") == 1
-        assert runner.sizes == [1, 4]  # never computed
-        fresh = await batcher.infer(x)  # those behind it are served
-        assert fresh["y"].shape == (1, 2)
-        await batcher.infer(x)  # its batch reports the threshold after fresh's answer
-        assert decisions.threshold_s >= before
-        await batcher.close()
 
-        tight = BatchingPolicy(max_batch_size=8, max_queue_size=100, latency_target_s=0.004)
-        batcher = Batcher("m/1", tight, [Sleeper()], decisions)
-        batcher.start()
-        for n in (1, 4):  # t(1) = 3 ms, t(4) = 9 ms: a batch of 4 cannot make 4 ms at all
-            await batcher.infer({"x": np.zeros((n, 2), np.float32)})
+        async def hold_worker() -> asyncio.Future[dict[str, np.ndarray]]:
+            runner.gate.clear()
+            held = batcher.submit(x)
+            for _ in range(1000):  # until the worker has taken it and waits at the gate
+                if not batcher.depth:
+                    break
+                await asyncio.sleep(0)
+            assert not batcher.depth
+            return held
+
+        held = await hold_worker()
+        stale = batcher.submit(x)
+        await asyncio.sleep(0.12)  # it waits in the queue past the 100 ms target
+        fresh = batcher.submit(x)
+        runner.gate.set()
+        assert (await held)["y"].shape == (1, 2)
+        with pytest.raises(OverloadedError, match=r"1\d\d ms of it in the queue"):
+            await stale
+        assert (await fresh)["y"].shape == (1, 2)
+        assert decisions.seen.count("late") == 1
+        assert sum(runner.sizes[2:]) == 2  # held and fresh: stale was never computed
+
+        held = await hold_worker()
         now = asyncio.get_running_loop().time()
-        out = await batcher.submit({"x": np.zeros((4, 2), np.float32)}, arrived=now - 1.0)
-        assert out["y"].shape == (4, 2)
+        slow_body = batcher.submit(x, arrived=now - 1.0)  # late before it was queued
+        runner.gate.set()
+        for answer in (held, slow_body):
+            assert (await answer)["y"].shape == (1, 2)
+        assert decisions.seen.count("late") == 1
         await batcher.close()
 
     asyncio.run(asyncio.wait_for(scenario(), WAIT_S * 2))
