@@ -246,25 +246,48 @@ class Decisions(BatchObserver):
         self.threshold_s = expected_s
 
 
+ONE = {"x": np.zeros((1, 2), np.float32)}
+
+
+async def fitted_batcher(
+    target_s: float, sizes: tuple[int, ...], max_queue_size: int = 100
+) -> tuple[Batcher, Sleeper, Decisions]:
+    """A started latency-target batcher over a Sleeper, its model fitted on batches of
+    `sizes` (two different sizes at least)."""
+    runner, decisions = Sleeper(), Decisions()
+    policy = BatchingPolicy(
+        max_batch_size=8, max_queue_size=max_queue_size, latency_target_s=target_s
+    )
+    batcher = Batcher("m/1", policy, [runner], decisions)
+    batcher.start()
+    for n in sizes:
+        await batcher.infer({"x": np.zeros((n, 2), np.float32)})
+    return batcher, runner, decisions
+
+
+async def hold_worker(
+    batcher: Batcher, runner: Sleeper, arrived: float | None = None
+) -> asyncio.Future[dict[str, np.ndarray]]:
+    """Send one request and hold the worker at its gate once it has taken it: what is sent
+    next queues."""
+    runner.gate.clear()
+    held = batcher.submit(ONE, arrived=arrived)
+    for _ in range(1000):  # until the worker has taken it and waits at the gate
+        if not batcher.depth:
+            break
+        await asyncio.sleep(0)
+    assert not batcher.depth
+    return held
+
+
 def test_the_batcher_sheds_what_the_target_cannot_take_and_serves_the_rest() -> None:
     async def scenario() -> None:
-        runner, decisions = Sleeper(), Decisions()
-        policy = BatchingPolicy(max_batch_size=8, max_queue_size=10_000, latency_target_s=0.05)
-        batcher = Batcher("m/1", policy, [runner], decisions)
-        batcher.start()
-        x = {"x": np.zeros((1, 2), np.float32)}
-        for n in (1, 4, 2, 8):  # a few batches of different sizes: the model is fitted
-            await batcher.infer({"x": np.zeros((n, 2), np.float32)})
-        runner.gate.clear()  # hold the worker: what is sent now queues
-        held = batcher.submit(x)
-        for _ in range(1000):  # until the worker has taken it and is held at the gate
-            if not batcher.depth:
-                break
-            await asyncio.sleep(0)
+        batcher, runner, decisions = await fitted_batcher(0.05, (1, 4, 2, 8), 10_000)
+        held = await hold_worker(batcher, runner)
         sent, shed = [], 0
         for _ in range(200):
             try:
-                sent.append(batcher.submit(x))
+                sent.append(batcher.submit(ONE))
             except OverloadedError as exc:
                 assert "latency target (50 ms)" in str(exc)
                 shed += 1
@@ -292,26 +315,15 @@ def test_latency_counts_from_arrival_not_from_the_queue() -> None:
     answer that missed the target: the shed threshold learns from it."""
 
     async def scenario() -> None:
-        runner, decisions = Sleeper(), Decisions()
-        policy = BatchingPolicy(max_batch_size=8, max_queue_size=100, latency_target_s=0.5)
-        batcher = Batcher("m/1", policy, [runner], decisions)
-        batcher.start()
-        x = {"x": np.zeros((1, 2), np.float32)}
-        for n in (1, 4):  # fit the model, so the threshold is reported
-            await batcher.infer({"x": np.zeros((n, 2), np.float32)})
+        batcher, runner, decisions = await fitted_batcher(0.5, (1, 4))
         before = decisions.threshold_s
-        runner.gate.clear()  # hold the worker once it has taken the request
         now = asyncio.get_running_loop().time()
-        answer = batcher.submit(x, arrived=now - 0.45)  # 50 ms of its budget left
-        for _ in range(1000):
-            if not batcher.depth:
-                break
-            await asyncio.sleep(0)
-        assert not batcher.depth  # taken in time to make the target
-        await asyncio.sleep(0.1)  # but its compute runs late: it misses
+        # 50 ms of its budget left, taken in time to make the target...
+        answer = await hold_worker(batcher, runner, arrived=now - 0.45)
+        await asyncio.sleep(0.1)  # ...but its compute runs late: it misses
         runner.gate.set()
         assert (await answer)["y"].shape == (1, 2)
-        await batcher.infer(x)  # the next batch reports the threshold
+        await batcher.infer(ONE)  # the next batch reports the threshold
         assert decisions.threshold_s < before - 0.02
         assert "late" not in decisions.seen
         await batcher.close()
@@ -326,28 +338,11 @@ def test_a_request_whose_turn_comes_too_late_is_refused_not_computed() -> None:
     late before it was queued (a slow body, tokenizing: not the queue's doing)."""
 
     async def scenario() -> None:
-        runner, decisions = Sleeper(), Decisions()
-        policy = BatchingPolicy(max_batch_size=8, max_queue_size=100, latency_target_s=0.1)
-        batcher = Batcher("m/1", policy, [runner], decisions)
-        batcher.start()
-        x = {"x": np.zeros((1, 2), np.float32)}
-        for n in (1, 4):  # fit the model: t(1) = 3 ms
-            await batcher.infer({"x": np.zeros((n, 2), np.float32)})
-
-        async def hold_worker() -> asyncio.Future[dict[str, np.ndarray]]:
-            runner.gate.clear()
-            held = batcher.submit(x)
-            for _ in range(1000):  # until the worker has taken it and waits at the gate
-                if not batcher.depth:
-                    break
-                await asyncio.sleep(0)
-            assert not batcher.depth
-            return held
-
-        held = await hold_worker()
-        stale = batcher.submit(x)
+        batcher, runner, decisions = await fitted_batcher(0.1, (1, 4))  # t(1) = 3 ms
+        held = await hold_worker(batcher, runner)
+        stale = batcher.submit(ONE)
         await asyncio.sleep(0.12)  # it waits in the queue past the 100 ms target
-        fresh = batcher.submit(x)
+        fresh = batcher.submit(ONE)
         runner.gate.set()
         assert (await held)["y"].shape == (1, 2)
         with pytest.raises(OverloadedError, match=r"1\d\d ms of it in the queue"):
@@ -356,9 +351,9 @@ def test_a_request_whose_turn_comes_too_late_is_refused_not_computed() -> None:
         assert decisions.seen.count("late") == 1
         assert sum(runner.sizes[2:]) == 2  # held and fresh: stale was never computed
 
-        held = await hold_worker()
+        held = await hold_worker(batcher, runner)
         now = asyncio.get_running_loop().time()
-        slow_body = batcher.submit(x, arrived=now - 1.0)  # late before it was queued
+        slow_body = batcher.submit(ONE, arrived=now - 1.0)  # late before it was queued
         runner.gate.set()
         for answer in (held, slow_body):
             assert (await answer)["y"].shape == (1, 2)
