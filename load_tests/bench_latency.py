@@ -24,6 +24,8 @@ import asyncio
 import json
 import random
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,10 @@ def decisions(server: ServerProcess) -> dict[str, float]:
     return {d: server.metric(name, model="heavy", decision=d) for d in ("shed", "late")}
 
 
+def p99_ms(latencies: list[float]) -> float:
+    return float(np.percentile(latencies, 99)) * 1000 if latencies else float("inf")
+
+
 def pooled(windows: list[dict[str, Any]], rate: float, target_ms: float) -> dict[str, Any]:
     """One configuration at one level, over all its windows."""
     seconds = sum(w["seconds"] for w in windows)
@@ -104,17 +110,13 @@ def pooled(windows: list[dict[str, Any]], rate: float, target_ms: float) -> dict
     for w in windows:
         for status, count in w["statuses"].items():
             statuses[status] = statuses.get(status, 0) + count
-
-    def p99(latencies: list[float]) -> float:
-        return float(np.percentile(latencies, 99)) * 1000 if latencies else float("inf")
-
-    rounds = [p99(w["latencies_s"]) for w in windows]
+    rounds = [p99_ms(w["latencies_s"]) for w in windows]
     return {
         "offered_per_s": rate,
         "answered_per_s": statuses.get(200, 0) / seconds,
         # Goodput: answers that made the target, per second.
         "within_target_per_s": sum(1 for s in ok if s * 1000 <= target_ms) / seconds,
-        "p99_ms": p99(ok),
+        "p99_ms": p99_ms(ok),
         "round_p99_ms": rounds,
         "rejected_429": statuses.get(429, 0),
         "shed_on_arrival": sum(w["decisions"]["shed"] for w in windows),
@@ -154,8 +156,7 @@ def run(target_ms: float, seconds: float, rounds: int) -> dict[str, Any]:
                     after = decisions(servers[name])
                     window["decisions"] = {k: after[k] - before[k] for k in after}
                     windows.setdefault((name, level), []).append(window)
-                    ok = window["latencies_s"]
-                    p99 = np.percentile(ok, 99) * 1000 if ok else float("inf")
+                    p99 = p99_ms(window["latencies_s"])
                     print(f"  round {round_ + 1} {level:4.0%} {name:34} p99 {p99:8.1f} ms  "
                           f"429s {window['statuses'].get(429, 0)}", flush=True)  # fmt: skip
         for name in named:
@@ -266,6 +267,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "load_tests" / "report")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the servers of the run are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = run(args.target_ms, args.seconds, args.rounds)
     write_report(results, args.out)
     print((args.out / "LATENCY.md").read_text())
