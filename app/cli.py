@@ -47,9 +47,9 @@ def _serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    app = create_app(settings)
+    application = create_app(settings)
     config = uvicorn.Config(
-        app,
+        application.asgi,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -59,7 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
         proxy_headers=False,  # nothing here uses the client address; saves work per request
         server_header=False,
     )
-    server = BatchserveServer(config, app.service)
+    server = BatchserveServer(config, application.service)
     server.run()
     return 0
 

@@ -1,5 +1,6 @@
-"""create_app(): the ASGI application: the inference fast path in front of a FastAPI app for
-everything else, whose lifespan loads the models and drains them at the end."""
+"""create_app(): the ASGI application: bearer auth (when a token is set), then the inference
+endpoint in front of a FastAPI app for everything else, whose lifespan loads the models and
+drains them at the end."""
 
 from __future__ import annotations
 
@@ -7,28 +8,42 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from fastapi import FastAPI
 
 from app import __version__
 from app.api import errors, health, metrics, models, openapi, repository
-from app.api.infer import InferenceFastPath
+from app.api.auth import BearerAuth
+from app.api.infer import ASGIApp, InferenceEndpoint
+from app.dataplane import DataPlane
 from app.service import InferenceService
 from app.settings import Settings
 
 log = logging.getLogger("batchserve")
 
 
-def create_app(settings: Settings | None = None) -> InferenceFastPath:
+@dataclass(frozen=True, slots=True)
+class Application:
+    """What `batchserve serve` runs: the ASGI app, and the parts the server needs."""
+
+    asgi: ASGIApp
+    service: InferenceService
+    dataplane: DataPlane
+    api: FastAPI
+
+
+def create_app(settings: Settings | None = None) -> Application:
     """Build the app; models load in the background once it starts, so liveness answers
     while they load and readiness turns 200 only when they have."""
     service = InferenceService(settings or Settings())
+    settings = service.settings
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics_port = service.start_metrics_listener()
         if metrics_port is not None:
-            log.info("metrics on http://%s:%d/metrics", service.settings.host, metrics_port)
+            log.info("metrics on http://%s:%d/metrics", settings.host, metrics_port)
         loading = asyncio.create_task(service.load(), name="load model repository")
         try:
             yield
@@ -38,16 +53,21 @@ def create_app(settings: Settings | None = None) -> InferenceFastPath:
             await service.close()
             log.info("batchserve stopped: every queued request was served")
 
-    app = FastAPI(
+    api = FastAPI(
         title="batchserve",
         version=__version__,
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
     )
-    app.state.service = service
-    errors.install(app)
+    api.state.service = service
+    errors.install(api)
     for module in (health, models, repository, metrics):
-        app.include_router(module.router)
-    openapi.install(app)
-    return InferenceFastPath(app, service)
+        api.include_router(module.router)
+    openapi.install(api)
+    dataplane = DataPlane(service)
+    asgi: ASGIApp = InferenceEndpoint(api, dataplane, settings.max_request_bytes)
+    if settings.api_token is not None:
+        token = settings.api_token.get_secret_value().encode()
+        asgi = BearerAuth(asgi, token, management_token_set=settings.management_token is not None)
+    return Application(asgi=asgi, service=service, dataplane=dataplane, api=api)

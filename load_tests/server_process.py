@@ -28,18 +28,26 @@ class ServerProcess:
         repository: Path,
         env: dict[str, str] | None = None,
         extra_args: list[str] | None = None,
+        source: Path | None = None,
     ) -> None:
+        """`source`: run the batchserve of that checkout (with this interpreter) instead of
+        the installed one, to compare two versions of the code."""
         executable = Path(sys.executable).with_name("batchserve")
+        env = {**os.environ, **(env or {})}
         # Where batchserve is importable but not installed (a GPU machine's python3 with the
         # project on PYTHONPATH, load_tests/gpu_check.sh), `python -m app` is the same CLI.
         launcher = [str(executable)] if executable.exists() else [sys.executable, "-m", "app"]
+        if source is not None:
+            launcher = [sys.executable, "-m", "app"]
+            env["PYTHONPATH"] = str(source)
         command = [*launcher, "serve", "--model-repository", str(repository), "--port", "0"]
         self._process = subprocess.Popen(
             [*command, *(extra_args or [])],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, **(env or {})},
+            env=env,
+            cwd=source,
         )
         self._lines: list[str] = []
         self._announced = threading.Event()

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from app.api.responses import error_response, response_for
-from app.errors import ServingError
-
-log = logging.getLogger(__name__)
+from app.api.responses import error_body, error_response
+from app.errors import InvalidInputError, ServingError
+from app.logs import log_unexpected
 
 
 def install(app: FastAPI) -> None:
@@ -20,22 +17,26 @@ def install(app: FastAPI) -> None:
 
     async def serving_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServingError)
-        return response_for(exc)
+        return error_response(exc)
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        return Response(
+            error_body(str(exc.detail)),
+            status_code=exc.status_code,
+            media_type="application/json",
+            headers=getattr(exc, "headers", None),
+        )
 
     async def validation_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
-        return error_response(400, f"invalid request: {problems}")
+        return error_response(InvalidInputError(f"invalid request: {problems}"))
 
-    async def unexpected_error(_: Request, exc: Exception) -> Response:
-        log.exception("unexpected error while serving a request", exc_info=exc)
-        return error_response(500, f"internal server error: {type(exc).__name__}: {exc}")
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        return error_response(log_unexpected(exc, f"{request.method} {request.url.path}"))
 
     app.add_exception_handler(Exception, unexpected_error)
     app.add_exception_handler(ServingError, serving_error)

@@ -9,10 +9,17 @@ from app import __version__
 from app.api.deps import service_of
 from app.api.responses import error_response, json_response
 from app.api.schemas import Live, Ready, ServerMetadata, errors
+from app.errors import UnavailableError
 
 router = APIRouter(tags=["health"])
 
-EXTENSIONS = ["model_repository", "statistics"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "parameters",
+    "statistics",
+]
 
 
 @router.get("/v2/health/live", responses={200: {"model": Live}})
@@ -24,7 +31,7 @@ async def live() -> Response:
 async def ready(request: Request) -> Response:
     reason = service_of(request).not_ready_reason()
     if reason is not None:
-        return error_response(503, reason)
+        return error_response(UnavailableError(reason))
     return json_response({"ready": True})
 
 

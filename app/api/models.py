@@ -7,7 +7,8 @@ from fastapi.responses import Response
 
 from app.api.deps import service_of
 from app.api.responses import json_response
-from app.api.schemas import ModelMetadata, ModelReady, ModelStatistics, errors
+from app.api.schemas import ModelConfiguration, ModelMetadata, ModelReady, ModelStatistics, errors
+from app.repository.triton_config import model_config
 
 #: Every /v2/models route: unknown model or version, not ready, and the token when one is set.
 _ERRORS = errors(400, 401, 403, 404, 503)
@@ -58,3 +59,18 @@ async def model_ready(
     service = service_of(request)
     loaded = service.repository.version(model_name, model_version)
     return json_response({"name": model_name, "version": str(loaded.version), "ready": True})
+
+
+@router.get(
+    "/v2/models/{model_name}/config", responses={200: {"model": ModelConfiguration}, **_ERRORS}
+)
+@router.get(
+    "/v2/models/{model_name}/versions/{model_version}/config",
+    responses={200: {"model": ModelConfiguration}, **_ERRORS},
+)
+async def model_configuration(
+    request: Request, model_name: str, model_version: str | None = None
+) -> Response:
+    """Triton's model configuration extension (perf_analyzer and Model Analyzer read it)."""
+    loaded = service_of(request).repository.version(model_name, model_version)
+    return json_response(model_config(loaded))

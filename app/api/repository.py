@@ -9,7 +9,7 @@ from app.api.auth import refusal
 from app.api.deps import service_of
 from app.api.responses import error_response, json_response
 from app.api.schemas import Empty, RepositoryModel, errors
-from app.errors import ModelLoadError
+from app.errors import InvalidInputError, ModelLoadError, NotFoundError, PermissionDeniedError
 
 router = APIRouter(tags=["repository"])
 
@@ -27,12 +27,16 @@ def _refused(request: Request) -> Response | None:
     settings = service_of(request).settings
     if not settings.model_control:
         return error_response(
-            403, "model control is off; start the server with BATCHSERVE_MODEL_CONTROL=true"
+            PermissionDeniedError(
+                "model control is off; start the server with BATCHSERVE_MODEL_CONTROL=true"
+            )
         )
     if settings.management_token is not None:
         token = settings.management_token.get_secret_value().encode()
-        if refusal(request.scope, token) is not None:
-            return error_response(403, "load and unload need the management token")
+        if refusal(request.scope["headers"], token) is not None:
+            return error_response(
+                PermissionDeniedError("load and unload need the management token")
+            )
     return None
 
 
@@ -46,10 +50,13 @@ async def load_model(request: Request, model_name: str) -> Response:
     refused = _refused(request)
     if refused is not None:
         return refused
+    # "failed to load 'NAME'" is Triton's wording, which its clients' scripts match.
     try:
         await service_of(request).repository.load(model_name)
     except ModelLoadError as exc:
-        return error_response(400, f"model '{model_name}' failed to load: {exc}")
+        return error_response(InvalidInputError(f"failed to load '{model_name}': {exc}"))
+    except NotFoundError as exc:
+        return error_response(NotFoundError(f"failed to load '{model_name}': {exc.message}"))
     return json_response({})
 
 

@@ -1,57 +1,64 @@
-"""Response helpers: JSON bodies through orjson, errors as `{"error": "..."}`."""
+"""Responses: JSON bodies through orjson, and errors as `{"error": "..."}`.
+
+Every error leaves the REST side through `error_parts`, whether from a FastAPI route
+(`error_response`) or the plain-ASGI inference path (`send_error`): the status comes from
+app.errors' table, so the two never disagree.
+"""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
 from fastapi.responses import Response
 
-from app.errors import (
-    DeadlineExceededError,
-    InferenceFailedError,
-    InvalidInputError,
-    NotFoundError,
-    OverloadedError,
-    PayloadTooLargeError,
-    ServingError,
-    UnavailableError,
-    UnsupportedMediaTypeError,
-)
-from app.protocol.codec import encode_error
+from app.errors import ServingError, UnauthenticatedError, describe, retry_after_s
+
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+JSON = (b"content-type", b"application/json")
 
 
 def json_response(content: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status, media_type="application/json")
 
 
-STATUS = {
-    InvalidInputError: 400,
-    NotFoundError: 404,
-    OverloadedError: 429,
-    UnavailableError: 503,
-    InferenceFailedError: 500,
-    DeadlineExceededError: 504,
-    PayloadTooLargeError: 413,
-    UnsupportedMediaTypeError: 415,
-}
+def error_parts(exc: ServingError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Status, body and extra headers (Retry-After on 429, the challenge on 401) of the
+    response to `exc`."""
+    headers = []
+    retry_after = retry_after_s(exc)
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    if isinstance(exc, UnauthenticatedError):
+        headers.append((b"www-authenticate", b'Bearer realm="batchserve"'))
+    return describe(exc).http_status, error_body(exc.message), headers
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+def error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+def error_response(exc: ServingError) -> Response:
+    """The FastAPI response to `exc`."""
+    status, body, headers = error_parts(exc)
     return Response(
-        encode_error(message), status_code=status, media_type="application/json", headers=headers
+        body,
+        status_code=status,
+        media_type="application/json",
+        headers={name.decode(): value.decode() for name, value in headers},
     )
 
 
-def error_parts(exc: ServingError) -> tuple[int, str, list[tuple[bytes, bytes]]]:
-    """Status, message and extra headers (Retry-After on 429) of an error response."""
-    headers = []
-    if isinstance(exc, OverloadedError):
-        headers.append((b"retry-after", str(max(1, math.ceil(exc.retry_after_s))).encode()))
-    return STATUS.get(type(exc), 500), exc.message, headers
-
-
-def response_for(exc: ServingError) -> Response:
-    status, message, headers = error_parts(exc)
-    return error_response(status, message, {k.decode(): v.decode() for k, v in headers})
+async def send_error(send: Send, exc: ServingError) -> None:
+    """Answer `exc` on a plain ASGI connection."""
+    status, body, headers = error_parts(exc)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-length", str(len(body)).encode()), JSON, *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -71,6 +71,29 @@ class ModelStatistics(BaseModel):
     """Triton's statistics extension (see its documentation for each field)."""
 
     model_stats: list[dict[str, Any]]
+
+
+class ConfigTensor(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    data_type: str = Field(description="Triton's type name: TYPE_FP32, TYPE_INT64, TYPE_STRING...")
+    dims: list[int] = Field(description="without the batch axis when max_batch_size > 0")
+
+
+class ModelConfiguration(BaseModel):
+    """Triton's model configuration extension: the version's ModelConfig as JSON."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    platform: str
+    backend: str
+    max_batch_size: int
+    input: list[ConfigTensor]
+    output: list[ConfigTensor]
+    instance_group: list[dict[str, Any]]
+    dynamic_batching: dict[str, Any] | None = None
 
 
 class Empty(BaseModel):

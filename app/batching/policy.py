@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from app.batching.padding import PaddingPlan
+from app.errors import InvalidInputError
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +52,41 @@ class BatchingPolicy:
         """Samples to take now: the largest preferred size that can be formed, else the max."""
         fitting = [p for p in self.preferred_batch_sizes if p <= pending_samples]
         return max(fitting) if fitting else self.max_batch_size
+
+    def request_shape(
+        self, model: str, inputs: dict[str, np.ndarray]
+    ) -> tuple[int, tuple[tuple[int, ...], ...], int]:
+        """A request's samples, its shape-group key and its length along the padded axis;
+        InvalidInputError when it cannot be batched as sent."""
+        if not self.batches:
+            return 1, (), 0
+        sizes = {name: array.shape[0] for name, array in inputs.items()}
+        samples = next(iter(sizes.values()))
+        if any(size != samples for size in sizes.values()):
+            raise InvalidInputError(
+                f"inputs disagree on the batch size (first axis): {sizes}; every input of "
+                "one request must have the same number of samples"
+            )
+        if samples < 1:
+            raise InvalidInputError("a request needs at least one sample (first axis >= 1)")
+        if samples > self.max_batch_size:
+            raise InvalidInputError(
+                f"request has {samples} samples but model '{model}' accepts at most "
+                f"{self.max_batch_size} per request (max_batch_size); split it"
+            )
+        padding = self.padding
+        if padding is not None:
+            return samples, padding.group_shapes(inputs), padding.length(inputs)
+        return samples, tuple(array.shape[1:] for array in inputs.values()), 0
+
+    def level(self, model: str, priority: int | None) -> int:
+        """The priority level of a request asking for `priority` (None or 0: the default)."""
+        if priority is None or priority == 0:
+            return self.default_priority
+        if not 1 <= priority <= self.priority_levels:
+            raise InvalidInputError(
+                f"priority {priority} is out of range: model '{model}' has priority levels "
+                f"1 (highest) to {self.priority_levels}; 0 or none means its default, "
+                f"{self.default_priority}"
+            )
+        return priority

@@ -67,6 +67,12 @@ class ServerMetrics:
             "Time a request waited in the queue before its batch started.",
             mv, buckets=buckets, registry=r,
         )  # fmt: skip
+        self.stage_duration = Histogram(
+            "batchserve_stage_duration_seconds",
+            "Time a request spent in a pre-processing stage before the model's queue "
+            "(stage=tokenize: waiting for and running the tokenizer).",
+            [*mv, "stage"], buckets=buckets, registry=r,
+        )  # fmt: skip
         self.compute_duration = Histogram(
             "batchserve_compute_duration_seconds",
             "Time one batch spent executing on its device.",
@@ -144,6 +150,9 @@ class NoMetrics:
     def request_done(self, outcome: str, duration_s: float) -> None:
         pass
 
+    def stage_done(self, stage: str, duration_s: float) -> None:
+        pass
+
 
 class _DeviceChildren:
     """The children of one (model, version, device)."""
@@ -177,6 +186,7 @@ class ModelMetrics(BatchObserver):
         self._outcomes = {o: server.requests.labels(model, version, o) for o in OUTCOMES}
         self._request_duration = server.request_duration.labels(model, version)
         self._queue_duration = server.queue_duration.labels(model, version)
+        self._stages: dict[str, Histogram] = {}
         self._devices: dict[str, _DeviceChildren] = {}
         self._busy: dict[str, Counter] = {}
         self.statistics = ModelStatistics(model, version)
@@ -216,6 +226,12 @@ class ModelMetrics(BatchObserver):
         self._request_duration.observe(duration_s)
         if outcome != "cancelled":
             self.statistics.request_done(outcome == "success", duration_s)
+
+    def stage_done(self, stage: str, duration_s: float) -> None:
+        child = self._stages.get(stage)
+        if child is None:
+            child = self._stages[stage] = self._server.stage_duration.labels(*self._labels, stage)
+        child.observe(duration_s)
 
     def queue_depth(self, depth: int) -> None:
         self.depth = depth

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from app.optimize.errors import OptimizeError
-from app.protocol.datatypes import numpy_dtype
-from app.protocol.types import TensorSpec
+from app.tensors import TensorSpec, numpy_dtype
 
 
 @dataclass(frozen=True)

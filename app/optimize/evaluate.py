@@ -23,8 +23,8 @@ from app.errors import ModelLoadError
 from app.optimize.data import Dataset
 from app.optimize.errors import OptimizeError
 from app.optimize.versions import model_files
-from app.protocol.types import TensorSpec
 from app.runtime import OnnxInstance
+from app.tensors import TensorSpec
 from app.timing import Window, time_window, warm_up
 
 #: Samples per run when computing outputs over a whole data set (models with a dynamic batch).

@@ -66,13 +66,16 @@ class TextStage:
     def submit(
         self,
         texts: np.ndarray,
-        timeout_s: float | None,
+        *,
+        deadline: float | None,
         priority: int | None,
         arrived: float | None = None,
     ) -> asyncio.Future[dict[str, np.ndarray]]:
         """Queue the request's texts; its future resolves to the token inputs, batch first,
         padded to the request's own longest text."""
-        return self.batcher.submit({self.input: texts}, timeout_s, priority, arrived)
+        return self.batcher.submit(
+            {self.input: texts}, deadline=deadline, priority=priority, arrived=arrived
+        )
 
 
 def cut_to_own_length(tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -26,9 +26,8 @@ from app.cores import available_cores
 from app.errors import ModelLoadError
 from app.profile.errors import ProfileError
 from app.profile.recommend import DEFAULT_TARGET_FACTOR, DEFAULT_TARGET_FLOOR_MS, Layout, Point
-from app.protocol.datatypes import numpy_dtype
-from app.protocol.types import TensorSpec
 from app.runtime import OnnxInstance
+from app.tensors import TensorSpec, numpy_dtype
 from app.timing import Feeds, Stability, Window, time_concurrent, until_stable, warm_up
 
 #: Largest batch size profiled by default (as Triton's Model Analyzer's default search).
@@ -93,7 +92,8 @@ def synthetic_feeds(
 ) -> Feeds:
     """Inputs of the model's shapes: the first axis `batch_size` (None: as the graph fixes
     it), every other variable axis `sequence_length`. Floats are uniform in [0, 1); integers
-    are 1 (a valid token id, attention mask and type id, and in range of any lookup table),
+    are 1 (a valid token id, attention mask and type id, and in range of any lookup table;
+    strings are "1", which a graph that casts strings to numbers parses too),
     so that a text encoder computes every position as it would for a real sentence."""
     rng = np.random.default_rng(0)
     feeds: Feeds = {}
@@ -102,7 +102,7 @@ def synthetic_feeds(
         if batch_size is not None and dims:
             dims[0] = batch_size
         if spec.datatype == "BYTES":
-            feeds[spec.name] = np.full(dims, "x", dtype=object)
+            feeds[spec.name] = np.full(dims, "1", dtype=object)
             continue
         dtype = numpy_dtype(spec.datatype)
         if np.issubdtype(dtype, np.floating):

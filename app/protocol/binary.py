@@ -9,8 +9,7 @@ import struct
 import numpy as np
 
 from app.errors import InvalidInputError
-from app.protocol.datatypes import V2_TO_NUMPY
-from app.protocol.types import TensorSpec
+from app.tensors import V2_TO_NUMPY, TensorSpec
 
 _LENGTH = struct.Struct("<I")
 

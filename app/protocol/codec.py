@@ -18,8 +18,8 @@ import orjson
 
 from app.errors import InvalidInputError
 from app.protocol.binary import decode_binary_tensor, encode_binary_tensor
-from app.protocol.datatypes import V2_TO_NUMPY
-from app.protocol.types import InferRequest, TensorSpec
+from app.protocol.types import InferRequest
+from app.tensors import V2_TO_NUMPY, TensorSpec
 
 # numpy kinds a JSON array may decode to for each family of v2 datatypes.
 _FLOAT_KINDS = frozenset("fiu")

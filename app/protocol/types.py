@@ -1,4 +1,4 @@
-"""Plain data types of the v2 protocol after decoding, shared by the codec and the API."""
+"""The v2 inference request as the REST codec decodes it."""
 
 from __future__ import annotations
 
@@ -6,24 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """One model input or output as the v2 metadata shows it.
-
-    `shape` includes the batch axis as -1 when the model batches; -1 marks any variable axis.
-    `dim_names` keeps the ONNX graph's symbolic names (None where fixed or unnamed), so axes
-    that share a name can be matched across inputs and outputs.
-    """
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    dim_names: tuple[str | None, ...] = ()
-
-    def metadata(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
 @dataclass(slots=True)

@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -23,6 +22,14 @@ from pydantic import (
 
 from app.cores import available_cores
 from app.errors import ModelLoadError
+from app.repository.sections import (
+    BatchingConfig,
+    PaddingConfig,
+    Strict,
+    TokenizerConfig,
+    VersionPolicy,
+    WarmupConfig,
+)
 from app.runtime.providers import CUDA, NVIDIA_PROVIDERS, TENSORRT, known_providers
 
 CONFIG_FILE = "config.toml"
@@ -31,51 +38,7 @@ CONFIG_FILE = "config.toml"
 AUTO_MAX_BATCH_SIZE = 32
 
 
-class _Strict(BaseModel):
-    # strict: a TOML string or boolean where a number belongs is an error, not coerced.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class BatchingConfig(_Strict):
-    """`[batching]`: how long a batch may wait to fill, and how much may queue."""
-
-    max_queue_delay_ms: Annotated[float, Field(ge=0, le=60_000)] = 0.0
-    preferred_batch_sizes: list[Annotated[int, Field(ge=1)]] = []
-    max_queue_size: Annotated[int, Field(ge=1)] | None = None
-    #: Bytes of queued input tensors beyond which requests are answered 429.
-    max_queue_bytes: Annotated[int, Field(ge=1)] | None = None
-    #: Samples (first-axis rows) queued beyond which requests are answered 429.
-    max_queue_samples: Annotated[int, Field(ge=1)] | None = None
-    #: Latency-target batching: batch sizes, waits and load shedding chosen online to keep
-    #: queue wait + compute under this (instead of max_queue_delay_ms).
-    latency_target_ms: Annotated[float, Field(gt=0, le=600_000)] | None = None
-    #: Deadline for requests that set no `parameters.timeout`; None: the server's default.
-    default_timeout_ms: Annotated[float, Field(gt=0, le=3_600_000)] | None = None
-    #: `parameters.priority` 1 (highest) .. priority_levels; FIFO within a level.
-    priority_levels: Annotated[int, Field(ge=1, le=100)] = 1
-    #: Level of requests that name none (default: the lowest, priority_levels).
-    default_priority: Annotated[int, Field(ge=1, le=100)] | None = None
-
-    @model_validator(mode="after")
-    def _one_way_to_wait(self) -> BatchingConfig:
-        if self.latency_target_ms is not None and self.max_queue_delay_ms > 0:
-            raise ValueError(
-                "give max_queue_delay_ms (a fixed wait) or latency_target_ms (waits chosen to "
-                "meet the target), not both"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _priority_in_range(self) -> BatchingConfig:
-        if self.default_priority is not None and self.default_priority > self.priority_levels:
-            raise ValueError(
-                f"default_priority {self.default_priority} is above priority_levels "
-                f"{self.priority_levels}"
-            )
-        return self
-
-
-class CudaConfig(_Strict):
+class CudaConfig(Strict):
     """`[instances.cuda]`: CUDAExecutionProvider settings of a GPU instance, under ONNX
     Runtime's own names (its CUDA provider documentation describes each one)."""
 
@@ -96,7 +59,7 @@ class CudaConfig(_Strict):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
-class TensorrtConfig(_Strict):
+class TensorrtConfig(Strict):
     """`[instances.tensorrt]`: TensorrtExecutionProvider settings (instances whose
     execution_provider is "TensorrtExecutionProvider")."""
 
@@ -146,7 +109,7 @@ class TensorrtConfig(_Strict):
 _DEVICE = re.compile(r"cpu|cuda(:\d+|:\*)?")
 
 
-class InstanceConfig(_Strict):
+class InstanceConfig(Strict):
     """`[[instances]]`: `count` workers on `device` (per GPU, for several GPUs), each an ORT
     session with `threads`, on ONNX Runtime's provider for that device or the one named."""
 
@@ -158,7 +121,7 @@ class InstanceConfig(_Strict):
     #: Any ONNX Runtime provider by name; default: CPU on "cpu", CUDA on a GPU.
     execution_provider: str | None = None
     #: Options of that provider, passed as ONNX Runtime documents them.
-    provider_options: dict[str, str | int | float | bool] = {}
+    provider_options: dict[str, str | int | float | bool] = Field(default_factory=dict)
     cuda: CudaConfig | None = None
     tensorrt: TensorrtConfig | None = None
     #: "cpu": serve on the CPU (with a warning) where the device or provider is missing,
@@ -253,64 +216,7 @@ class InstanceConfig(_Strict):
         return max(1, available_cores() // self.count)
 
 
-class PaddingConfig(_Strict):
-    """`[padding]`: requests of different lengths share a batch (variable-length batching).
-
-    Each input named in `inputs` has one variable non-batch axis; requests are padded along
-    it to the longest in the batch with the value given. Outputs whose graph dims share that
-    axis's symbolic name are cut back per request; `outputs` names others (name = axis).
-    """
-
-    inputs: dict[str, int | float]
-    outputs: dict[str, Annotated[int, Field(ge=1)]] = {}
-    #: Padded positions of a batch stay at or below this share of all its positions.
-    max_padding_ratio: Annotated[float, Field(ge=0, le=1)] = 0.25
-
-    @field_validator("inputs")
-    @classmethod
-    def _some_inputs(cls, inputs: dict[str, int | float]) -> dict[str, int | float]:
-        if not inputs:
-            raise ValueError("name at least one input to pad, e.g. inputs = { input_ids = 0 }")
-        return inputs
-
-
-class TokenizerConfig(_Strict):
-    """`[tokenizer]`: clients may send raw text as the BYTES input `input` (one string per
-    sample) instead of token ids; `file` is a HuggingFace tokenizer.json in the model's
-    directory, and texts longer than `max_length` tokens are truncated."""
-
-    file: str = "tokenizer.json"
-    input: str = "text"
-    max_length: Annotated[int, Field(ge=1, le=1_000_000)] = 512
-
-
-class VersionPolicy(_Strict):
-    """`version_policy`: exactly one of `latest = N`, `all = true`, `specific = [..]`."""
-
-    latest: Annotated[int, Field(ge=1)] | None = None
-    all: bool | None = None
-    specific: list[Annotated[int, Field(ge=1)]] | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> VersionPolicy:
-        chosen = [k for k in ("latest", "all", "specific") if getattr(self, k) is not None]
-        if len(chosen) > 1:
-            raise ValueError(f"give only one of latest, all, specific (got {chosen})")
-        if self.all is False:
-            raise ValueError("'all' can only be true; use latest = N or specific = [..]")
-        return self
-
-    def select(self, available: list[int]) -> list[int]:
-        """The versions to load out of those present on disk, ascending."""
-        ordered = sorted(available)
-        if self.all:
-            return ordered
-        if self.specific is not None:
-            return [v for v in ordered if v in set(self.specific)]
-        return ordered[-(self.latest or 1) :]
-
-
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     """The whole config.toml; every key is optional."""
 
     max_batch_size: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
@@ -321,6 +227,9 @@ class ModelConfig(_Strict):
     tokenizer: TokenizerConfig | None = None
     #: Refuse (400) requests whose floating-point inputs hold NaN or infinity.
     reject_nonfinite: bool = False
+    #: The outputs a request that names none gets (default: all of the model's outputs).
+    default_outputs: list[str] | None = None
+    warmup: WarmupConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:

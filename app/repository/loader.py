@@ -10,13 +10,14 @@ from pathlib import Path
 
 from app.batching import Batcher, BatchingPolicy, BatchObserver
 from app.errors import ModelLoadError
-from app.protocol.types import TensorSpec
 from app.repository.config import AUTO_MAX_BATCH_SIZE, ModelConfig
 from app.repository.instances import build_instances
 from app.repository.model_files import check_model_files
 from app.repository.padding import build_padding_plan
 from app.repository.state import LoadedVersion
 from app.repository.text import build_text_stage
+from app.repository.warmup import load_sample, warm_up
+from app.tensors import TensorSpec
 
 MODEL_FILE = "model.onnx"
 
@@ -77,9 +78,13 @@ def load_version(
         raise ModelLoadError(
             f"batching.preferred_batch_sizes {too_big} exceed max_batch_size {max_batch_size}"
         )
-    warm_sizes = policy.preferred_batch_sizes or (max(max_batch_size, 1),)
-    for instance in instances:
-        instance.warm_up(warm_sizes, batches=policy.batches)
+    warm_up(
+        instances,
+        label=f"model {model} v{version}",
+        sizes=policy.preferred_batch_sizes or (max(max_batch_size, 1),),
+        batches=policy.batches,
+        sample=load_sample(config.warmup, version_dir.parent, first.inputs),
+    )
     return LoadedVersion(
         model=model,
         version=version,
@@ -88,14 +93,29 @@ def load_version(
         inputs=first.inputs,
         outputs=first.outputs,
         instances=instances,
-        batcher=Batcher(f"{model}/{version}", policy, instances, observer),
+        batcher=Batcher(f"{model}/{version}", policy, instances, observer=observer),
         default_timeout_s=_seconds(batching.default_timeout_ms or defaults.timeout_ms),
         reject_nonfinite=config.reject_nonfinite,
+        default_outputs=_default_outputs(config.default_outputs, first.outputs),
         text=build_text_stage(
             config.tokenizer, version_dir.parent, first.inputs, max_batch_size,
             policy.max_queue_size,
         ),
     )  # fmt: skip
+
+
+def _default_outputs(
+    names: list[str] | None, outputs: tuple[TensorSpec, ...]
+) -> tuple[str, ...] | None:
+    if names is None:
+        return None
+    known = [spec.name for spec in outputs]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise ModelLoadError(
+            f"default_outputs {names} must name some of the model's outputs {known}"
+        )
+    return tuple(names)
 
 
 def _seconds(milliseconds: float | None) -> float | None:

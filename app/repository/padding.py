@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from app.batching.padding import PaddedInput, PaddingPlan
 from app.errors import ModelLoadError
-from app.protocol.types import TensorSpec
-from app.repository.config import PaddingConfig
+from app.repository.sections import PaddingConfig
+from app.tensors import TensorSpec
 
 
 def build_padding_plan(

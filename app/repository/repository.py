@@ -127,9 +127,9 @@ class ModelRepository:
     def _load_versions(self, entry: ModelEntry) -> dict[int, LoadedVersion]:
         config = load_model_config(entry.path)
         on_disk = [
-            int(p.name)
+            number
             for p in entry.path.iterdir()
-            if p.is_dir() and p.name.isascii() and p.name.isdigit() and (p / MODEL_FILE).is_file()
+            if (number := parse_version(p.name)) is not None and (p / MODEL_FILE).is_file()
         ]
         if not on_disk:
             raise ModelLoadError(
@@ -174,7 +174,11 @@ class ModelRepository:
     def entry(self, name: str) -> ModelEntry:
         entry = self.models.get(name)
         if entry is None:
-            raise NotFoundError(f"unknown model '{name}'; see POST /v2/repository/index")
+            # "Request for unknown model: ..." is Triton's wording, which its clients match.
+            raise NotFoundError(
+                f"Request for unknown model: '{_shown(name)}' is not found; see POST "
+                "/v2/repository/index for the models this server has"
+            )
         return entry
 
     def version(self, name: str, version: str | None = None) -> LoadedVersion:
@@ -182,18 +186,22 @@ class ModelRepository:
         entry = self.entry(name)
         if entry.state is not ModelState.READY:
             detail = f": {entry.reason}" if entry.reason else ""
-            raise UnavailableError(f"model '{name}' is not ready ({entry.state}){detail}")
+            if entry.state is ModelState.LOADING:
+                raise UnavailableError(f"model '{name}' is not ready yet (LOADING){detail}")
+            raise UnavailableError(
+                f"Request for unknown model: '{name}' has no available versions "
+                f"({entry.state}{detail})"
+            )
         if version is None or version == "":
             loaded = entry.latest()
             assert loaded is not None
             return loaded
-        chosen = (
-            entry.versions.get(int(version)) if version.isascii() and version.isdigit() else None
-        )
+        number = parse_version(version)
+        chosen = entry.versions.get(number) if number is not None else None
         if chosen is None:
             raise NotFoundError(
-                f"model '{name}' has no version '{version}' loaded; loaded versions: "
-                f"{sorted(entry.versions)}"
+                f"Request for unknown model: '{name}' version {_shown(version)} is not found; "
+                f"loaded versions: {sorted(entry.versions)}"
             )
         return chosen
 
@@ -219,3 +227,19 @@ class ModelRepository:
                     {"name": entry.name, "state": entry.state.value, "reason": entry.reason}
                 )
         return rows
+
+
+#: A version is a positive decimal number of at most this many digits (an int64).
+MAX_VERSION_DIGITS = 18
+
+
+def parse_version(text: str) -> int | None:
+    """The version number `text` names, or None when it names none that could exist."""
+    if not (0 < len(text) <= MAX_VERSION_DIGITS and text.isascii() and text.isdigit()):
+        return None
+    return int(text)
+
+
+def _shown(text: str, limit: int = 64) -> str:
+    """`text` as an error message may quote it: shortened, so a huge path stays short."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

@@ -9,9 +9,9 @@ from typing import Any
 
 from app.batching import Batcher
 from app.preprocess import TextStage
-from app.protocol.types import TensorSpec
 from app.repository.config import ModelConfig
 from app.runtime import OnnxInstance
+from app.tensors import TensorSpec
 
 
 class ModelState(enum.StrEnum):
@@ -40,6 +40,8 @@ class LoadedVersion:
     reject_nonfinite: bool = False
     #: The tokenizer step, when clients may send raw text (model config `[tokenizer]`).
     text: TextStage | None = None
+    #: What a request that names no outputs gets (None: every output).
+    default_outputs: tuple[str, ...] | None = None
     outputs_by_name: dict[str, TensorSpec] = field(init=False)
     #: What a request may give: the model's inputs, and the text input when there is one.
     request_inputs: tuple[TensorSpec, ...] = field(init=False)

@@ -7,8 +7,8 @@ from pathlib import Path
 from app.errors import ModelLoadError
 from app.preprocess import TextStage, TextTokenizer
 from app.preprocess.text import TOKEN_INPUTS
-from app.protocol.types import TensorSpec
-from app.repository.config import TokenizerConfig
+from app.repository.sections import TokenizerConfig
+from app.tensors import TensorSpec
 
 
 def build_text_stage(

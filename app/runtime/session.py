@@ -12,8 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from app.errors import ModelLoadError
-from app.protocol.datatypes import ONNX_TO_V2, numpy_dtype
-from app.protocol.types import TensorSpec
+from app.runtime.errors import RunFailedError, clean_message
 from app.runtime.providers import (
     CPU,
     CUDA,
@@ -26,6 +25,7 @@ from app.runtime.providers import (
     preload_cuda_libraries,
     provider_chain,
 )
+from app.tensors import ONNX_TO_V2, TensorSpec, numpy_dtype
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +146,16 @@ class OnnxInstance:
         return samples
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self._fixed:
-            return self._run_fixed(inputs)
-        if self._io_binding:
-            return self._run_bound(inputs)
-        results = self._session.run(self._output_names, inputs)
+        """One batch; ONNX Runtime's failures are RunFailedErrors with its message cleaned."""
+        fixed = self._fixed_for(inputs) if self._fixed else None
+        try:
+            if fixed is not None:
+                return fixed.run(self._session, inputs, next(iter(inputs.values())).shape[0])
+            if self._io_binding:
+                return self._run_bound(inputs)
+            results = self._session.run(self._output_names, inputs)
+        except Exception as exc:
+            raise RunFailedError(clean_message(exc)) from exc
         return dict(zip(self._output_names, results, strict=True))
 
     def _run_bound(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -166,34 +171,60 @@ class OnnxInstance:
         values = binding.copy_outputs_to_cpu()
         return dict(zip(self._output_names, values, strict=True))
 
-    def _run_fixed(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _fixed_for(self, inputs: dict[str, np.ndarray]) -> _FixedBatch:
         samples = next(iter(inputs.values())).shape[0]
         fixed = next((f for f in self._fixed if f.size >= samples), None)
         if fixed is None:
             raise ValueError(
                 f"a batch of {samples} is above the largest fixed batch size {self._fixed[-1].size}"
             )
-        return fixed.run(self._session, inputs, samples)
+        return fixed
 
-    def warm_up(self, batch_sizes: Iterable[int], batches: bool) -> None:
-        """Run once per batch size on zeros so first requests don't pay for lazy init (CUDA
-        graphs: each fixed size a few times, so its graph is captured before traffic)."""
+    def warm_up(
+        self,
+        batch_sizes: Iterable[int],
+        batches: bool,
+        sample: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """Run once per batch size so first requests don't pay for lazy init (CUDA graphs:
+        each fixed size a few times, so its graph is captured before traffic). On `sample`
+        (rows repeated to each size), else on synthetic inputs: zeros, and strings "0" (a
+        graph that casts its strings to numbers parses them)."""
         sizes = list(batch_sizes)
         repeats = 1
         if self._fixed:
             sizes, repeats = list(self.fixed_batch_sizes), GRAPH_WARM_UP_RUNS
         for size in sizes:
-            feeds = {}
-            for spec in self.inputs:
-                dims = [1 if d < 0 else d for d in spec.shape]
-                if batches:
-                    dims[0] = size
-                if spec.datatype == "BYTES":
-                    feeds[spec.name] = np.full(dims, "", dtype=object)
-                else:
-                    feeds[spec.name] = np.zeros(dims, dtype=numpy_dtype(spec.datatype))
+            rows = size if batches else None
+            feeds = (
+                synthetic_inputs(self.inputs, rows) if sample is None else repeat_rows(sample, rows)
+            )
             for _ in range(repeats):
                 self.run(feeds)
+
+
+def synthetic_inputs(specs: Sequence[TensorSpec], rows: int | None) -> dict[str, np.ndarray]:
+    """Zeros (strings "0") of each input's shape, variable axes 1, the first axis `rows`."""
+    feeds = {}
+    for spec in specs:
+        dims = [1 if d < 0 else d for d in spec.shape]
+        if rows is not None and dims:
+            dims[0] = rows
+        if spec.datatype == "BYTES":
+            feeds[spec.name] = np.full(dims, "0", dtype=object)
+        else:
+            feeds[spec.name] = np.zeros(dims, dtype=numpy_dtype(spec.datatype))
+    return feeds
+
+
+def repeat_rows(sample: Mapping[str, np.ndarray], rows: int | None) -> dict[str, np.ndarray]:
+    """`sample`'s arrays with their rows repeated (cycled) to `rows` rows (None: as given)."""
+    if rows is None:
+        return dict(sample)
+    return {
+        name: np.take(array, np.arange(rows) % array.shape[0], axis=0)
+        for name, array in sample.items()
+    }
 
 
 def _open(

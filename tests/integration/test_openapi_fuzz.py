@@ -50,7 +50,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 #: The document, built in-process to list the operations; the test sends to the real server.
-DOCUMENT = create_app(Settings(model_repository=MODELS)).app.openapi()
+DOCUMENT = create_app(Settings(model_repository=MODELS)).api.openapi()
 API = schemathesis.openapi.from_dict(DOCUMENT)
 OPERATIONS = {
     f"{op.method.upper()} {op.path}": op for op in (r.ok() for r in API.get_all_operations())

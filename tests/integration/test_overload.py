@@ -1,12 +1,15 @@
 """Overload against a real server: an open loop offering about 5x what the model can serve,
-for 20 s. Every answer must be a correct 200, a 429 or a 504; nobody waits past their
-deadline plus 100 ms; liveness answers within 100 ms throughout; memory stays bounded."""
+for 20 s. Every answer must be a correct 200, a 429 or a 504; no request waits in the queue
+past its deadline, nor takes the server longer than its deadline plus one batch (both read
+from the server's own histograms, which a pause of this test process cannot inflate);
+liveness answers within 100 ms throughout; memory stays bounded."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -23,6 +26,9 @@ pytestmark = pytest.mark.integration
 
 DEADLINE_S = 0.5
 SECONDS = 20.0
+#: The server's latency buckets here: the deadline, and the deadline plus one batch of this
+#: CNN (about 35 ms) with room for the loop's turns.
+BUCKETS = (0.01, 0.1, DEADLINE_S, DEADLINE_S + 0.1, 1.0, 5.0)
 
 
 def rss_bytes(pid: int) -> int:
@@ -39,7 +45,7 @@ def test_five_times_capacity_for_20_s_stays_correct_prompt_and_bounded(tmp_path:
         "max_batch_size = 2\n[batching]\nmax_queue_size = 16\n"
         '[[instances]]\ndevice = "cpu"\ncount = 1\nthreads = 2\n'
     )
-    server = ServerProcess(tmp_path)
+    server = ServerProcess(tmp_path, env={"BATCHSERVE_LATENCY_BUCKETS": json.dumps(BUCKETS)})
     try:
         x = np.random.default_rng(0).random((1, 1, 56, 56), dtype=np.float32)
         tensor = {"name": "x", "shape": [1, 1, 56, 56], "datatype": "FP32",
@@ -89,6 +95,8 @@ def test_five_times_capacity_for_20_s_stays_correct_prompt_and_bounded(tmp_path:
             prober.join()
             gc.unfreeze()
         rss_growth = rss_bytes(server.pid) - rss_before
+        queue_waits = histogram(server, "batchserve_queue_duration_seconds")
+        durations = histogram(server, "batchserve_request_duration_seconds")
     finally:
         server.stop()
 
@@ -96,8 +104,24 @@ def test_five_times_capacity_for_20_s_stays_correct_prompt_and_bounded(tmp_path:
     assert set(statuses) <= {200, 429, 504}, statuses
     assert result.bad_responses == 0  # type: ignore[attr-defined]
     assert statuses[429] > 0 and statuses[200] > 0
+    assert queue_waits["+Inf"] > 0 and queue_waits[str(DEADLINE_S)] == queue_waits["+Inf"], (
+        f"a computed request waited past its deadline in the queue: {queue_waits}"
+    )
+    assert durations[str(DEADLINE_S + 0.1)] == durations["+Inf"], (
+        f"a request took the server past its deadline plus one batch: {durations}"
+    )
+    # The client's view, which this process's own pauses inflate: only a hang shows here.
     worst = max(result.latencies_s)  # type: ignore[attr-defined]
-    assert worst <= DEADLINE_S + 0.1, f"a request took {worst * 1000:.0f} ms"
+    assert worst <= DEADLINE_S + 2.0, f"a request took {worst * 1000:.0f} ms"
     assert len(probe_latencies) > SECONDS * 5
     assert max(probe_latencies) < 0.1, f"liveness took {max(probe_latencies) * 1000:.0f} ms"
     assert rss_growth < 100 * 1024 * 1024, f"RSS grew {rss_growth / 2**20:.0f} MiB"
+
+
+def histogram(server: ServerProcess, name: str) -> dict[str, float]:
+    """Cumulative bucket counts of one histogram on /metrics, by `le`."""
+    text = httpx.get(f"{server.url}/metrics").text
+    counts: dict[str, float] = {}
+    for match in re.finditer(rf'^{name}_bucket{{.*le="([^"]+)".*}} (\S+)$', text, re.MULTILINE):
+        counts[match[1]] = counts.get(match[1], 0.0) + float(match[2])
+    return counts

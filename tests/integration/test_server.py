@@ -177,11 +177,14 @@ def one_row() -> np.ndarray:
 
 
 def test_unknown_model_or_version_is_404(shipped: ServerProcess) -> None:
-    assert_error(post(shipped, "nope", infer_body(one_row())), 404, "unknown model 'nope'")
+    # Triton's wording, which tritonclient's examples check with startswith.
+    unknown = post(shipped, "nope", infer_body(one_row()))
+    assert_error(unknown, 404, "Request for unknown model: 'nope' is not found")
+    assert unknown.json()["error"].startswith("Request for unknown model")
     response = httpx.post(
         f"{shipped.url}/v2/models/digits/versions/7/infer", json=infer_body(one_row())
     )
-    assert_error(response, 404, "no version '7'", "[1]")
+    assert_error(response, 404, "'digits' version 7 is not found", "[1]")
     assert_error(httpx.get(f"{shipped.url}/v2/models/nope"), 404, "nope")
     assert_error(httpx.get(f"{shipped.url}/not/a/route"), 404)
 

@@ -74,7 +74,7 @@ def test_concurrent_requests_get_exactly_their_own_outputs(
                 max_batch_size=MAX_BATCH, max_queue_size=1000, max_queue_delay_s=delay_ms / 1000
             ),
             instances(),
-            executed,
+            observer=executed,
         )
         batcher.start()
 

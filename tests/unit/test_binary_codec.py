@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 from app.errors import InvalidInputError
 from app.protocol.binary import decode_binary_tensor, encode_binary_tensor
 from app.protocol.codec import decode_infer_request, encode_infer_response
-from app.protocol.types import TensorSpec
+from app.tensors import TensorSpec
 
 X = TensorSpec("x", "FP32", (-1, 3))
 IDS = TensorSpec("ids", "INT64", (-1,))

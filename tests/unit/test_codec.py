@@ -19,8 +19,7 @@ from app.protocol.codec import (
     encode_error,
     encode_infer_response,
 )
-from app.protocol.datatypes import ONNX_TO_V2, V2_TO_NUMPY, numpy_dtype
-from app.protocol.types import TensorSpec
+from app.tensors import ONNX_TO_V2, V2_TO_NUMPY, TensorSpec, numpy_dtype
 
 # A two-input model: a batched FP32 feature matrix and a batched INT64 vector.
 X = TensorSpec("x", "FP32", (-1, 3))

@@ -258,7 +258,7 @@ async def fitted_batcher(
     policy = BatchingPolicy(
         max_batch_size=8, max_queue_size=max_queue_size, latency_target_s=target_s
     )
-    batcher = Batcher("m/1", policy, [runner], decisions)
+    batcher = Batcher("m/1", policy, [runner], observer=decisions)
     batcher.start()
     for n in sizes:
         await batcher.infer({"x": np.zeros((n, 2), np.float32)})

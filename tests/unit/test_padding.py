@@ -92,7 +92,7 @@ async def queued_behind_a_held_head(
     """Send a head request (held computing), then `lengths`; open the gate; return what each
     of the queued requests got and what it sent."""
     runner, recorder = GatedSession(), Recorder()
-    batcher = Batcher("tokens/1", policy(max_ratio), [runner], recorder)
+    batcher = Batcher("tokens/1", policy(max_ratio), [runner], observer=recorder)
     batcher.start()
     head = asyncio.ensure_future(batcher.infer(tokens(4, seed=99)))
     assert await asyncio.to_thread(runner.started.acquire, True, WAIT_S)
@@ -159,7 +159,9 @@ def test_any_mix_of_lengths_and_arrivals_gets_what_it_would_alone(
 ) -> None:
     async def scenario() -> list[dict[str, np.ndarray]]:
         recorder = Recorder()
-        batcher = Batcher("tokens/1", policy(max_ratio, max_batch_size=16), [session()], recorder)
+        batcher = Batcher(
+            "tokens/1", policy(max_ratio, max_batch_size=16), [session()], observer=recorder
+        )
         batcher.start()
         futures = []
         for i, (length, samples, gap) in enumerate(requests):

@@ -8,7 +8,7 @@ import pytest
 
 from app.profile.measure import batch_sizes, default_layouts, synthetic_feeds
 from app.profile.recommend import Layout, Point, default_target_ms, recommend
-from app.protocol.types import TensorSpec
+from app.tensors import TensorSpec
 
 ONE_BY_TWO, TWO_BY_ONE = Layout(1, 2), Layout(2, 1)
 

@@ -16,8 +16,8 @@ import pytest
 
 from app.batching import Batcher, BatchingPolicy, BatchObserver, BatchReport
 from app.errors import ModelLoadError
-from app.protocol.types import TensorSpec
 from app.runtime import InstanceOptions, OnnxInstance
+from app.runtime.errors import clean_message
 from app.runtime.providers import (
     CPU,
     CUDA,
@@ -28,6 +28,7 @@ from app.runtime.providers import (
     visible_gpus,
 )
 from app.runtime.session import ProviderUnavailableError, check_fixed_shapes, pad_rows
+from app.tensors import TensorSpec
 from load_tests.synthetic_models import write_text_identity_model, write_token_model
 from tests.conftest import DIGITS_ONNX
 
@@ -268,7 +269,7 @@ def test_the_batcher_reports_the_rows_a_fixed_size_runner_pads(
 
     async def scenario() -> list[dict[str, np.ndarray]]:
         batcher = Batcher("m/1", BatchingPolicy(max_batch_size=8, max_queue_size=10), [instance],
-                          reports)  # fmt: skip
+                          observer=reports)  # fmt: skip
         batcher.start()
         results = [await batcher.infer({"input": digits_rows[:n]}) for n in (3, 5, 8, 1)]
         await batcher.close()
@@ -279,3 +280,14 @@ def test_the_batcher_reports_the_rows_a_fixed_size_runner_pads(
     assert reports.padding == [(3, 1), (5, 3), (8, 0), (1, 3)]
     for n, got in zip((3, 5, 8, 1), results, strict=True):
         assert_same(got, session_run(reference, digits_rows[:n]))
+
+
+def test_runtime_messages_lose_source_paths() -> None:
+    raw = RuntimeError(
+        "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code returned while "
+        "running Gather node. Name:'g' Status Message: /onnxruntime_src/onnxruntime/core/"
+        "providers/cpu/tensor/gather.cc:154 indices element out of data bounds, idx=50"
+    )
+    message = clean_message(raw)
+    assert "onnxruntime_src" not in message and "[ONNXRuntimeError]" not in message
+    assert "indices element out of data bounds, idx=50" in message

@@ -1,8 +1,36 @@
-"""The v2 tensor datatypes and their numpy and ONNX equivalents."""
+"""Tensor specs and datatype maps: the vocabulary every layer shares.
+
+The v2 protocol's datatype names (FP32, INT64, BYTES, ...) are the names used throughout; this
+module maps them to numpy dtypes, to ONNX Runtime's type strings and to Triton's model
+configuration names, so the runtime, the repository and the transports agree without
+importing one another.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One model input or output as the v2 metadata shows it.
+
+    `shape` includes the batch axis as -1 when the model batches; -1 marks any variable axis.
+    `dim_names` keeps the ONNX graph's symbolic names (None where fixed or unnamed), so axes
+    that share a name can be matched across inputs and outputs.
+    """
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    dim_names: tuple[str | None, ...] = ()
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
 
 #: v2 datatype name -> numpy dtype (little-endian, as the binary extension requires).
 V2_TO_NUMPY: dict[str, np.dtype[np.generic]] = {
@@ -42,3 +70,8 @@ ONNX_TO_V2: dict[str, str] = {
 def numpy_dtype(datatype: str) -> np.dtype[np.generic]:
     """The numpy dtype for a v2 datatype (object for BYTES); KeyError for unknown names."""
     return V2_TO_NUMPY[datatype]
+
+
+def triton_data_type(datatype: str) -> str:
+    """Triton's model configuration name of a v2 datatype: TYPE_FP32, ..., TYPE_STRING."""
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"

@@ -1,0 +1,169 @@
+"""One inference request's coordination, whatever transport carried it.
+
+`DataPlane.infer` walks DESIGN.md's request path for one call: look the version up, refuse
+while draining or when the queue would refuse (before the request is read, where the
+transport allows), read and decode it against the version serving once it has arrived, run
+the pre-processing stage (the tokenizer) and the model's batcher with the request's
+absolute deadline and priority, drop it uncomputed if its client goes away, keep the
+outputs it asked for, and count its outcome exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from app.dataplane.types import Body, Encoded, InferenceRequest, InferenceResponse, TransportCall
+from app.errors import (
+    ClientGoneError,
+    InvalidInputError,
+    ServingError,
+    UnavailableError,
+    describe,
+)
+from app.logs import log_unexpected
+from app.metrics import ModelMetrics, NoMetrics
+from app.preprocess.text import cut_to_own_length
+from app.repository import LoadedVersion
+
+if TYPE_CHECKING:
+    from app.service import InferenceService
+
+Outputs = dict[str, np.ndarray]
+
+
+class DataPlane:
+    """The transport-free request path over the service's repository and metrics."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+        self._repository = service.repository
+
+    async def infer(self, call: TransportCall[Body, Encoded]) -> Encoded:
+        """Serve one call; raises ServingError (already counted) for the transport to send."""
+        started = time.perf_counter()
+        arrived = asyncio.get_running_loop().time()
+        loaded = self._repository.version(call.model, call.version)
+        metrics = self._service.recorder(call.model, loaded.version)
+        metrics.request_started()
+        try:
+            if self._service.draining:
+                raise UnavailableError("server is shutting down; retry on another replica")
+            loaded.batcher.check_admission(call.announce())
+            body = await call.receive()
+            # The version serving now: a reload may have swapped it in while the body arrived.
+            loaded = self._repository.version(call.model, call.version)
+            request = call.decode(body, loaded)
+            outputs = await self._compute(loaded, request, arrived, call, metrics)
+            encoded = call.encode(_response(loaded, request, outputs))
+        except ServingError as exc:
+            metrics.request_done(describe(exc).outcome, time.perf_counter() - started)
+            raise
+        except Exception as exc:
+            metrics.request_done("error", time.perf_counter() - started)
+            raise log_unexpected(exc, f"model {call.model}'s inference") from exc
+        except BaseException:  # cancelled: the server is going away under this request
+            metrics.request_done("cancelled", time.perf_counter() - started)
+            raise
+        metrics.request_done("success", time.perf_counter() - started)
+        return encoded
+
+    async def _compute(
+        self,
+        loaded: LoadedVersion,
+        request: InferenceRequest,
+        arrived: float,
+        call: TransportCall[Any, Any],
+        metrics: ModelMetrics | NoMetrics,
+    ) -> Outputs:
+        """The pre-processing stage, if the request needs it, then the model itself."""
+        deadline = _deadline(request, loaded.default_timeout_s)
+        priority = _priority(request.parameters)
+        inputs = request.inputs
+        text = loaded.text
+        if text is not None and text.input in inputs:
+            began = time.perf_counter()
+            queued = text.submit(
+                inputs[text.input], deadline=deadline, priority=priority, arrived=arrived
+            )
+            inputs = cut_to_own_length(await _until_done_or_gone(queued, call))
+            metrics.stage_done("tokenize", time.perf_counter() - began)
+        queued = loaded.batcher.submit(
+            inputs, deadline=deadline, priority=priority, arrived=arrived
+        )
+        return await _until_done_or_gone(queued, call)
+
+
+def _response(
+    loaded: LoadedVersion, request: InferenceRequest, outputs: Outputs
+) -> InferenceResponse:
+    wanted = request.outputs if request.outputs is not None else loaded.default_outputs
+    if wanted is not None:
+        outputs = {name: outputs[name] for name in wanted}
+    return InferenceResponse(
+        model=loaded.model,
+        version=str(loaded.version),
+        request_id=request.request_id,
+        outputs=outputs,
+        specs=loaded.outputs_by_name,
+    )
+
+
+async def _until_done_or_gone(
+    result: asyncio.Future[Outputs], call: TransportCall[Any, Any]
+) -> Outputs:
+    """Await a queue's answer, unless the client goes away first: then the request is
+    dropped (if still queued, it is never computed) and counted as cancelled."""
+    if result.done():
+        return result.result()
+    gone = False
+
+    def cancel() -> None:
+        nonlocal gone
+        if not result.done():
+            gone = True
+            result.cancel()
+
+    stop_watching = call.watch_cancel(cancel)
+    try:
+        return await result
+    except asyncio.CancelledError:
+        if gone:
+            raise ClientGoneError("the client went away; its request was dropped") from None
+        raise
+    finally:
+        stop_watching()
+
+
+def _deadline(request: InferenceRequest, default_s: float | None) -> float | None:
+    """The request's absolute deadline (loop time): `parameters.timeout` in microseconds
+    from now (Triton's convention), else the model's or server's default; the earlier of
+    that and the transport's own deadline."""
+    timeout = request.parameters.get("timeout")
+    if timeout is None:
+        timeout_s = default_s
+    elif type(timeout) is not int or timeout <= 0:
+        raise InvalidInputError(
+            f"parameters.timeout must be a positive integer of microseconds, got {timeout!r}"
+        )
+    else:
+        timeout_s = timeout / 1_000_000
+    deadline = request.deadline
+    if timeout_s is not None:
+        own = asyncio.get_running_loop().time() + timeout_s
+        deadline = own if deadline is None else min(deadline, own)
+    return deadline
+
+
+def _priority(parameters: Mapping[str, Any]) -> int | None:
+    """`parameters.priority`: 1 is the highest level; 0 or none, the model's default."""
+    priority = parameters.get("priority")
+    if priority is not None and (type(priority) is not int or priority < 0):
+        raise InvalidInputError(
+            f"parameters.priority must be a non-negative integer, got {priority!r}"
+        )
+    return priority

@@ -1,0 +1,74 @@
+"""What passes between a transport and the data plane."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from app.repository import LoadedVersion
+from app.tensors import TensorSpec
+
+Body = TypeVar("Body")
+Encoded = TypeVar("Encoded", covariant=True)
+
+
+@dataclass(slots=True)
+class InferenceRequest:
+    """One decoded inference request, whatever transport carried it."""
+
+    #: Named input arrays, checked against the model's specs (batch axis first).
+    inputs: dict[str, np.ndarray]
+    #: The v2 request's parameters: `timeout` (microseconds) and `priority` are read here.
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    #: Output names wanted, in the client's order; None: the model's default outputs.
+    outputs: Sequence[str] | None = None
+    request_id: str | None = None
+    #: An absolute deadline the transport itself carries (a gRPC call's), in loop time.
+    deadline: float | None = None
+
+
+@dataclass(slots=True)
+class InferenceResponse:
+    """The outputs of one request, ready for the transport to encode."""
+
+    model: str
+    version: str
+    request_id: str | None
+    outputs: dict[str, np.ndarray]
+    specs: Mapping[str, TensorSpec]
+
+
+class TransportCall(Protocol[Body, Encoded]):
+    """What a transport lends the data plane for one inference call.
+
+    The data plane decides when to read the request (after admission, so a request that will
+    be refused is refused unread) and against which model version to decode it (the one
+    serving once it has arrived); the transport knows how.
+    """
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def version(self) -> str | None: ...
+
+    def announce(self) -> int:
+        """Check what is known of the request before it is read (HTTP headers) and return
+        its announced size in bytes (0: unknown)."""
+        ...
+
+    async def receive(self) -> Body:
+        """The request's raw body (raise ClientGoneError if the client went away)."""
+        ...
+
+    def decode(self, body: Body, target: LoadedVersion) -> InferenceRequest: ...
+
+    def encode(self, response: InferenceResponse) -> Encoded: ...
+
+    def watch_cancel(self, cancel: Callable[[], None]) -> Callable[[], None]:
+        """Call `cancel` if the client goes away while its request waits; returns a
+        function that stops watching."""
+        ...

@@ -1,0 +1,122 @@
+"""A/B throughput of two batchserve servers, in alternating rounds of one run.
+
+    python -m load_tests.bench_ab --baseline main        # a git ref against the working tree
+    python -m load_tests.bench_ab --env-b BATCHSERVE_METRICS=false   # one tree, two settings
+
+Server A runs the code of `--baseline` (checked out into a temporary git worktree, run with
+this interpreter: the ref must need no package this environment lacks) or, without it, the
+working tree; server B runs the working tree. Both serve the same repository (the shipped
+models by default) on 127.0.0.1. Each round runs a closed loop of 1-row requests against
+every (encoding, server) pair in turn, A and B back to back, so drift in a shared, noisy
+machine hits both alike; the report gives each round and the ratio of the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from load_tests.loadgen import LoadGenerator, client_session, prepare_request
+from load_tests.server_process import ServerProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def closed_loop(
+    url: str, model: str, *, binary: bool, concurrency: int, seconds: float
+) -> float:
+    """Requests/s of one settled-in window (after a short warm-up); raises on failures."""
+    async with client_session(concurrency) as http:
+        request = await prepare_request(http, url, model, rows=1, binary=binary)
+        generator = LoadGenerator(url, model, request)
+        await generator.closed_loop(http, concurrency, min(1.0, seconds))  # warm-up
+        result = await generator.closed_loop(http, concurrency, seconds)
+    if result.failures:
+        raise RuntimeError(f"{url}: {result.failures} failed responses: {result.summary()}")
+    return result.throughput
+
+
+@contextlib.contextmanager
+def checkout(ref: str) -> Iterator[Path]:
+    """`ref` checked out into a temporary worktree (removed afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="batchserve-ab-") as parent:
+        tree = Path(parent) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree),
+                        ref], check=True)  # fmt: skip
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                           check=False)  # fmt: skip
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        env[name] = value
+    return env
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", metavar="REF", help="git ref server A runs")
+    parser.add_argument("--env-a", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--env-b", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--model-repository", type=Path, default=ROOT / "models")
+    parser.add_argument("--model", default="digits")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--encodings", default="json,binary")
+    args = parser.parse_args()
+    label_a = (
+        f"A ({args.baseline or 'working tree'}{' ' + ' '.join(args.env_a) if args.env_a else ''})"
+    )
+    label_b = f"B (working tree{' ' + ' '.join(args.env_b) if args.env_b else ''})"
+    encodings = args.encodings.split(",")
+
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(checkout(args.baseline)) if args.baseline else None
+        servers = {
+            label_a: ServerProcess(args.model_repository, env=parse_env(args.env_a), source=source),
+            label_b: ServerProcess(args.model_repository, env=parse_env(args.env_b)),
+        }
+        for server in servers.values():
+            stack.callback(server.stop)
+        rounds: dict[tuple[str, str], list[float]] = {}
+        for number in range(args.rounds):
+            for encoding in encodings:
+                order = list(servers.items())
+                if number % 2:
+                    order.reverse()  # neither server always goes first
+                for name, server in order:
+                    rps = asyncio.run(
+                        closed_loop(server.url, args.model, binary=encoding == "binary",
+                                    concurrency=args.concurrency, seconds=args.duration)
+                    )  # fmt: skip
+                    rounds.setdefault((encoding, name), []).append(rps)
+                    print(f"round {number + 1} {encoding:6} {name}: {rps:.0f} req/s", flush=True)
+
+    print(f"\nmodel {args.model}, 1 sample/request, closed loop C={args.concurrency}, "
+          f"{args.rounds} alternating rounds of {args.duration:g} s\n")  # fmt: skip
+    print("| encoding | server | req/s per round | median req/s |")
+    print("|---|---|---|---|")
+    for (encoding, name), values in rounds.items():
+        print(f"| {encoding} | {name} | {', '.join(f'{v:.0f}' for v in values)} | "
+              f"{statistics.median(values):.0f} |")  # fmt: skip
+    print()
+    for encoding in encodings:
+        a = statistics.median(rounds[(encoding, label_a)])
+        b = statistics.median(rounds[(encoding, label_b)])
+        print(f"{encoding}: B / A = {b / a:.3f}")
+
+
+if __name__ == "__main__":
+    main()
