@@ -169,3 +169,14 @@ def write_token_model(path: Path, vocab: int = 1000, width: int = 32) -> None:
         ],
     )
     _save(graph, path)
+
+
+def write_word_tokenizer(path: Path, words: list[str]) -> None:
+    """A word-level HuggingFace tokenizer.json: `words` get ids 2.., anything else [UNK] (1),
+    so ids stay within write_token_model's vocabulary for fewer than 998 words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[UNK]": 1, **{word: i + 2 for i, word in enumerate(words)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(path))

@@ -80,6 +80,9 @@ MIN_COSINE_INT8 = 0.98
 CONFIG_TOML = """\
 # all-MiniLM-L6-v2 sentence embeddings (built by models/build_minilm.py; `make text-model`).
 max_batch_size = 32
+# A request that names no outputs gets the embedding only: last_hidden_state is 384 floats
+# per token, and few clients want it.
+default_outputs = ["sentence_embedding"]
 
 [padding]
 # Requests of different lengths share a batch, padded to the longest with these values;

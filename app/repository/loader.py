@@ -50,6 +50,7 @@ def load_version(
     model: str,
     version: int,
     version_dir: Path,
+    *,
     config: ModelConfig,
     defaults: ServingDefaults,
     observer: BatchObserver | None = None,

@@ -151,9 +151,9 @@ class ModelRepository:
                     entry.name,
                     version,
                     entry.path / str(version),
-                    config,
-                    self._defaults,
-                    observer,
+                    config=config,
+                    defaults=self._defaults,
+                    observer=observer,
                 )
             except ModelLoadError as exc:
                 raise ModelLoadError(f"version {version}: {exc}") from None

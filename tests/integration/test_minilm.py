@@ -134,3 +134,18 @@ def test_the_int8_version_serves_beside_fp32(
     url = f"{server.url}/v2/models/minilm/versions/2/infer"
     got = embeddings(httpx.post(url, json=text_body(texts), timeout=60))
     assert cosines(got, reference["embeddings"]).min() >= 0.98
+
+
+def test_no_outputs_named_means_the_embedding_and_tokenizing_is_timed(
+    server: ServerProcess, reference: dict[str, np.ndarray]
+) -> None:
+    """default_outputs spares clients the per-token states they did not ask for; the
+    tokenizer stage's own histogram says how long tokenizing took."""
+    stage = {"model": "minilm", "version": "1", "stage": "tokenize"}
+    before = server.metric("batchserve_stage_duration_seconds_count", **stage)
+    body = text_body([str(reference["sentences"][0])])
+    del body["outputs"]
+    response = httpx.post(f"{server.url}/v2/models/minilm/versions/1/infer", json=body)
+    got = embeddings(response)  # the one output is the embedding
+    assert cosines(got, reference["embeddings"][:1]).min() >= 0.9999
+    assert server.metric("batchserve_stage_duration_seconds_count", **stage) == before + 1

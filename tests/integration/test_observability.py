@@ -24,7 +24,11 @@ import pytest
 import yaml
 
 from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import write_heavy_model
+from load_tests.synthetic_models import (
+    write_heavy_model,
+    write_token_model,
+    write_word_tokenizer,
+)
 from tests.conftest import DIGITS_ONNX, MODELS, ROOT
 
 pytestmark = pytest.mark.integration
@@ -39,6 +43,7 @@ needs_prometheus = pytest.mark.skipif(
     reason="Prometheus is not installed (.ci/run installs Debian's prometheus package)",
 )
 WAIT_S = 60.0
+WORDS = ["alpha", "beta", "gamma", "delta"]
 COMPARISON = re.compile(r"\s*(>|<|==|!=|>=|<=)\s*[0-9.]+\s*$")
 
 
@@ -76,6 +81,14 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "heavy" / "config.toml").write_text(
         # One 8-sample request per batch, so a closed loop of 3 clients keeps it always busy.
         "max_batch_size = 8\n[batching]\nmax_queue_size = 2\n"
+        '[[instances]]\ndevice = "cpu"\ncount = 1\nthreads = 1\n'
+    )
+    # A text model, so the tokenizer stage's panel has data.
+    write_token_model(root / "embed" / "1" / "model.onnx")
+    write_word_tokenizer(root / "embed" / "tokenizer.json", WORDS)
+    (root / "embed" / "config.toml").write_text(
+        "max_batch_size = 8\n[padding]\ninputs = { input_ids = 0, attention_mask = 0 }\n"
+        '[tokenizer]\ninput = "text"\nmax_length = 16\n'
         '[[instances]]\ndevice = "cpu"\ncount = 1\nthreads = 1\n'
     )
     (root / "broken" / "1").mkdir(parents=True)
@@ -231,6 +244,12 @@ def load(server: ServerProcess) -> dict[str, Any]:
             for _ in range(5):  # wrong shape: invalid
                 r = await client.post("/v2/models/digits/infer", json=digits_body(1, width=63))
                 statuses["digits", r.status_code] += 1
+            for words in range(1, 6):  # raw text, through the tokenizer stage
+                text = {"name": "text", "shape": [1], "datatype": "BYTES",
+                        "data": [" ".join(WORDS[:words])]}  # fmt: skip
+                r = await client.post("/v2/models/embed/infer", json={"inputs": [text]})
+                statuses["embed", r.status_code] += 1
+                samples += 1 if r.status_code == 200 else 0
             burst = await asyncio.gather(
                 *(client.post("/v2/models/heavy/infer", json=heavy_body(8)) for _ in range(12))
             )
@@ -242,6 +261,7 @@ def load(server: ServerProcess) -> dict[str, Any]:
     sent = asyncio.run(send())
     assert sent["statuses"]["digits", 200] == 60
     assert sent["statuses"]["digits", 400] == 5
+    assert sent["statuses"]["embed", 200] == 5
     assert sent["statuses"]["heavy", 429] > 0, sent  # the burst overflowed the heavy queue
     return sent
 
@@ -307,7 +327,7 @@ def gpu_absent(server: ServerProcess) -> bool:
 def test_every_dashboard_and_rule_query_returns_data(
     server: ServerProcess, prometheus: str, load: dict[str, Any]
 ) -> None:
-    expected = load["statuses"]["digits", 200] + load["statuses"]["heavy", 200]
+    expected = sum(n for (_, status), n in load["statuses"].items() if status == 200)
     poll(
         lambda: scalar(prometheus, 'sum(batchserve_requests_total{outcome="success"})') == expected,
         "Prometheus to scrape every success",
@@ -337,7 +357,7 @@ def test_counts_in_prometheus_match_the_load_sent(
     server: ServerProcess, prometheus: str, load: dict[str, Any]
 ) -> None:
     statuses = load["statuses"]
-    successes = statuses["digits", 200] + statuses["heavy", 200]
+    successes = sum(n for (_, status), n in statuses.items() if status == 200)
 
     def settled() -> bool:
         return (
@@ -407,4 +427,4 @@ def test_triton_statistics_extension_works_with_tritonclient(server: ServerProce
     assert stats["inference_stats"]["compute_infer"]["ns"] > 0
     assert any(b["batch_size"] == 3 for b in stats["batch_stats"])
     everything = client.get_inference_statistics()["model_stats"]
-    assert {s["name"] for s in everything} == {"digits", "heavy"}
+    assert {s["name"] for s in everything} == {"digits", "embed", "heavy"}

@@ -365,3 +365,35 @@ def test_locust_ramp_and_soak_runs_clean_against_the_server(
         total = next(row for row in csv.DictReader(f) if row["Name"] == "Aggregated")
     assert int(total["Request Count"]) > 0
     assert int(total["Failure Count"]) == 0
+
+
+def test_config_answers_what_perf_analyzer_reads_for_every_shipped_model(
+    shipped: ServerProcess,
+) -> None:
+    """Triton's model configuration extension: perf_analyzer reads name, max_batch_size and
+    each tensor's name, data type and dims (the batch axis left out when batching), and
+    stops if /config fails."""
+    assert "model_configuration" in httpx.get(f"{shipped.url}/v2").json()["extensions"]
+    names = {row["name"] for row in httpx.post(f"{shipped.url}/v2/repository/index").json()}
+    assert "digits" in names
+    triton_types = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "BYTES": "TYPE_STRING"}
+    for name in sorted(names):
+        metadata = httpx.get(f"{shipped.url}/v2/models/{name}").json()
+        for path in (f"/v2/models/{name}/config",
+                     f"/v2/models/{name}/versions/{metadata['versions'][-1]}/config"):  # fmt: skip
+            response = httpx.get(shipped.url + path)
+            assert response.status_code == 200, response.text
+            config = response.json()
+            assert config["name"] == name
+            assert (config["platform"], config["backend"]) == ("onnxruntime_onnx", "onnxruntime")
+            batch = config["max_batch_size"]
+            assert batch == metadata["parameters"]["max_batch_size"] > 0
+            assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 0
+            assert config["instance_group"][0]["kind"] == "KIND_CPU"
+            for kind, key in (("input", "inputs"), ("output", "outputs")):
+                expected = [
+                    (t["name"], triton_types[t["datatype"]], t["shape"][1:]) for t in metadata[key]
+                ]
+                got = [(t["name"], t["data_type"], t["dims"]) for t in config[kind]]
+                assert got == expected, (name, kind)
+    assert_error(httpx.get(f"{shipped.url}/v2/models/nope/config"), 404, "'nope' is not found")

@@ -16,10 +16,10 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer
 
 from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import write_token_model
+from load_tests.synthetic_models import write_token_model, write_word_tokenizer
 
 pytestmark = pytest.mark.integration
 
@@ -36,20 +36,12 @@ max_length = {MAX_LENGTH}
 """
 
 
-def write_tokenizer(path: Path) -> Tokenizer:
-    vocab = {"[UNK]": 1, **{word: i + 2 for i, word in enumerate(WORDS)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.save(str(path))
-    return tokenizer
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
     root = tmp_path_factory.mktemp("text") / "repository"
     write_token_model(root / "embed" / "1" / "model.onnx")
     (root / "embed" / "config.toml").write_text(CONFIG)
-    write_tokenizer(root / "embed" / "tokenizer.json")
+    write_word_tokenizer(root / "embed" / "tokenizer.json", WORDS)
     server = ServerProcess(root)
     yield server, root / "embed"
     server.stop()
