@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
 import subprocess
 import tempfile
@@ -29,17 +30,31 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 async def closed_loop(
-    url: str, model: str, *, binary: bool, concurrency: int, seconds: float
-) -> float:
-    """Requests/s of one settled-in window (after a short warm-up); raises on failures."""
+    server: ServerProcess, model: str, *, binary: bool, concurrency: int, seconds: float
+) -> tuple[float, float]:
+    """Requests/s of one window (after a short warm-up), and the server's CPU time per
+    request in microseconds (less noisy than throughput on a shared machine: the load
+    generator's share of the cores does not count); raises on failures."""
+    url = server.url
     async with client_session(concurrency) as http:
         request = await prepare_request(http, url, model, rows=1, binary=binary)
         generator = LoadGenerator(url, model, request)
         await generator.closed_loop(http, concurrency, min(1.0, seconds))  # warm-up
+        cpu_before = cpu_seconds(server.pid)
+        executions_before = server.metric("batchserve_executions_total", model=model)
         result = await generator.closed_loop(http, concurrency, seconds)
+        cpu = cpu_seconds(server.pid) - cpu_before
+        executions = server.metric("batchserve_executions_total", model=model) - executions_before
+    print(f"  mean batch {result.ok / max(executions, 1):.1f}", end="")
     if result.failures:
         raise RuntimeError(f"{url}: {result.failures} failed responses: {result.summary()}")
-    return result.throughput
+    return result.throughput, 1e6 * cpu / max(result.ok, 1)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -70,6 +85,7 @@ def main() -> None:
     parser.add_argument("--env-a", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--env-b", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--model-repository", type=Path, default=ROOT / "models")
+    parser.add_argument("--repository-b", type=Path, help="server B's repository (default: A's)")
     parser.add_argument("--model", default="digits")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=4.0)
@@ -86,36 +102,48 @@ def main() -> None:
         source = stack.enter_context(checkout(args.baseline)) if args.baseline else None
         servers = {
             label_a: ServerProcess(args.model_repository, env=parse_env(args.env_a), source=source),
-            label_b: ServerProcess(args.model_repository, env=parse_env(args.env_b)),
+            label_b: ServerProcess(
+                args.repository_b or args.model_repository, env=parse_env(args.env_b)
+            ),
         }
         for server in servers.values():
             stack.callback(server.stop)
         rounds: dict[tuple[str, str], list[float]] = {}
+        cpu: dict[tuple[str, str], list[float]] = {}
         for number in range(args.rounds):
             for encoding in encodings:
                 order = list(servers.items())
                 if number % 2:
                     order.reverse()  # neither server always goes first
                 for name, server in order:
-                    rps = asyncio.run(
-                        closed_loop(server.url, args.model, binary=encoding == "binary",
+                    rps, cpu_us = asyncio.run(
+                        closed_loop(server, args.model, binary=encoding == "binary",
                                     concurrency=args.concurrency, seconds=args.duration)
                     )  # fmt: skip
                     rounds.setdefault((encoding, name), []).append(rps)
-                    print(f"round {number + 1} {encoding:6} {name}: {rps:.0f} req/s", flush=True)
+                    cpu.setdefault((encoding, name), []).append(cpu_us)
+                    print(f"round {number + 1} {encoding:6} {name}: {rps:.0f} req/s, "
+                          f"{cpu_us:.1f} us CPU/request", flush=True)  # fmt: skip
 
     print(f"\nmodel {args.model}, 1 sample/request, closed loop C={args.concurrency}, "
           f"{args.rounds} alternating rounds of {args.duration:g} s\n")  # fmt: skip
-    print("| encoding | server | req/s per round | median req/s |")
-    print("|---|---|---|---|")
-    for (encoding, name), values in rounds.items():
-        print(f"| {encoding} | {name} | {', '.join(f'{v:.0f}' for v in values)} | "
-              f"{statistics.median(values):.0f} |")  # fmt: skip
+    print("| encoding | server | req/s per round | median req/s | median server CPU us/request |")
+    print("|---|---|---|---|---|")
+    for key, values in rounds.items():
+        print(f"| {key[0]} | {key[1]} | {', '.join(f'{v:.0f}' for v in values)} | "
+              f"{statistics.median(values):.0f} | {statistics.median(cpu[key]):.1f} |")  # fmt: skip
     print()
     for encoding in encodings:
-        a = statistics.median(rounds[(encoding, label_a)])
-        b = statistics.median(rounds[(encoding, label_b)])
-        print(f"{encoding}: B / A = {b / a:.3f}")
+        a, b = (statistics.median(rounds[(encoding, label)]) for label in (label_a, label_b))
+        cpu_a, cpu_b = (statistics.median(cpu[(encoding, label)]) for label in (label_a, label_b))
+        # Each round's A and B windows ran back to back: their ratio cancels the drift that
+        # moves both, so the median of the per-round ratios is the steadier figure.
+        paired = statistics.median(
+            y / x for x, y in zip(rounds[(encoding, label_a)], rounds[(encoding, label_b)],
+                                  strict=True)
+        )  # fmt: skip
+        print(f"{encoding}: throughput B / A = {b / a:.3f} (median of per-round ratios "
+              f"{paired:.3f}); server CPU per request B / A = {cpu_b / cpu_a:.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":

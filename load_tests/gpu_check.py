@@ -229,9 +229,13 @@ def raw_onnxruntime(model: str, settings: Settings) -> list[dict[str, Any]]:
     path = (DIGITS if model == "digits" else settings.minilm) / "1" / "model.onnx"
     threads = 1 if settings.device.startswith("cuda") else 2
     runners = {
-        "as served": OnnxInstance(path, settings.device, threads, 0),
+        "as served": OnnxInstance(path, settings.device, threads=threads, index=0),
         "session.run": OnnxInstance(
-            path, settings.device, threads, 0, InstanceOptions(io_binding=False)
+            path,
+            settings.device,
+            threads=threads,
+            index=0,
+            options=InstanceOptions(io_binding=False),
         ),
     }
     reference = None if model == "digits" else minilm_reference(settings)

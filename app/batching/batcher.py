@@ -60,7 +60,9 @@ class Batcher:
         self._strategy = (
             QueueDelay(policy)
             if policy.latency_target_s is None
-            else LatencyTarget(name, policy, [r.label for r in self._runners], self._observer)
+            else LatencyTarget(
+                name, policy, workers=[r.label for r in self._runners], observer=self._observer
+            )
         )
         self._idle: deque[asyncio.Future[None]] = deque()
         self._tasks: list[asyncio.Task[None]] = []
@@ -120,7 +122,8 @@ class Batcher:
         if self._closing:
             raise UnavailableError(f"model '{self.name}' is shutting down")
         self._queue.check_bounds(incoming_bytes, incoming_samples)
-        self._strategy.admit(self._queue, incoming_samples)
+        if self._strategy.per_request:
+            self._strategy.admit(self._queue, incoming_samples)
 
     def submit(
         self,
@@ -140,18 +143,15 @@ class Batcher:
         """
         policy = self.policy
         samples, shapes, length = policy.request_shape(self.name, inputs)
-        level = policy.level(self.name, priority)
+        level = policy.level(self.name, priority) if priority else policy.default_priority
         nbytes = sum(array.nbytes for array in inputs.values())
         self.check_admission(nbytes, samples)
+        # Positional: this runs once per request, and keyword calls cost measurably more.
         pending = self._queue.add(
-            inputs,
-            key=(level, shapes),
-            samples=samples,
-            length=length,
-            deadline=deadline,
-            arrived=arrived,
+            inputs, (level, shapes), samples, nbytes, length, deadline, arrived
         )
-        self._strategy.queued(samples, pending.enqueued)
+        if self._strategy.per_request:
+            self._strategy.queued(samples, pending.enqueued)
         self._wake_one()
         return pending.future
 
@@ -310,7 +310,7 @@ class Batcher:
     def _deliver(self, batch: list[Pending], result: BatchResult, runner: BatchRunner) -> None:
         """Answer each request of the batch with its outputs or its failure."""
         now = asyncio.get_running_loop().time()
-        answered = self._strategy.answered
+        answered = self._strategy.answered if self._strategy.per_request else None
         for pending, outcome in zip(batch, result.outputs, strict=True):
             if pending.future.done():
                 continue
@@ -322,7 +322,8 @@ class Batcher:
                     )
                 )
                 continue
-            answered(pending, now)
+            if answered is not None:
+                answered(pending, now)
             pending.future.set_result(outcome)
 
 

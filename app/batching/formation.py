@@ -36,7 +36,7 @@ def _take_fifo(queue: RequestQueue, group: ShapeGroup, limit: int) -> list[Pendi
     items = group.items
     while items:
         head = items[0]
-        if queue.gone(head):
+        if not head.queued or (head.future.done() and queue.gone(head)):
             items.popleft()
             continue
         if batch and taken + head.samples > limit:

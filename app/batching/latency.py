@@ -164,6 +164,7 @@ class ShedThreshold:
 
     def __init__(
         self,
+        *,
         start: float = 1.0,
         low: float = 0.5,
         high: float = 1.2,

@@ -106,9 +106,9 @@ class RequestQueue:
     def add(
         self,
         inputs: dict[str, np.ndarray],
-        *,
         key: GroupKey,
         samples: int,
+        nbytes: int,
         length: int,
         deadline: float | None,
         arrived: float | None,
@@ -124,18 +124,10 @@ class RequestQueue:
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = ShapeGroup()
-        nbytes = sum(array.nbytes for array in inputs.values())
         pending = Pending(
-            inputs=inputs,
-            samples=samples,
-            nbytes=nbytes,
-            enqueued=now,
-            arrived=now if arrived is None else min(arrived, now),
-            future=loop.create_future(),
-            group=group,
-            deadline=deadline,
-            length=length,
-        )
+            inputs, samples, nbytes, now, now if arrived is None else min(arrived, now),
+            loop.create_future(), group, deadline, length,
+        )  # fmt: skip
         pending.future.add_done_callback(lambda _f: self._cancelled(pending))
         group.items.append(pending)
         group.samples += samples

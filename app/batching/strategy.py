@@ -33,6 +33,10 @@ from app.errors import OverloadedError
 class QueueDelay:
     """Take what is queued now, unless the model sets a queue delay (formation.hold_until)."""
 
+    #: Whether admit, queued and answered do anything: the batcher skips them per request
+    #: when they do not (a no-op call per request costs measurable throughput).
+    per_request = False
+
     def __init__(self, policy: BatchingPolicy) -> None:
         self._policy = policy
 
@@ -67,10 +71,13 @@ class LatencyTarget(QueueDelay):
     """Latency-target batching: batch sizes, waits and refusals chosen to keep each request's
     latency (from its arrival) under the model's target."""
 
+    per_request = True
+
     def __init__(
         self,
         name: str,
         policy: BatchingPolicy,
+        *,
         workers: Sequence[str],
         observer: BatchObserver,
     ) -> None:
@@ -91,9 +98,13 @@ class LatencyTarget(QueueDelay):
         if not queue.depth:
             return
         expected = expected_latency(
-            list(self._models.values()), self._target, max(self._limit, 1),
-            queue.queued_samples, max(incoming_samples, 1), self._first_free_in(),
-        )  # fmt: skip
+            list(self._models.values()),
+            target_s=self._target,
+            limit=max(self._limit, 1),
+            queued=queue.queued_samples,
+            incoming=max(incoming_samples, 1),
+            busy_s=self._first_free_in(),
+        )
         if expected is not None and expected > self._shed_at.share * self._target:
             self._observer.decided("shed")
             raise OverloadedError(
@@ -120,9 +131,15 @@ class LatencyTarget(QueueDelay):
             return None, None
         now = asyncio.get_running_loop().time()
         plan = plan_batch(
-            self._models[worker], self._target, self._limit, group.samples,
-            group.items[0].arrived, self._arrivals.at(now), now, len(self._models),
-        )  # fmt: skip
+            self._models[worker],
+            target_s=self._target,
+            limit=self._limit,
+            queued=group.samples,
+            oldest_arrived=group.items[0].arrived,
+            rate=self._arrivals.at(now),
+            now=now,
+            workers=len(self._models),
+        )
         return plan.take, None if draining else plan.hold_until
 
     def refuse_late(

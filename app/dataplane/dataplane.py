@@ -27,7 +27,7 @@ from app.errors import (
 )
 from app.logs import log_unexpected
 from app.metrics import ModelMetrics, NoMetrics
-from app.preprocess.text import cut_to_own_length
+from app.preprocess.text import TextStage, cut_to_own_length
 from app.repository import LoadedVersion
 
 if TYPE_CHECKING:
@@ -58,7 +58,21 @@ class DataPlane:
             # The version serving now: a reload may have swapped it in while the body arrived.
             loaded = self._repository.version(call.model, call.version)
             request = call.decode(body, loaded)
-            outputs = await self._compute(loaded, request, arrived, call, metrics)
+            parameters = request.parameters
+            priority = _priority(parameters) if parameters else None
+            deadline = request.deadline
+            if parameters or loaded.default_timeout_s is not None:
+                deadline = _deadline(parameters, loaded.default_timeout_s, deadline)
+            inputs = request.inputs
+            if loaded.text is not None and loaded.text.input in inputs:
+                inputs = await _tokenize(
+                    loaded.text, inputs, call=call, metrics=metrics,
+                    deadline=deadline, priority=priority, arrived=arrived,
+                )  # fmt: skip
+            queued = loaded.batcher.submit(
+                inputs, deadline=deadline, priority=priority, arrived=arrived
+            )
+            outputs = await _until_done_or_gone(queued, call)
             encoded = call.encode(_response(loaded, request, outputs))
         except ServingError as exc:
             metrics.request_done(describe(exc).outcome, time.perf_counter() - started)
@@ -72,30 +86,24 @@ class DataPlane:
         metrics.request_done("success", time.perf_counter() - started)
         return encoded
 
-    async def _compute(
-        self,
-        loaded: LoadedVersion,
-        request: InferenceRequest,
-        arrived: float,
-        call: TransportCall[Any, Any],
-        metrics: ModelMetrics | NoMetrics,
-    ) -> Outputs:
-        """The pre-processing stage, if the request needs it, then the model itself."""
-        deadline = _deadline(request, loaded.default_timeout_s)
-        priority = _priority(request.parameters)
-        inputs = request.inputs
-        text = loaded.text
-        if text is not None and text.input in inputs:
-            began = time.perf_counter()
-            queued = text.submit(
-                inputs[text.input], deadline=deadline, priority=priority, arrived=arrived
-            )
-            inputs = cut_to_own_length(await _until_done_or_gone(queued, call))
-            metrics.stage_done("tokenize", time.perf_counter() - began)
-        queued = loaded.batcher.submit(
-            inputs, deadline=deadline, priority=priority, arrived=arrived
-        )
-        return await _until_done_or_gone(queued, call)
+
+async def _tokenize(
+    text: TextStage,
+    inputs: dict[str, np.ndarray],
+    *,
+    call: TransportCall[Any, Any],
+    metrics: ModelMetrics | NoMetrics,
+    deadline: float | None,
+    priority: int | None,
+    arrived: float,
+) -> dict[str, np.ndarray]:
+    """The pre-processing stage: the request's texts become its token ids, cut to its own
+    longest text; timed as stage "tokenize"."""
+    began = time.perf_counter()
+    queued = text.submit(inputs[text.input], deadline=deadline, priority=priority, arrived=arrived)
+    tokens = cut_to_own_length(await _until_done_or_gone(queued, call))
+    metrics.stage_done("tokenize", time.perf_counter() - began)
+    return tokens
 
 
 def _response(
@@ -104,46 +112,39 @@ def _response(
     wanted = request.outputs if request.outputs is not None else loaded.default_outputs
     if wanted is not None:
         outputs = {name: outputs[name] for name in wanted}
+    # Positional: this runs once per request, and keyword calls cost measurably more.
     return InferenceResponse(
-        model=loaded.model,
-        version=str(loaded.version),
-        request_id=request.request_id,
-        outputs=outputs,
-        specs=loaded.outputs_by_name,
-    )
+        loaded.model, str(loaded.version), request.request_id, outputs, loaded.outputs_by_name,
+        request.binary_outputs,
+    )  # fmt: skip
 
 
 async def _until_done_or_gone(
     result: asyncio.Future[Outputs], call: TransportCall[Any, Any]
 ) -> Outputs:
-    """Await a queue's answer, unless the client goes away first: then the request is
-    dropped (if still queued, it is never computed) and counted as cancelled."""
+    """Await a queue's answer, unless the client goes away first: then the transport cancels
+    `result`, the request leaves the queue uncomputed, and the call counts as cancelled."""
     if result.done():
         return result.result()
-    gone = False
-
-    def cancel() -> None:
-        nonlocal gone
-        if not result.done():
-            gone = True
-            result.cancel()
-
-    stop_watching = call.watch_cancel(cancel)
+    stop_watching = call.watch_cancel(result.cancel)
     try:
         return await result
     except asyncio.CancelledError:
-        if gone:
+        task = asyncio.current_task()
+        if task is not None and not task.cancelling():  # not this task: the transport
             raise ClientGoneError("the client went away; its request was dropped") from None
         raise
     finally:
         stop_watching()
 
 
-def _deadline(request: InferenceRequest, default_s: float | None) -> float | None:
+def _deadline(
+    parameters: Mapping[str, Any], default_s: float | None, transport: float | None
+) -> float | None:
     """The request's absolute deadline (loop time): `parameters.timeout` in microseconds
     from now (Triton's convention), else the model's or server's default; the earlier of
     that and the transport's own deadline."""
-    timeout = request.parameters.get("timeout")
+    timeout = parameters.get("timeout")
     if timeout is None:
         timeout_s = default_s
     elif type(timeout) is not int or timeout <= 0:
@@ -152,11 +153,10 @@ def _deadline(request: InferenceRequest, default_s: float | None) -> float | Non
         )
     else:
         timeout_s = timeout / 1_000_000
-    deadline = request.deadline
-    if timeout_s is not None:
-        own = asyncio.get_running_loop().time() + timeout_s
-        deadline = own if deadline is None else min(deadline, own)
-    return deadline
+    if timeout_s is None:
+        return transport
+    own = asyncio.get_running_loop().time() + timeout_s
+    return own if transport is None else min(transport, own)
 
 
 def _priority(parameters: Mapping[str, Any]) -> int | None:

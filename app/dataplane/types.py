@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
-from app.repository import LoadedVersion
 from app.tensors import TensorSpec
+
+if TYPE_CHECKING:  # the codecs import this module: keep it light
+    from app.repository import LoadedVersion
 
 Body = TypeVar("Body")
 Encoded = TypeVar("Encoded", covariant=True)
@@ -28,6 +30,9 @@ class InferenceRequest:
     request_id: str | None = None
     #: An absolute deadline the transport itself carries (a gRPC call's), in loop time.
     deadline: float | None = None
+    #: Outputs the client wants in the transport's binary form (REST's binary tensor
+    #: extension); the data plane passes them through to the transport's encoder.
+    binary_outputs: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -39,6 +44,7 @@ class InferenceResponse:
     request_id: str | None
     outputs: dict[str, np.ndarray]
     specs: Mapping[str, TensorSpec]
+    binary_outputs: frozenset[str] = frozenset()
 
 
 class TransportCall(Protocol[Body, Encoded]):
@@ -68,7 +74,7 @@ class TransportCall(Protocol[Body, Encoded]):
 
     def encode(self, response: InferenceResponse) -> Encoded: ...
 
-    def watch_cancel(self, cancel: Callable[[], None]) -> Callable[[], None]:
+    def watch_cancel(self, cancel: Callable[[], object]) -> Callable[[], None]:
         """Call `cancel` if the client goes away while its request waits; returns a
         function that stops watching."""
         ...

@@ -118,7 +118,7 @@ class Evaluation:
 def open_instance(path: Path, device: str, threads: int) -> OnnxInstance:
     """A session as the server would make it; device errors say which providers it got."""
     try:
-        return OnnxInstance(path, device, threads, index=0)
+        return OnnxInstance(path, device, threads=threads, index=0)
     except ModelLoadError as exc:
         hint = ""
         if "float16" in str(exc).lower() or "NOT_IMPLEMENTED" in str(exc):

@@ -115,7 +115,9 @@ def synthetic_feeds(
 def open_instances(path: Path, device: str, layout: Layout) -> list[OnnxInstance]:
     """The layout's sessions, as the server would make them."""
     try:
-        return [OnnxInstance(path, device, layout.threads, index=i) for i in range(layout.count)]
+        return [
+            OnnxInstance(path, device, threads=layout.threads, index=i) for i in range(layout.count)
+        ]
     except ModelLoadError as exc:
         raise ProfileError(str(exc)) from None
 

@@ -16,9 +16,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
+from app.dataplane.types import InferenceRequest
 from app.errors import InvalidInputError
 from app.protocol.binary import decode_binary_tensor, encode_binary_tensor
-from app.protocol.types import InferRequest
 from app.tensors import V2_TO_NUMPY, TensorSpec
 
 # numpy kinds a JSON array may decode to for each family of v2 datatypes.
@@ -161,7 +161,7 @@ def decode_infer_request(
     header_length: int | None = None,
     reject_nonfinite: bool = False,
     input_sets: Sequence[tuple[str, ...]] = (),
-) -> InferRequest:
+) -> InferenceRequest:
     """Parse and validate a v2 request against the model's specs.
 
     Every input in `inputs` is required, unless `input_sets` lists the complete sets a
@@ -241,14 +241,14 @@ def decode_infer_request(
     selected, binary_outputs = _decode_output_selection(
         doc.get("outputs"), outputs, parameters.get("binary_data_output") is True
     )
-    return InferRequest(
-        inputs=decoded
-        if len(decoded) == 1
-        else {s.name: decoded[s.name] for s in inputs if s.name in decoded},
-        request_id=request_id,
-        outputs=selected,
-        binary_outputs=binary_outputs,
+    if len(decoded) > 1:
+        decoded = {s.name: decoded[s.name] for s in inputs if s.name in decoded}
+    return InferenceRequest(
+        inputs=decoded,
         parameters=parameters,
+        outputs=selected,
+        request_id=request_id,
+        binary_outputs=binary_outputs,
     )
 
 

@@ -45,7 +45,9 @@ def build_instances(
             devices = ["cpu"]
         for device in devices:
             for _ in range(line.count):
-                instance = OnnxInstance(model_path, device, line.resolved_threads(), 0, options)
+                instance = OnnxInstance(
+                    model_path, device, threads=line.resolved_threads(), index=0, options=options
+                )
                 if unmet is not None:
                     instance.requested, instance.fallback_reason = line.device, unmet
                 made.append((instance, instance.fallback_reason))

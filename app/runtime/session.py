@@ -92,6 +92,7 @@ class OnnxInstance:
         self,
         model_path: Path,
         device: str,
+        *,
         threads: int,
         index: int,
         options: InstanceOptions | None = None,

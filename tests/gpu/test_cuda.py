@@ -60,7 +60,7 @@ def rows() -> np.ndarray:
 
 
 def on_cpu(x: np.ndarray) -> dict[str, np.ndarray]:
-    return OnnxInstance(DIGITS_ONNX, "cpu", 1, 0).run({"input": x})
+    return OnnxInstance(DIGITS_ONNX, "cpu", threads=1, index=0).run({"input": x})
 
 
 def assert_close(got: dict[str, np.ndarray], want: dict[str, np.ndarray], atol: float) -> None:
@@ -73,8 +73,10 @@ def assert_close(got: dict[str, np.ndarray], want: dict[str, np.ndarray], atol: 
 def test_a_cuda_worker_runs_on_the_gpu_through_io_binding_and_matches_the_cpu(
     rows: np.ndarray,
 ) -> None:
-    bound = OnnxInstance(DIGITS_ONNX, "cuda:0", 1, 0)
-    plain = OnnxInstance(DIGITS_ONNX, "cuda:0", 1, 0, InstanceOptions(io_binding=False))
+    bound = OnnxInstance(DIGITS_ONNX, "cuda:0", threads=1, index=0)
+    plain = OnnxInstance(
+        DIGITS_ONNX, "cuda:0", threads=1, index=0, options=InstanceOptions(io_binding=False)
+    )
 
     assert bound.providers[0] == CUDA and bound._io_binding
     for n in (1, 7, 64, 3):
@@ -91,8 +93,8 @@ def test_cuda_graphs_replay_the_fixed_sizes_with_padding(tmp_path: Path) -> None
     options = InstanceOptions(
         cuda_options={"enable_cuda_graph": "1", "use_tf32": "0"}, fixed_batch_sizes=(1, 4, 8)
     )
-    instance = OnnxInstance(path, "cuda:0", 1, 0, options)
-    reference = OnnxInstance(path, "cpu", 1, 0)
+    instance = OnnxInstance(path, "cuda:0", threads=1, index=0, options=options)
+    reference = OnnxInstance(path, "cpu", threads=1, index=0)
     instance.warm_up([8], batches=True)  # captures each size's graph
     x = np.random.default_rng(0).standard_normal((40, 16)).astype(np.float32)
 
@@ -124,7 +126,7 @@ def test_tensorrt_fp16_matches_the_cpu_where_tensorrt_is_installed(rows: np.ndar
         pytest.skip(f"TensorRT libraries missing: {missing_cuda_libraries(tensorrt=True)}")
     options = InstanceOptions(provider=TENSORRT, provider_options={"trt_fp16_enable": "true"})
 
-    instance = OnnxInstance(DIGITS_ONNX, "cuda:0", 1, 0, options)
+    instance = OnnxInstance(DIGITS_ONNX, "cuda:0", threads=1, index=0, options=options)
 
     assert instance.providers[0] == TENSORRT
     assert_close(instance.run({"input": rows[:16]}), on_cpu(rows[:16]), atol=2e-2)

@@ -62,8 +62,10 @@ def assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None
 def test_io_binding_gives_exactly_what_session_run_gives(
     digits_rows: np.ndarray, reference: ort.InferenceSession
 ) -> None:
-    bound = OnnxInstance(DIGITS_ONNX, "cpu", 1, 0, InstanceOptions(io_binding=True))
-    plain = OnnxInstance(DIGITS_ONNX, "cpu", 1, 0)
+    bound = OnnxInstance(
+        DIGITS_ONNX, "cpu", threads=1, index=0, options=InstanceOptions(io_binding=True)
+    )
+    plain = OnnxInstance(DIGITS_ONNX, "cpu", threads=1, index=0)
     assert bound._io_binding and not plain._io_binding  # CPU keeps session.run by default
 
     # Changing batch sizes from one run to the next: no output shape is kept between runs.
@@ -78,7 +80,9 @@ def test_io_binding_gives_exactly_what_session_run_gives(
 def test_io_binding_takes_non_contiguous_inputs(
     digits_rows: np.ndarray, reference: ort.InferenceSession
 ) -> None:
-    bound = OnnxInstance(DIGITS_ONNX, "cpu", 1, 0, InstanceOptions(io_binding=True))
+    bound = OnnxInstance(
+        DIGITS_ONNX, "cpu", threads=1, index=0, options=InstanceOptions(io_binding=True)
+    )
     x = digits_rows[:20:2]  # a strided view, as a slice of a larger request could be
     assert not x.flags.c_contiguous
 
@@ -90,7 +94,9 @@ def test_string_models_run_without_binding_which_onnx_runtime_refuses_for_string
 ) -> None:
     path = tmp_path / "text.onnx"
     write_text_identity_model(path)
-    instance = OnnxInstance(path, "cpu", 1, 0, InstanceOptions(io_binding=True))
+    instance = OnnxInstance(
+        path, "cpu", threads=1, index=0, options=InstanceOptions(io_binding=True)
+    )
 
     out = instance.run({"text": np.array(["a", "bc"], dtype=object)})
 
@@ -103,7 +109,9 @@ def test_string_models_run_without_binding_which_onnx_runtime_refuses_for_string
 def test_fixed_batch_sizes_pad_each_batch_up_and_cut_the_outputs_back(
     digits_rows: np.ndarray, reference: ort.InferenceSession
 ) -> None:
-    instance = OnnxInstance(DIGITS_ONNX, "cpu", 1, 0, InstanceOptions(fixed_batch_sizes=(8, 2)))
+    instance = OnnxInstance(
+        DIGITS_ONNX, "cpu", threads=1, index=0, options=InstanceOptions(fixed_batch_sizes=(8, 2))
+    )
     assert instance.fixed_batch_sizes == (2, 8)
     assert [instance.padded_size(n) for n in (1, 2, 3, 8)] == [2, 2, 8, 8]
     instance.warm_up([8], batches=True)
@@ -121,7 +129,9 @@ def test_fixed_batch_sizes_pad_each_batch_up_and_cut_the_outputs_back(
 
 
 def test_a_batch_above_the_largest_fixed_size_is_refused(digits_rows: np.ndarray) -> None:
-    instance = OnnxInstance(DIGITS_ONNX, "cpu", 1, 0, InstanceOptions(fixed_batch_sizes=(4,)))
+    instance = OnnxInstance(
+        DIGITS_ONNX, "cpu", threads=1, index=0, options=InstanceOptions(fixed_batch_sizes=(4,))
+    )
 
     with pytest.raises(ValueError, match="above the largest fixed batch size 4"):
         instance.run({"input": digits_rows[:5]})
@@ -144,9 +154,13 @@ def test_fixed_sizes_are_refused_for_tensors_that_are_not_fixed_besides_the_batc
     write_text_identity_model(text)
 
     with pytest.raises(ModelLoadError, match=r"input 'input_ids' has shape \[-1, -1\]"):
-        OnnxInstance(tokens, "cpu", 1, 0, InstanceOptions(fixed_batch_sizes=(4,)))
+        OnnxInstance(
+            tokens, "cpu", threads=1, index=0, options=InstanceOptions(fixed_batch_sizes=(4,))
+        )
     with pytest.raises(ModelLoadError, match="input 'text' is BYTES"):
-        OnnxInstance(text, "cpu", 1, 0, InstanceOptions(fixed_batch_sizes=(4,)))
+        OnnxInstance(
+            text, "cpu", threads=1, index=0, options=InstanceOptions(fixed_batch_sizes=(4,))
+        )
     with pytest.raises(ModelLoadError, match="output 'y' has shape"):
         check_fixed_shapes([TensorSpec("x", "FP32", (-1, 3))], [TensorSpec("y", "FP32", (-1, -1))])
 
@@ -170,7 +184,9 @@ def test_a_provider_this_build_lacks_fails_naming_the_package_that_brings_it(
         pytest.skip(f"{provider} is in this build")
 
     with pytest.raises(ProviderUnavailableError) as info:
-        OnnxInstance(DIGITS_ONNX, "cpu", 1, 0, InstanceOptions(provider=provider))
+        OnnxInstance(
+            DIGITS_ONNX, "cpu", threads=1, index=0, options=InstanceOptions(provider=provider)
+        )
 
     message = str(info.value)
     assert f"device cpu asked for {provider}, which this onnxruntime build" in message
@@ -180,7 +196,13 @@ def test_a_provider_this_build_lacks_fails_naming_the_package_that_brings_it(
 
 def test_a_provider_onnx_runtime_does_not_know_is_named_with_the_known_ones() -> None:
     with pytest.raises(ProviderUnavailableError, match=r"does not know .*OpenVINO"):
-        OnnxInstance(DIGITS_ONNX, "cpu", 1, 0, InstanceOptions(provider="NopeExecutionProvider"))
+        OnnxInstance(
+            DIGITS_ONNX,
+            "cpu",
+            threads=1,
+            index=0,
+            options=InstanceOptions(provider="NopeExecutionProvider"),
+        )
 
 
 def test_a_missing_provider_falls_back_to_the_cpu_when_allowed(
@@ -191,7 +213,7 @@ def test_a_missing_provider_falls_back_to_the_cpu_when_allowed(
         pytest.skip(f"{provider} is in this build")
     options = InstanceOptions(provider=provider, fallback_cpu=True)
 
-    instance = OnnxInstance(DIGITS_ONNX, "cpu", 1, 3, options)
+    instance = OnnxInstance(DIGITS_ONNX, "cpu", threads=1, index=3, options=options)
 
     assert (instance.device, instance.label, instance.providers) == ("cpu", "cpu/3", [CPU])
     assert (instance.requested, instance.requested_provider) == ("cpu", provider)
@@ -204,7 +226,9 @@ def test_a_bad_graph_is_not_mistaken_for_a_missing_provider(tmp_path: Path) -> N
     broken.write_bytes(b"not an onnx graph")
 
     with pytest.raises(ModelLoadError, match="ONNX Runtime could not load") as info:
-        OnnxInstance(broken, "cuda:0", 1, 0, InstanceOptions(fallback_cpu=True))
+        OnnxInstance(
+            broken, "cuda:0", threads=1, index=0, options=InstanceOptions(fallback_cpu=True)
+        )
     assert not isinstance(info.value, ProviderUnavailableError)
 
 
@@ -264,7 +288,9 @@ def test_the_batcher_reports_the_rows_a_fixed_size_runner_pads(
         def batch_executed(self, report: BatchReport) -> None:
             self.padding.append((report.samples, report.padding))
 
-    instance = OnnxInstance(DIGITS_ONNX, "cpu", 1, 0, InstanceOptions(fixed_batch_sizes=(4, 8)))
+    instance = OnnxInstance(
+        DIGITS_ONNX, "cpu", threads=1, index=0, options=InstanceOptions(fixed_batch_sizes=(4, 8))
+    )
     reports = Reports()
 
     async def scenario() -> list[dict[str, np.ndarray]]:
