@@ -2,4 +2,6 @@
 
 from app.cli import main
 
-raise SystemExit(main())
+# Guarded: the processes that parse large JSON bodies are spawned, and import this module.
+if __name__ == "__main__":
+    raise SystemExit(main())

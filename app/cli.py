@@ -15,6 +15,8 @@ from typing import Any
 
 import uvicorn
 
+from app.api.guard import ConnectionGuard, HttpLimits, raise_open_files_limit
+from app.api.protocol import guarded_protocol
 from app.main import create_app
 from app.optimize.cli import add_parser as add_optimize_parser
 from app.profile.cli import add_parser as add_profile_parser
@@ -47,9 +49,22 @@ def _serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    open_files = raise_open_files_limit()
     application = create_app(settings)
+    metrics = application.service.metrics
+    guard = ConnectionGuard(
+        HttpLimits.from_settings(settings, open_files), on_refusal=metrics.http_refused
+    )
+    metrics.watch_connections(lambda: guard.open)
+    log.info(
+        "HTTP front: at most %d connections for the API, headers within %g s, bodies within "
+        "%g s (+1 s per %d bytes)", guard.limits.max_connections, settings.header_timeout_s,
+        settings.body_timeout_s, settings.min_body_bytes_per_s,
+    )  # fmt: skip
     config = uvicorn.Config(
         application.asgi,
+        http=guarded_protocol(guard),
+        timeout_keep_alive=settings.keep_alive_timeout_s,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import errors, health, metrics, models, openapi, repository
+from app.api import errors, health, json_pool, metrics, models, openapi, repository
 from app.api.auth import BearerAuth
 from app.api.infer import ASGIApp, InferenceEndpoint
-from app.dataplane import DataPlane
+from app.dataplane.dataplane import DataPlane
 from app.service import InferenceService
 from app.settings import Settings
 
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> Application:
             service.draining = True
             await loading
             await service.close()
+            json_pool.shutdown()
             log.info("batchserve stopped: every queued request was served")
 
     api = FastAPI(
@@ -66,7 +67,12 @@ def create_app(settings: Settings | None = None) -> Application:
         api.include_router(module.router)
     openapi.install(api)
     dataplane = DataPlane(service)
-    asgi: ASGIApp = InferenceEndpoint(api, dataplane, settings.max_request_bytes)
+    asgi: ASGIApp = InferenceEndpoint(
+        api,
+        dataplane,
+        max_request_bytes=settings.max_request_bytes,
+        in_process_bytes=settings.decode_in_process_bytes,
+    )
     if settings.api_token is not None:
         token = settings.api_token.get_secret_value().encode()
         asgi = BearerAuth(asgi, token, management_token_set=settings.management_token is not None)

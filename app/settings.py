@@ -53,6 +53,69 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest request body accepted; above it the answer is 413.",
     )
+    # -- the HTTP front: timeouts and limits for slow, idle and oversized clients ---------
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection must send a request's headers within this long (from "
+        "connecting, or from the request's first byte); past it, 408 and closed.",
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A request body must arrive within this long, plus 1 s per "
+        "min_body_bytes_per_s bytes received; past it, 408 and closed.",
+    )
+    min_body_bytes_per_s: int = Field(
+        default=1024 * 1024,
+        ge=1,
+        description="The slowest body upload allowed beyond body_timeout_s (bytes/s).",
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5,
+        ge=1,
+        description="An idle keep-alive connection is closed after this long.",
+    )
+    max_url_bytes: int = Field(
+        default=8192, ge=256, description="Longest request target (path and query); 414."
+    )
+    max_header_line_bytes: int = Field(
+        default=8192, ge=256, description="Longest single header (name and value); 431."
+    )
+    max_header_bytes: int = Field(
+        default=65536,
+        ge=1024,
+        description="Largest request line and headers together; 431.",
+    )
+    max_header_count: int = Field(
+        default=100, ge=8, description="Most headers a request may have; 431."
+    )
+    max_connections: int = Field(
+        default=4096,
+        ge=8,
+        description="Open connections served for the API; past it, API requests get 503 with "
+        "Retry-After while health, readiness and metrics are still served, on up to 64 more "
+        "connections; an idle connection is closed to make room for a new one. Capped below "
+        "the open-files limit.",
+    )
+    max_pending_body_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of request bodies held at once across all connections (received, "
+        "not yet answered); a request that would take it past this gets 503 with Retry-After.",
+    )
+    decode_in_thread_bytes: int = Field(
+        default=1024 * 1024,
+        ge=0,
+        description="Request bodies larger than this are decoded in a worker thread, so the "
+        "event loop keeps answering (probes, small requests) meanwhile.",
+    )
+    decode_in_process_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=0,
+        description="JSON request bodies larger than this are parsed in a separate process: "
+        "the JSON parser holds the GIL, so a thread would still stall the event loop.",
+    )
     repository_poll_s: float | None = Field(
         default=None,
         gt=0,

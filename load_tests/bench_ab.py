@@ -51,6 +51,20 @@ async def closed_loop(
     return result.throughput, 1e6 * cpu / max(result.ok, 1)
 
 
+async def closed_loop_at(
+    url: str, model: str, *, binary: bool, concurrency: int, seconds: float
+) -> float:
+    """Requests/s of one window at `url` (after a short warm-up); raises on failures."""
+    async with client_session(concurrency) as http:
+        request = await prepare_request(http, url, model, rows=1, binary=binary)
+        generator = LoadGenerator(url, model, request)
+        await generator.closed_loop(http, concurrency, min(1.0, seconds))  # warm-up
+        result = await generator.closed_loop(http, concurrency, seconds)
+    if result.failures:
+        raise RuntimeError(f"{url}: {result.failures} failed responses: {result.summary()}")
+    return result.throughput
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds the process has used (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()

@@ -6,8 +6,10 @@ listens and its models have loaded, so no port is guessed and no sleep stands in
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -29,9 +31,11 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         extra_args: list[str] | None = None,
         source: Path | None = None,
+        open_files: int | None = None,
     ) -> None:
         """`source`: run the batchserve of that checkout (with this interpreter) instead of
-        the installed one, to compare two versions of the code."""
+        the installed one, to compare two versions of the code. `open_files`: start it with
+        this soft open-files limit (the hard one unchanged)."""
         executable = Path(sys.executable).with_name("batchserve")
         env = {**os.environ, **(env or {})}
         # Where batchserve is importable but not installed (a GPU machine's python3 with the
@@ -48,6 +52,7 @@ class ServerProcess:
             text=True,
             env=env,
             cwd=source,
+            preexec_fn=None if open_files is None else functools.partial(_soft_limit, open_files),
         )
         self._lines: list[str] = []
         self._announced = threading.Event()
@@ -105,3 +110,9 @@ class ServerProcess:
                 self._process.wait()
         self._reader.join(timeout=5)
         return self._process.returncode
+
+
+def _soft_limit(open_files: int) -> None:
+    """In the child, before exec: its soft open-files limit."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, hard))

@@ -16,8 +16,10 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from app.api.json_pool import decode_in_process
 from app.api.responses import JSON, send_error
-from app.dataplane import DataPlane, InferenceRequest, InferenceResponse
+from app.dataplane import InferenceRequest, InferenceResponse
+from app.dataplane.dataplane import DataPlane
 from app.errors import (
     ClientGoneError,
     InvalidInputError,
@@ -25,7 +27,13 @@ from app.errors import (
     ServingError,
     UnsupportedMediaTypeError,
 )
-from app.protocol.codec import EncodedResponse, decode_infer_request, encode_infer_response
+from app.protocol.codec import (
+    EncodedResponse,
+    decode_infer_request,
+    describe_specs,
+    encode_infer_response,
+)
+from app.protocol.sizes import largest_body_of
 from app.repository import LoadedVersion
 
 Scope = MutableMapping[str, Any]
@@ -38,6 +46,8 @@ INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 BINARY_HEADER = b"inference-header-content-length"
 #: A request still waiting after this long gets a watcher for its client's disconnect.
 WATCH_DISCONNECT_AFTER_S = 0.05
+#: A refused request with more of its body than this still unread closes its connection.
+UNREAD_BODY_CLOSES = 64 * 1024
 #: Content-Types an infer request may carry (none at all is accepted too, as Triton does).
 ACCEPTED_TYPES = (b"application/json", b"application/octet-stream", b"text/plain")
 
@@ -45,10 +55,13 @@ ACCEPTED_TYPES = (b"application/json", b"application/octet-stream", b"text/plain
 class InferenceEndpoint:
     """ASGI app serving inference itself and passing every other request to `app`."""
 
-    def __init__(self, app: ASGIApp, dataplane: DataPlane, max_request_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, dataplane: DataPlane, *, max_request_bytes: int, in_process_bytes: int
+    ) -> None:
         self.app = app
         self._dataplane = dataplane
         self._limit = max_request_bytes
+        self._in_process = in_process_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = None
@@ -57,13 +70,14 @@ class InferenceEndpoint:
         if match is None:
             await self.app(scope, receive, send)
             return
-        call = RestCall(match[1], match[2], scope, receive, self._limit)  # positional: hot path
+        # Positional: this runs once per request, and keyword calls cost measurably more.
+        call = RestCall(match[1], match[2], scope, receive, self._limit, self._in_process)
         try:
             encoded = await self._dataplane.infer(call)
         except ClientGoneError:
             return  # nobody to answer
         except ServingError as exc:
-            await send_error(send, exc)
+            await send_error(send, exc, close=call.unread_bytes > UNREAD_BODY_CLOSES)
             return
         headers = [(b"content-length", str(len(encoded.content)).encode())]
         if encoded.header_length is None:
@@ -80,8 +94,8 @@ class InferenceEndpoint:
 class RestCall:
     """One HTTP inference call, as the data plane's TransportCall."""
 
-    __slots__ = ("_cancel", "_header_length", "_limit", "_receive", "_scope",
-                 "_timer", "_watcher", "model", "version")  # fmt: skip
+    __slots__ = ("_cancel", "_header_length", "_in_process", "_limit", "_receive", "_scope",
+                 "_timer", "_watcher", "model", "unread_bytes", "version")  # fmt: skip
 
     def __init__(
         self,
@@ -90,20 +104,24 @@ class RestCall:
         scope: Scope,
         receive: Receive,
         limit: int,
+        in_process_bytes: int,
     ) -> None:
         self.model = model
         self.version = version
         self._scope = scope
         self._receive = receive
         self._limit = limit
+        self._in_process = in_process_bytes
         self._header_length: int | None = None
+        self.unread_bytes = 0  # of the body, as announced
         self._cancel: Callable[[], object] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Future[Message] | None = None
 
-    def announce(self) -> int:
+    def announce(self, target: LoadedVersion) -> int:
         """Check Content-Type and read Inference-Header-Content-Length; the body's
-        announced size (Content-Length, 0 when chunked), refused at once past the limit."""
+        announced size (Content-Length, 0 when chunked), refused at once past the server's
+        limit or the largest request `target` can accept in this encoding."""
         content_length = 0
         for name, value in self._scope["headers"]:
             if name == b"content-length" and value.isdigit():
@@ -123,9 +141,24 @@ class RestCall:
                         "'application/json' (with binary tensors: 'application/octet-stream' "
                         "and Inference-Header-Content-Length)"
                     )
+        self.unread_bytes = content_length
         if content_length > self._limit:
             raise _too_large(content_length, self._limit)
+        binary = self._header_length is not None
+        largest = largest_body_of(target.request_inputs, target.max_batch_size, binary)
+        if largest is not None and largest < self._limit:
+            self._limit = largest  # chunked bodies are held to it while they arrive
+            if content_length > largest:
+                raise PayloadTooLargeError(
+                    f"request body of {content_length} bytes is larger than any request model "
+                    f"'{target.model}' accepts: at most {target.max_batch_size} samples of "
+                    f"{describe_specs(target.request_inputs)} come to at most {largest} bytes "
+                    f"in {'binary tensors' if binary else 'JSON'}"
+                )
         return content_length
+
+    def size(self, body: bytes) -> int:
+        return len(body)
 
     async def receive(self) -> bytes:
         """The whole body, refused with 413 as soon as it is known to be over the limit."""
@@ -142,10 +175,13 @@ class RestCall:
                     raise _too_large(size, self._limit)
                 chunks.append(chunk)
             if not message.get("more_body", False):
+                self.unread_bytes = 0
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def decode(self, body: bytes, target: LoadedVersion) -> InferenceRequest:
-        return decode_infer_request(
+        large_json = self._header_length is None and len(body) > self._in_process
+        decode = decode_in_process if large_json else decode_infer_request
+        return decode(
             body,
             target.request_inputs,
             target.outputs,

@@ -51,9 +51,12 @@ def error_response(exc: ServingError) -> Response:
     )
 
 
-async def send_error(send: Send, exc: ServingError) -> None:
-    """Answer `exc` on a plain ASGI connection."""
+async def send_error(send: Send, exc: ServingError, close: bool = False) -> None:
+    """Answer `exc` on a plain ASGI connection; `close` the connection after it (a large
+    request body left unread is not worth receiving only to discard it)."""
     status, body, headers = error_parts(exc)
+    if close:
+        headers.append((b"connection", b"close"))
     await send(
         {
             "type": "http.response.start",

@@ -170,11 +170,16 @@ class Batcher:
 
     # -- taking batches -------------------------------------------------------------------
 
-    async def _next_batch(self, runner: BatchRunner) -> list[Pending] | None:
+    async def _next_batch(self, runner: BatchRunner) -> tuple[list[Pending], float] | None:
+        """The next batch for `runner`, and when it was taken: the queue wait is measured to
+        that moment, the one its deadlines were checked at, so a stall of the process
+        between taking a batch and running it inflates no request's queue wait."""
         queue = self._queue
+        loop = asyncio.get_running_loop()
         waited = False
         while True:
-            if queue.due(asyncio.get_running_loop().time()):
+            now = loop.time()
+            if queue.due(now):
                 queue.expire()  # its timer is late: the loop was stalled
             group = queue.oldest_group()
             if group is None:
@@ -197,7 +202,7 @@ class Batcher:
                 continue
             if queue.depth:
                 self._wake_one()  # more is queued: let another idle worker look at it
-            return batch
+            return batch, now
 
     async def _sleep(self, until: float | None = None) -> None:
         """Wait to be woken by an arrival (or close), or until `until` in loop time."""
@@ -229,11 +234,12 @@ class Batcher:
     async def _work(self, runner: BatchRunner, executor: ThreadPoolExecutor) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch(runner)
-            if batch is None:
+            taken = await self._next_batch(runner)
+            if taken is None:
                 return
+            batch, taken_at = taken
             started = loop.time()
-            waits = [started - p.enqueued for p in batch]
+            waits = [taken_at - p.enqueued for p in batch]
             samples = sum(p.samples for p in batch)
             # One hand-off each way per batch: the thread answers the requests itself
             # (_finish, one loop callback) and only then wakes this task for the bookkeeping.

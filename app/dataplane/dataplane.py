@@ -42,6 +42,7 @@ class DataPlane:
     def __init__(self, service: InferenceService) -> None:
         self._service = service
         self._repository = service.repository
+        self._decode_in_thread_bytes = service.settings.decode_in_thread_bytes
 
     async def infer(self, call: TransportCall[Body, Encoded]) -> Encoded:
         """Serve one call; raises ServingError (already counted) for the transport to send."""
@@ -53,11 +54,14 @@ class DataPlane:
         try:
             if self._service.draining:
                 raise UnavailableError("server is shutting down; retry on another replica")
-            loaded.batcher.check_admission(call.announce())
+            loaded.batcher.check_admission(call.announce(loaded))
             body = await call.receive()
             # The version serving now: a reload may have swapped it in while the body arrived.
             loaded = self._repository.version(call.model, call.version)
-            request = call.decode(body, loaded)
+            if call.size(body) > self._decode_in_thread_bytes:  # the loop keeps answering
+                request = await asyncio.to_thread(call.decode, body, loaded)
+            else:
+                request = call.decode(body, loaded)
             parameters = request.parameters
             priority = _priority(parameters) if parameters else None
             deadline = request.deadline

@@ -61,9 +61,13 @@ class TransportCall(Protocol[Body, Encoded]):
     @property
     def version(self) -> str | None: ...
 
-    def announce(self) -> int:
-        """Check what is known of the request before it is read (HTTP headers) and return
-        its announced size in bytes (0: unknown)."""
+    def announce(self, target: LoadedVersion) -> int:
+        """Check what is known of the request before it is read (HTTP headers), against
+        the version it is for, and return its announced size in bytes (0: unknown)."""
+        ...
+
+    def size(self, body: Body) -> int:
+        """Bytes of a received body (large ones are decoded off the event loop)."""
         ...
 
     async def receive(self) -> Body:

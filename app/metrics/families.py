@@ -123,11 +123,29 @@ class ServerMetrics:
             "Seconds each worker spent executing; rate() is its utilization.",
             [*mvd, "worker"], registry=r,
         )  # fmt: skip
+        self.http_refusals = Counter(
+            "batchserve_http_refusals",
+            "HTTP connections and requests refused or closed by the front's limits, by reason: "
+            "header_timeout and body_timeout (408), header_too_large and too_many_headers "
+            "(431), url_too_long (414), too_many_connections and body_budget (503), "
+            "idle_evicted (an idle connection closed to make room for a new one).",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.http_connections = Gauge(
+            "batchserve_http_connections", "Open HTTP connections.", registry=r
+        )
         self._models: dict[tuple[str, int], ModelMetrics] = {}
 
     def watch_state(self, read: Callable[[], Iterable[VersionGauges]]) -> None:
         """Export queue depth, in-flight requests and model state from `read()` at scrape."""
         self.registry.register(StateCollector(read))
+
+    def http_refused(self, reason: str) -> None:
+        self.http_refusals.labels(reason).inc()
+
+    def watch_connections(self, read: Callable[[], int]) -> None:
+        """Export the open HTTP connections as `read()` says at scrape time."""
+        self.http_connections.set_function(read)
 
     def for_version(self, model: str, version: int) -> ModelMetrics:
         """The bound children of one model version (created on first use)."""

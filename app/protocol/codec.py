@@ -10,6 +10,7 @@ serialise numpy arrays directly; binary inputs are read zero-copy from the reque
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -20,6 +21,10 @@ from app.dataplane.types import InferenceRequest
 from app.errors import InvalidInputError
 from app.protocol.binary import decode_binary_tensor, encode_binary_tensor
 from app.tensors import V2_TO_NUMPY, TensorSpec
+
+# An overflowing JSON number is found (below) by the cast and a sum, and refused: not worth
+# a warning too.
+warnings.filterwarnings("ignore", "overflow encountered in (cast|reduce)", RuntimeWarning)
 
 # numpy kinds a JSON array may decode to for each family of v2 datatypes.
 _FLOAT_KINDS = frozenset("fiu")
@@ -50,25 +55,42 @@ MAX_ELEMENTS = 2**40
 
 
 def _decode_shape(name: str, raw: Any) -> tuple[int, ...]:
-    if not (isinstance(raw, list) and all(type(d) is int and d >= 0 for d in raw)):
-        # type(d) is int: JSON true is not a dimension
-        raise _fail(f"input '{name}': 'shape' must be a list of non-negative integers, got {raw!r}")
-    if math.prod(d for d in raw if d) > MAX_ELEMENTS:
-        raise _fail(f"input '{name}': shape {raw} declares more than 2**40 elements")
-    return tuple(raw)
+    # Plain loops: this runs for every input of every request (generators cost more).
+    elements = 1
+    if isinstance(raw, list):
+        for d in raw:
+            if type(d) is not int or d < 0:  # type(d) is int: JSON true is not a dimension
+                break
+            if d:
+                elements *= d
+        else:
+            if elements > MAX_ELEMENTS:
+                raise _fail(f"input '{name}': shape {raw} declares more than 2**40 elements")
+            return tuple(raw)
+    raise _fail(f"input '{name}': 'shape' must be a list of non-negative integers, got {raw!r}")
 
 
 def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
     wanted = spec.shape
-    if len(shape) == len(wanted) and all(w < 0 or w == g for w, g in zip(wanted, shape)):  # noqa: B905
-        return
+    if len(shape) == len(wanted):
+        for w, g in zip(wanted, shape):  # noqa: B905 (lengths checked)
+            if w >= 0 and w != g:
+                break
+        else:
+            return
     raise _fail(
         f"input '{spec.name}': shape {list(shape)} does not match the model's "
         f"{list(spec.shape)} (-1 is any size)"
     )
 
 
-def _decode_json_data(spec: TensorSpec, shape: tuple[int, ...], data: Any) -> np.ndarray:
+def _decode_json_data(
+    spec: TensorSpec, shape: tuple[int, ...], data: Any, may_hold_booleans: bool = True
+) -> np.ndarray:
+    """`data` as an array of the spec's datatype, exactly: a boolean where numbers belong,
+    or a number the datatype cannot hold, is refused (numpy would take true as 1 and
+    overflow 1e39 to infinity). `may_hold_booleans` False (the body has no `true` or
+    `false` anywhere) skips looking for booleans."""
     if not isinstance(data, list):
         raise _fail(
             f"input '{spec.name}': 'data' must be a JSON array (flat or nested) of "
@@ -89,6 +111,10 @@ def _decode_json_data(spec: TensorSpec, shape: tuple[int, ...], data: Any) -> np
             f"{array.size}"
         )
     target = V2_TO_NUMPY[spec.datatype]
+    if array.size and target.kind != "b" and may_hold_booleans and _holds_booleans(data):
+        raise _fail(
+            f"input '{spec.name}': 'data' holds boolean values, which are not valid {spec.datatype}"
+        )
     if array.size and target.kind in "iu" and array.dtype.kind in "fO":
         # Integers beyond int64 (or mixed with small ones) make numpy choose float or object;
         # look at the values themselves so every valid UINT64 gets through, exactly.
@@ -99,6 +125,10 @@ def _decode_json_data(spec: TensorSpec, shape: tuple[int, ...], data: Any) -> np
                 f"input '{spec.name}': 'data' holds {_kind_name(array.dtype)} values, "
                 f"which are not valid {spec.datatype}"
             )
+        if target.kind == "f" and array.dtype.itemsize > target.itemsize:
+            narrowed = array.astype(target).reshape(shape)
+            _refuse_overflow(spec, narrowed)
+            return narrowed
         if target.kind in "iu" and array.dtype != target:
             info = np.iinfo(target)  # type: ignore[type-var]
             if int(array.min()) < info.min or int(array.max()) > info.max:
@@ -107,6 +137,29 @@ def _decode_json_data(spec: TensorSpec, shape: tuple[int, ...], data: Any) -> np
                     f"[{info.min}, {info.max}]"
                 )
     return array.astype(target, copy=False).reshape(shape)
+
+
+def _refuse_overflow(spec: TensorSpec, array: np.ndarray) -> None:
+    """JSON numbers are finite, so an infinity in `array` (of the datatype) is a number the
+    datatype cannot hold; one sum finds any (a sum that overflows is looked at again)."""
+    if (
+        array.dtype.itemsize < 8
+        and array.size
+        and not math.isfinite(np.add.reduce(array, axis=None))
+    ) and np.isinf(array).any():
+        largest = float(np.finfo(array.dtype).max)
+        raise _fail(
+            f"input '{spec.name}': values out of range for {spec.datatype} "
+            f"(at most {largest:.4g} in magnitude)"
+        )
+
+
+def _holds_booleans(data: list[Any]) -> bool:
+    """True when a (nested) list holds a JSON boolean anywhere."""
+    kinds = set(map(type, data))
+    if bool in kinds:
+        return True
+    return list in kinds and any(_holds_booleans(item) for item in data if type(item) is list)
 
 
 def _decode_json_bytes(spec: TensorSpec, shape: tuple[int, ...], data: list[Any]) -> np.ndarray:
@@ -172,6 +225,9 @@ def decode_infer_request(
     `parameters.binary_data_size`, in order.
     """
     header, binary = _split_body(body, header_length)
+    # Booleans in numeric data are looked for value by value only when the body has any:
+    # searching the bytes costs far less per byte than looking at each value.
+    may_hold_booleans = b"true" in header or b"false" in header
     try:
         doc = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
@@ -215,7 +271,7 @@ def decode_infer_request(
             decoded[name] = decode_binary_tensor(spec, shape, binary[offset : offset + size])
             offset += size
         elif "data" in raw:
-            decoded[name] = _decode_json_data(spec, shape, raw["data"])
+            decoded[name] = _decode_json_data(spec, shape, raw["data"], may_hold_booleans)
         else:
             raise _fail(f"input '{name}': 'data' is missing")
     if input_sets:

@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import re
+import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -21,6 +24,7 @@ import pytest
 from load_tests.loadgen import LoadGenerator, PreparedRequest, client_session
 from load_tests.server_process import ServerProcess
 from load_tests.synthetic_models import write_cnn_model
+from tests.conftest import DIGITS_ONNX
 
 pytestmark = pytest.mark.integration
 
@@ -125,3 +129,55 @@ def histogram(server: ServerProcess, name: str) -> dict[str, float]:
     for match in re.finditer(rf'^{name}_bucket{{.*le="([^"]+)".*}} (\S+)$', text, re.MULTILINE):
         counts[match[1]] = counts.get(match[1], 0.0) + float(match[2])
     return counts
+
+
+def test_a_stalled_server_computes_no_request_past_its_deadline(tmp_path: Path) -> None:
+    """Every request carries a 200 ms deadline; the server is stopped (SIGSTOP) for 3 s under
+    load, as a long GC pause or a starved VM would: once it resumes, the requests whose
+    deadline passed meanwhile are answered 504, uncomputed, so no computed request has
+    waited longer than its deadline in the queue (the timer that should have expired them
+    ran late; the batcher checks deadlines again when it forms a batch)."""
+    (tmp_path / "digits" / "1").mkdir(parents=True)
+    shutil.copy(DIGITS_ONNX, tmp_path / "digits" / "1" / "model.onnx")
+    # Batches held to 8 samples and a 2 ms wait, so that requests queue while it runs.
+    (tmp_path / "digits" / "config.toml").write_text(
+        "max_batch_size = 8\n[batching]\nmax_queue_delay_ms = 2\npreferred_batch_sizes = [8]\n"
+        "max_queue_size = 4096\n"
+    )
+    buckets = (0.05, 0.1, 0.2, 0.25, 1.0, 5.0)
+    server = ServerProcess(tmp_path, env={"BATCHSERVE_LATENCY_BUCKETS": json.dumps(buckets)})
+    try:
+        body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                            "data": [0.0] * 64}], "parameters": {"timeout": 200_000}}  # fmt: skip
+        request = PreparedRequest(
+            json.dumps(body).encode(), {"Content-Type": "application/json"}, 1, False
+        )
+        generator = LoadGenerator(server.url, "digits", request)
+        stall = threading.Timer(1.0, stop_for, args=(server.pid, 3.0))
+
+        async def load() -> object:
+            async with client_session(64) as http:
+                stall.start()
+                return await generator.closed_loop(http, concurrency=64, seconds=6.0)
+
+        result = asyncio.run(load())
+        stall.join()
+        waits = histogram(server, "batchserve_queue_duration_seconds")
+        expired = server.metric("batchserve_requests_total", model="digits", outcome="timeout")
+    finally:
+        server.stop()
+    assert set(result.statuses) <= {200, 504}, result.statuses  # type: ignore[attr-defined]
+    assert result.statuses[200] > 0  # type: ignore[attr-defined]
+    assert waits["+Inf"] > 0 and waits["0.2"] == waits["+Inf"], (
+        f"a computed request waited past its 200 ms deadline in the queue: {waits}"
+    )
+    assert expired > 0, "no request was queued across the stall: the scenario did not happen"
+
+
+def stop_for(pid: int, seconds: float) -> None:
+    """SIGSTOP `pid` for `seconds` (the stall under test, not a synchronisation)."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)

@@ -432,6 +432,48 @@ def test_bools_in_numeric_tensor_are_rejected(datatype: str) -> None:
     )
 
 
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "INT32", "INT64", "UINT8"])
+@pytest.mark.parametrize(
+    "data", [[1, True, 2, 3], [[1.5, 2.0], [False, 3.0]]], ids=["flat", "nested"]
+)
+def test_a_boolean_among_numbers_is_rejected(datatype: str, data: list[Any]) -> None:
+    """numpy would take true as 1 (and an all-boolean array is refused anyway)."""
+    spec = TensorSpec("t", datatype, (2, 2))
+    assert_rejected(
+        {"inputs": [tensor("t", datatype, [2, 2], data)]},
+        f"input 't': 'data' holds boolean values, which are not valid {datatype}",
+        inputs=(spec,),
+    )
+
+
+def test_true_elsewhere_in_the_body_is_no_boolean_in_the_data() -> None:
+    doc = {"inputs": [valid_x(), valid_idx()], "parameters": {"binary_data_output": True}}
+    np.testing.assert_array_equal(decode(doc).inputs["x"], np.arange(1, 7).reshape(2, 3))
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value", "limit"),
+    [("FP32", 1e39, "3.403e+38"), ("FP32", -3.5e38, "3.403e+38"), ("FP16", 70000, "6.55e+04"),
+     ("FP16", 65520.0, "6.55e+04")],  # 65520 rounds to infinity in FP16
+)  # fmt: skip
+def test_a_value_the_float_type_cannot_hold_is_rejected(
+    datatype: str, value: float, limit: str
+) -> None:
+    """Not an infinity: the model would answer a 200 with null probabilities."""
+    spec = TensorSpec("t", datatype, (2,))
+    assert_rejected(
+        {"inputs": [tensor("t", datatype, [2], [value, 1.0])]},
+        f"input 't': values out of range for {datatype} (at most {limit} in magnitude)",
+        inputs=(spec,),
+    )
+
+
+@pytest.mark.parametrize(("datatype", "value"), [("FP32", 3.4e38), ("FP16", 65504.0)])
+def test_the_largest_finite_values_are_accepted(datatype: str, value: float) -> None:
+    array = decode_single(TensorSpec("t", datatype, (1,)), tensor("t", datatype, [1], [value]))
+    assert np.isfinite(array).all() and array[0] == np.array(value, dtype=array.dtype)
+
+
 @pytest.mark.parametrize(
     ("data", "kind"),
     [([1, 0], "integer"), ([1.0, 0.0], "float"), (["true", "false"], "string")],

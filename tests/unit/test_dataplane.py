@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from app.dataplane import DataPlane, InferenceRequest, InferenceResponse
+from app.dataplane import InferenceRequest, InferenceResponse
+from app.dataplane.dataplane import DataPlane
 from app.errors import (
     ClientGoneError,
     DeadlineExceededError,
@@ -51,8 +52,11 @@ class Call:
     cancel: Callable[[], None] | None = None
     fail_decode: bool = False
 
-    def announce(self) -> int:
+    def announce(self, target: LoadedVersion) -> int:
         return 256
+
+    def size(self, body: bytes) -> int:
+        return len(body)
 
     async def receive(self) -> bytes:
         self.read = True
