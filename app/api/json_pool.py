@@ -25,7 +25,7 @@ _pool: ProcessPoolExecutor | None = None
 _lock = threading.Lock()
 
 
-def decode_in_process(body: bytes, *args: Any, **kwargs: Any) -> InferenceRequest:
+def decode_in_process(body: bytes | bytearray, *args: Any, **kwargs: Any) -> InferenceRequest:
     """decode_infer_request(body, *args, **kwargs) in a parsing process; blocks the calling
     thread (not the GIL) until it is done. Errors are raised here as they would be there."""
     request: InferenceRequest = (
@@ -36,11 +36,15 @@ def decode_in_process(body: bytes, *args: Any, **kwargs: Any) -> InferenceReques
 
 def _processes() -> ProcessPoolExecutor:
     """The pool, started on first use (a server that never gets a large body never pays
-    for it) with spawn: a fork of a process running ONNX Runtime's threads is not safe."""
+    for it). Its processes fork from a fresh fork server that has imported the codec alone:
+    a fork of the server itself (ONNX Runtime's threads) is not safe, and a spawned process
+    would import all of the server again, taking the cores the server needs meanwhile."""
     global _pool
     with _lock:
         if _pool is None:
-            _pool = ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("spawn"))
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["app.protocol.codec"])
+            _pool = ProcessPoolExecutor(WORKERS, mp_context=context)
             atexit.register(shutdown)
         return _pool
 

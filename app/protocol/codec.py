@@ -195,7 +195,9 @@ def _kind_name(dtype: np.dtype[Any]) -> str:
     )
 
 
-def _split_body(body: bytes, header_length: int | None) -> tuple[bytes, memoryview | None]:
+def _split_body(
+    body: bytes | bytearray, header_length: int | None
+) -> tuple[bytes | bytearray, memoryview | None]:
     if header_length is None:
         return body, None
     if not 0 < header_length <= len(body):
@@ -208,7 +210,7 @@ def _split_body(body: bytes, header_length: int | None) -> tuple[bytes, memoryvi
 
 
 def decode_infer_request(
-    body: bytes,
+    body: bytes | bytearray,
     inputs: Sequence[TensorSpec],
     outputs: Sequence[TensorSpec],
     header_length: int | None = None,
