@@ -7,7 +7,7 @@ PORT ?= 8000
 # Built by `make text-model` (torch and sentence-transformers); `make test` builds it too.
 TEXT_MODEL := models/minilm/1/model.onnx
 
-.PHONY: serve test lint typecheck models text-model bench bench-text bench-latency bench-metrics bench-profile clean lock
+.PHONY: serve test lint typecheck proto models text-model bench bench-text bench-latency bench-metrics bench-profile clean lock
 
 # The virtual environment, rebuilt when pyproject.toml or the lock changes. Runtime packages
 # are held at the versions the container images ship (requirements/gpu.txt, the lock of what
@@ -31,6 +31,10 @@ $(VENV)/.test-deps: $(BIN)/batchserve
 serve: $(BIN)/batchserve
 	@test -f $(TEXT_MODEL) || echo "The text model (models/minilm) is not built, so it is not served: \`make text-model\` builds it (installs torch)."
 	$(BIN)/batchserve serve --model-repository models --host $(HOST) --port $(PORT)
+
+# The gRPC modules in app/grpc/proto from its .proto files (committed; a test checks them).
+proto: $(VENV)/.test-deps
+	$(BIN)/python -m app.grpc.proto.generate
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check app tests models load_tests

@@ -27,12 +27,8 @@ from app.errors import (
     ServingError,
     UnsupportedMediaTypeError,
 )
-from app.protocol.codec import (
-    EncodedResponse,
-    decode_infer_request,
-    describe_specs,
-    encode_infer_response,
-)
+from app.protocol.checks import describe_specs
+from app.protocol.codec import EncodedResponse, decode_infer_request, encode_infer_response
 from app.protocol.sizes import largest_body_of
 from app.repository import LoadedVersion
 

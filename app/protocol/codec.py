@@ -18,8 +18,16 @@ import numpy as np
 import orjson
 
 from app.dataplane.types import InferenceRequest
-from app.errors import InvalidInputError
 from app.protocol.binary import decode_binary_tensor, encode_binary_tensor
+from app.protocol.checks import (
+    check_output,
+    check_shape,
+    complete_inputs,
+    decode_shape,
+    describe_specs,
+    fail,
+    input_spec,
+)
 from app.tensors import V2_TO_NUMPY, TensorSpec
 
 # An overflowing JSON number is found (below) by the cast and a sum, and refused: not worth
@@ -40,50 +48,6 @@ def _allowed_kinds(datatype: str) -> frozenset[str]:
     return _INT_KINDS
 
 
-def describe_specs(specs: Sequence[TensorSpec]) -> str:
-    """`input (FP32 [-1, 64]), mask (INT64 [-1, -1])`: for error messages."""
-    return ", ".join(f"{s.name} ({s.datatype} {list(s.shape)})" for s in specs)
-
-
-def _fail(message: str) -> InvalidInputError:
-    return InvalidInputError(message)
-
-
-#: No tensor may declare more elements than this, even with a zero dimension among its dims
-#: (numpy refuses shapes whose non-zero dims multiply past its index range).
-MAX_ELEMENTS = 2**40
-
-
-def _decode_shape(name: str, raw: Any) -> tuple[int, ...]:
-    # Plain loops: this runs for every input of every request (generators cost more).
-    elements = 1
-    if isinstance(raw, list):
-        for d in raw:
-            if type(d) is not int or d < 0:  # type(d) is int: JSON true is not a dimension
-                break
-            if d:
-                elements *= d
-        else:
-            if elements > MAX_ELEMENTS:
-                raise _fail(f"input '{name}': shape {raw} declares more than 2**40 elements")
-            return tuple(raw)
-    raise _fail(f"input '{name}': 'shape' must be a list of non-negative integers, got {raw!r}")
-
-
-def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
-    wanted = spec.shape
-    if len(shape) == len(wanted):
-        for w, g in zip(wanted, shape):  # noqa: B905 (lengths checked)
-            if w >= 0 and w != g:
-                break
-        else:
-            return
-    raise _fail(
-        f"input '{spec.name}': shape {list(shape)} does not match the model's "
-        f"{list(spec.shape)} (-1 is any size)"
-    )
-
-
 def _decode_json_data(
     spec: TensorSpec, shape: tuple[int, ...], data: Any, may_hold_booleans: bool = True
 ) -> np.ndarray:
@@ -92,7 +56,7 @@ def _decode_json_data(
     overflow 1e39 to infinity). `may_hold_booleans` False (the body has no `true` or
     `false` anywhere) skips looking for booleans."""
     if not isinstance(data, list):
-        raise _fail(
+        raise fail(
             f"input '{spec.name}': 'data' must be a JSON array (flat or nested) of "
             f"{spec.datatype} values"
         )
@@ -101,18 +65,18 @@ def _decode_json_data(
     try:
         array = np.array(data)
     except (ValueError, TypeError, OverflowError):
-        raise _fail(
+        raise fail(
             f"input '{spec.name}': 'data' is not a rectangular array of {spec.datatype} values"
         ) from None
     expected = math.prod(shape)
     if array.size != expected:
-        raise _fail(
+        raise fail(
             f"input '{spec.name}': shape {list(shape)} needs {expected} values, 'data' has "
             f"{array.size}"
         )
     target = V2_TO_NUMPY[spec.datatype]
     if array.size and target.kind != "b" and may_hold_booleans and _holds_booleans(data):
-        raise _fail(
+        raise fail(
             f"input '{spec.name}': 'data' holds boolean values, which are not valid {spec.datatype}"
         )
     if array.size and target.kind in "iu" and array.dtype.kind in "fO":
@@ -121,7 +85,7 @@ def _decode_json_data(
         array = _exact_integers(spec, data, array.shape)
     if array.size:
         if array.dtype.kind not in _allowed_kinds(spec.datatype):
-            raise _fail(
+            raise fail(
                 f"input '{spec.name}': 'data' holds {_kind_name(array.dtype)} values, "
                 f"which are not valid {spec.datatype}"
             )
@@ -132,7 +96,7 @@ def _decode_json_data(
         if target.kind in "iu" and array.dtype != target:
             info = np.iinfo(target)  # type: ignore[type-var]
             if int(array.min()) < info.min or int(array.max()) > info.max:
-                raise _fail(
+                raise fail(
                     f"input '{spec.name}': values out of range for {spec.datatype} "
                     f"[{info.min}, {info.max}]"
                 )
@@ -148,7 +112,7 @@ def _refuse_overflow(spec: TensorSpec, array: np.ndarray) -> None:
         and not math.isfinite(np.add.reduce(array, axis=None))
     ) and np.isinf(array).any():
         largest = float(np.finfo(array.dtype).max)
-        raise _fail(
+        raise fail(
             f"input '{spec.name}': values out of range for {spec.datatype} "
             f"(at most {largest:.4g} in magnitude)"
         )
@@ -166,24 +130,24 @@ def _decode_json_bytes(spec: TensorSpec, shape: tuple[int, ...], data: list[Any]
     flat = np.array(data, dtype=object).ravel()
     expected = math.prod(shape)
     if flat.size != expected:
-        raise _fail(
+        raise fail(
             f"input '{spec.name}': shape {list(shape)} needs {expected} values, 'data' has "
             f"{flat.size}"
         )
     if not all(isinstance(v, str) for v in flat):
-        raise _fail(f"input '{spec.name}': BYTES 'data' must hold strings")
+        raise fail(f"input '{spec.name}': BYTES 'data' must hold strings")
     return flat.reshape(shape)
 
 
 def _exact_integers(spec: TensorSpec, data: list[Any], shape: tuple[int, ...]) -> np.ndarray:
     flat = np.array(data, dtype=object).ravel().tolist()
     if not all(type(v) is int for v in flat):
-        raise _fail(
+        raise fail(
             f"input '{spec.name}': 'data' holds float values, which are not valid {spec.datatype}"
         )
     info = np.iinfo(V2_TO_NUMPY[spec.datatype])  # type: ignore[type-var]
     if min(flat) < info.min or max(flat) > info.max:
-        raise _fail(
+        raise fail(
             f"input '{spec.name}': values out of range for {spec.datatype} [{info.min}, {info.max}]"
         )
     return np.array(flat, dtype=V2_TO_NUMPY[spec.datatype]).reshape(shape)
@@ -201,7 +165,7 @@ def _split_body(
     if header_length is None:
         return body, None
     if not 0 < header_length <= len(body):
-        raise _fail(
+        raise fail(
             f"Inference-Header-Content-Length {header_length} is outside the body's "
             f"{len(body)} bytes"
         )
@@ -233,12 +197,12 @@ def decode_infer_request(
     try:
         doc = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
-        raise _fail(f"request body is not valid JSON: {exc}") from None
+        raise fail(f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise _fail("request body must be a JSON object with an 'inputs' array")
+        raise fail("request body must be a JSON object with an 'inputs' array")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise _fail(
+        raise fail(
             "request must have a non-empty 'inputs' array; the model expects "
             + describe_specs(inputs)
         )
@@ -247,26 +211,15 @@ def decode_infer_request(
     offset = 0
     for raw in raw_inputs:
         if not isinstance(raw, dict):
-            raise _fail("each entry of 'inputs' must be a JSON object")
-        name = raw.get("name")
-        if not isinstance(name, str):
-            raise _fail("each entry of 'inputs' needs a string 'name'")
-        spec = specs.get(name)
-        if spec is None:
-            raise _fail(f"unknown input '{name}'; the model expects {describe_specs(inputs)}")
-        if name in decoded:
-            raise _fail(f"input '{name}' is given more than once")
-        datatype = raw.get("datatype")
-        if datatype != spec.datatype:
-            raise _fail(
-                f"input '{name}': datatype {datatype!r} does not match the model's {spec.datatype}"
-            )
-        shape = _decode_shape(name, raw.get("shape"))
-        _check_shape(spec, shape)
+            raise fail("each entry of 'inputs' must be a JSON object")
+        spec = input_spec(specs, inputs, decoded, raw.get("name"), raw.get("datatype"))
+        name = spec.name
+        shape = decode_shape(name, raw.get("shape"))
+        check_shape(spec, shape)
         size = _binary_size(name, raw.get("parameters"))
         if size is not None:
             if binary is None or offset + size > len(binary):
-                raise _fail(
+                raise fail(
                     f"input '{name}': binary_data_size {size} runs past the binary data "
                     "(is Inference-Header-Content-Length set?)"
                 )
@@ -275,32 +228,20 @@ def decode_infer_request(
         elif "data" in raw:
             decoded[name] = _decode_json_data(spec, shape, raw["data"], may_hold_booleans)
         else:
-            raise _fail(f"input '{name}': 'data' is missing")
-    if input_sets:
-        if not any(decoded.keys() == set(names) for names in input_sets):
-            choices = " or ".join(str(list(names)) for names in input_sets)
-            raise _fail(f"give exactly one of these sets of inputs: {choices}; got {list(decoded)}")
-    elif len(decoded) != len(specs):
-        missing = [s.name for s in inputs if s.name not in decoded]
-        raise _fail(f"missing input(s) {missing}; the model expects {describe_specs(inputs)}")
-    if reject_nonfinite:
-        _check_finite(decoded)
+            raise fail(f"input '{name}': 'data' is missing")
+    decoded = complete_inputs(decoded, inputs, input_sets, reject_nonfinite)
     if binary is not None and offset != len(binary):
-        raise _fail(
-            f"the body has {len(binary) - offset} bytes of binary data that no input claims"
-        )
+        raise fail(f"the body has {len(binary) - offset} bytes of binary data that no input claims")
 
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise _fail("'id' must be a string")
+        raise fail("'id' must be a string")
     parameters = doc.get("parameters", {})
     if not isinstance(parameters, dict):
-        raise _fail("'parameters' must be a JSON object")
+        raise fail("'parameters' must be a JSON object")
     selected, binary_outputs = _decode_output_selection(
         doc.get("outputs"), outputs, parameters.get("binary_data_output") is True
     )
-    if len(decoded) > 1:
-        decoded = {s.name: decoded[s.name] for s in inputs if s.name in decoded}
     return InferenceRequest(
         inputs=decoded,
         parameters=parameters,
@@ -310,25 +251,16 @@ def decode_infer_request(
     )
 
 
-def _check_finite(inputs: Mapping[str, np.ndarray]) -> None:
-    for name, array in inputs.items():
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise _fail(
-                f"input '{name}': holds NaN or infinite values, which this model refuses "
-                "(reject_nonfinite in its config)"
-            )
-
-
 def _binary_size(name: str, parameters: Any) -> int | None:
     if not parameters:
         return None
     if not isinstance(parameters, dict):
-        raise _fail(f"input '{name}': 'parameters' must be a JSON object")
+        raise fail(f"input '{name}': 'parameters' must be a JSON object")
     size = parameters.get("binary_data_size")
     if size is None:
         return None
     if type(size) is not int or size < 0:
-        raise _fail(f"input '{name}': binary_data_size must be a non-negative integer")
+        raise fail(f"input '{name}': binary_data_size must be a non-negative integer")
     return size
 
 
@@ -339,16 +271,12 @@ def _decode_output_selection(
     if raw is None:
         return None, frozenset(s.name for s in outputs) if binary_default else frozenset()
     if not isinstance(raw, list):
-        raise _fail("'outputs' must be an array of {\"name\": ...} objects")
+        raise fail("'outputs' must be an array of {\"name\": ...} objects")
     known = {s.name for s in outputs}
     names: list[str] = []
     binary: set[str] = set()
     for entry in raw:
-        name = entry.get("name") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or name not in known:
-            raise _fail(
-                f"unknown output {name!r} requested; the model's outputs are {sorted(known)}"
-            )
+        name = check_output(entry.get("name") if isinstance(entry, dict) else None, known)
         names.append(name)
         parameters = entry.get("parameters") or {}
         wants = parameters.get("binary_data") if isinstance(parameters, dict) else None

@@ -263,12 +263,14 @@ def big_json() -> bytes:
     return body
 
 
-def liveness_while_uploading(server: ServerProcess, model: str, body: bytes) -> list[float]:
-    """Four clients uploading `body` to `model` again and again for 2 s (at least once each),
-    liveness probed from another process every 20 ms meanwhile; the probes' latencies (and
-    every upload answered 200 or 413)."""
+def liveness_while_uploading(
+    server: ServerProcess, model: str, body: bytes, *, clients: int, for_s: float
+) -> list[float]:
+    """`clients` uploading `body` to `model` again and again for `for_s` (at least once
+    each), liveness probed from another process every 20 ms meanwhile; the probes'
+    latencies (and every upload answered 200 or 413)."""
     statuses: list[int] = []
-    until = time.monotonic() + 2.0
+    until = time.monotonic() + for_s
 
     def upload() -> None:
         with httpx.Client(base_url=server.url, timeout=120) as client:
@@ -284,7 +286,7 @@ def liveness_while_uploading(server: ServerProcess, model: str, body: bytes) -> 
     probe = subprocess.Popen([sys.executable, "-c", PROBE, server.url], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        uploads = [threading.Thread(target=upload) for _ in range(4)]
+        uploads = [threading.Thread(target=upload) for _ in range(clients)]
         for thread in uploads:
             thread.start()
         for thread in uploads:
@@ -306,24 +308,24 @@ def test_liveness_stays_fast_while_four_63_mb_bodies_arrive(
 ) -> None:
     """digits takes at most 64 rows of 64 floats: four 63 MB bodies are refused on their
     headers, unread and unparsed, and liveness answers within 100 ms at p99 meanwhile."""
-    latencies = liveness_while_uploading(server, "digits", big_json)
+    latencies = liveness_while_uploading(server, "digits", big_json, clients=4, for_s=2.0)
     assert p99_ms(latencies) < 100, f"liveness p99 {p99_ms(latencies):.0f} ms"
 
 
 def test_large_json_bodies_are_parsed_off_the_event_loop(tmp_path: Path, big_json: bytes) -> None:
-    """For a model that takes any width, four 63 MB JSON bodies are parsed in another
-    process: parsed on the event loop (or in a thread: the parser holds the GIL) liveness
-    stalls 0.4 s at p99 here. What remains are the copies of the bodies to and from the
-    parsing process, tens of ms each, which four clients uploading at once can stack."""
+    """For a model that takes any width, two 63 MB JSON bodies are parsed in another
+    process: parsed on the event loop (or in a thread: the parser holds the GIL) each stalls
+    liveness for the 0.2-0.3 s the parser takes. What remains are the copies of the bodies
+    to and from the parsing process, and the cores the uploads and the parsing take."""
     write_sum_model(tmp_path / "sum" / "1" / "model.onnx")
     (tmp_path / "sum" / "config.toml").write_text("max_batch_size = 1\n")
     server = ServerProcess(tmp_path)
     try:
-        latencies = liveness_while_uploading(server, "sum", big_json)
-        assert server.metric("batchserve_requests_total", model="sum", outcome="success") >= 4
+        latencies = liveness_while_uploading(server, "sum", big_json, clients=2, for_s=0.0)
+        assert server.metric("batchserve_requests_total", model="sum", outcome="success") == 2
     finally:
         server.stop()
-    assert p99_ms(latencies) < 300, f"liveness p99 {p99_ms(latencies):.0f} ms"
+    assert p99_ms(latencies) < 200, f"liveness p99 {p99_ms(latencies):.0f} ms"
 
 
 def test_bodies_past_the_budget_held_at_once_get_503_with_retry_after(tmp_path: Path) -> None:
