@@ -34,6 +34,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "model_repository": args.model_repository,
             "host": args.host,
             "port": args.port,
+            "grpc_port": args.grpc_port,
             "log_level": args.log_level,
             "metrics_port": args.metrics_port,
             "repository_poll_s": args.repository_poll_s,
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on, 0 for any (default 8000)")
+    serve.add_argument(
+        "--grpc-port", type=int, help="port of the gRPC service, 0 to turn it off (default 8001)"
+    )
     serve.add_argument(
         "--metrics-port",
         type=int,

@@ -9,6 +9,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -19,6 +20,9 @@ from app.api.infer import ASGIApp, InferenceEndpoint
 from app.dataplane.dataplane import DataPlane
 from app.service import InferenceService
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.grpc.server import GrpcServer
 
 log = logging.getLogger("batchserve")
 
@@ -44,12 +48,21 @@ def create_app(settings: Settings | None = None) -> Application:
         metrics_port = service.start_metrics_listener()
         if metrics_port is not None:
             log.info("metrics on http://%s:%d/metrics", settings.host, metrics_port)
-        loading = asyncio.create_task(service.load(), name="load model repository")
+        grpc_server = await _start_grpc(service, dataplane) if settings.grpc_port else None
+
+        async def load() -> None:
+            await service.load()
+            if grpc_server is not None:
+                await grpc_server.health.update()
+
+        loading = asyncio.create_task(load(), name="load model repository")
         try:
             yield
         finally:
             service.draining = True
             await loading
+            if grpc_server is not None:
+                await grpc_server.stop(settings.drain_timeout_s)
             await service.close()
             json_pool.shutdown()
             log.info("batchserve stopped: every queued request was served")
@@ -77,3 +90,23 @@ def create_app(settings: Settings | None = None) -> Application:
         token = settings.api_token.get_secret_value().encode()
         asgi = BearerAuth(asgi, token, management_token_set=settings.management_token is not None)
     return Application(asgi=asgi, service=service, dataplane=dataplane, api=api)
+
+
+async def _start_grpc(service: InferenceService, dataplane: DataPlane) -> GrpcServer:
+    """Serve gRPC beside REST. Imported only then: the protobuf package `inference` it
+    registers would clash, in one process, with tritonclient's copy of it."""
+    from app.grpc.server import GrpcServer
+
+    server = GrpcServer(service, dataplane)
+    await server.start()
+    service.grpc_url = server.url
+    draining: set[asyncio.Task[None]] = set()
+
+    def begin_drain() -> None:
+        task = asyncio.ensure_future(server.begin_drain())
+        draining.add(task)  # held until done: the loop keeps only weak references to tasks
+        task.add_done_callback(draining.discard)
+
+    service.on_drain(begin_drain)
+    log.info("gRPC on %s", server.url)
+    return server

@@ -43,6 +43,8 @@ class BatchserveServer(uvicorn.Server):
         await self._service.loaded.wait()
         host, port = self.servers[0].sockets[0].getsockname()[:2]
         url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+        if self._service.grpc_url is not None:
+            url += f" and {self._service.grpc_url}"
         reason = self._service.not_ready_reason()
         state = "ready" if reason is None else f"NOT ready ({reason})"
         log.info("batchserve %s on %s; models: %s", state, url, self._service.models_summary())

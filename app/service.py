@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -55,6 +55,9 @@ class InferenceService:
         self.loaded = asyncio.Event()
         self.draining = False
         self.startup_error: str | None = None
+        #: Where gRPC listens (grpc://host:port), when it does.
+        self.grpc_url: str | None = None
+        self._drain_hooks: list[Callable[[], None]] = []
         self._poller: RepositoryPoller | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -89,6 +92,12 @@ class InferenceService:
         if self._poller is not None:
             self._poller.cancel()
         self.repository.begin_drain()
+        for hook in self._drain_hooks:
+            hook()
+
+    def on_drain(self, hook: Callable[[], None]) -> None:
+        """Call `hook` (on the loop) when draining begins."""
+        self._drain_hooks.append(hook)
 
     async def close(self) -> None:
         self.draining = True

@@ -24,6 +24,16 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port; 0 picks a free one.")
+    grpc_port: int = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description="Port of the gRPC service (KServe v2 GRPCInferenceService and "
+        "grpc.health.v1), on the same host; 0 turns gRPC off.",
+    )
+    grpc_max_concurrent_streams: int = Field(
+        default=1024, ge=1, description="Concurrent gRPC calls allowed on one connection."
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     strict_readiness: bool = Field(
         default=True,

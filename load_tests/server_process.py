@@ -11,6 +11,7 @@ import os
 import re
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +19,9 @@ from pathlib import Path
 
 import httpx
 
-ANNOUNCE = re.compile(r"batchserve (ready|NOT ready.*) on (http://127\.0\.0\.1:\d+)")
+ANNOUNCE = re.compile(
+    r"batchserve (ready|NOT ready.*) on (http://127\.0\.0\.1:\d+)(?: and grpc://(127\.0\.0\.1:\d+))?"
+)
 START_TIMEOUT_S = 120.0
 
 
@@ -32,10 +35,12 @@ class ServerProcess:
         extra_args: list[str] | None = None,
         source: Path | None = None,
         open_files: int | None = None,
+        grpc: bool = False,
     ) -> None:
         """`source`: run the batchserve of that checkout (with this interpreter) instead of
         the installed one, to compare two versions of the code. `open_files`: start it with
-        this soft open-files limit (the hard one unchanged)."""
+        this soft open-files limit (the hard one unchanged). `grpc`: serve gRPC too, on a
+        free port (`grpc_target`); off otherwise, so servers never contend for 8001."""
         executable = Path(sys.executable).with_name("batchserve")
         env = {**os.environ, **(env or {})}
         # Where batchserve is importable but not installed (a GPU machine's python3 with the
@@ -45,6 +50,8 @@ class ServerProcess:
             launcher = [sys.executable, "-m", "app"]
             env["PYTHONPATH"] = str(source)
         command = [*launcher, "serve", "--model-repository", str(repository), "--port", "0"]
+        # By the environment, which a checkout from before gRPC ignores (source=...).
+        env["BATCHSERVE_GRPC_PORT"] = str(free_port() if grpc else 0)
         self._process = subprocess.Popen(
             [*command, *(extra_args or [])],
             stdout=subprocess.PIPE,
@@ -57,6 +64,8 @@ class ServerProcess:
         self._lines: list[str] = []
         self._announced = threading.Event()
         self.url = ""
+        #: host:port of the gRPC service, as grpc and tritonclient.grpc take it.
+        self.grpc_target = ""
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         if not self._announced.wait(START_TIMEOUT_S) or not self.url:
@@ -70,6 +79,7 @@ class ServerProcess:
             match = ANNOUNCE.search(line)
             if match and not self.url:
                 self.url = match[2]
+                self.grpc_target = match[3] or ""
                 self._announced.set()
         self._announced.set()  # the process ended: stop waiting
 
@@ -116,3 +126,11 @@ def _soft_limit(open_files: int) -> None:
     """In the child, before exec: its soft open-files limit."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, hard))
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (bound and released: another process could take it
+    first, which a test would see as a failed start)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

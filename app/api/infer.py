@@ -92,6 +92,8 @@ class InferenceEndpoint:
 class RestCall:
     """One HTTP inference call, as the data plane's TransportCall."""
 
+    protocol = "http"
+
     __slots__ = ("_cancel", "_header_length", "_in_process", "_limit", "_receive", "_scope",
                  "_timer", "_watcher", "model", "unread_bytes", "version")  # fmt: skip
 

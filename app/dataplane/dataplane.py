@@ -50,6 +50,7 @@ class DataPlane:
         arrived = asyncio.get_running_loop().time()
         loaded = self._repository.version(call.model, call.version)
         metrics = self._service.recorder(call.model, loaded.version)
+        protocol = call.protocol
         metrics.request_started()
         try:
             if self._service.draining:
@@ -79,15 +80,15 @@ class DataPlane:
             outputs = await _until_done_or_gone(queued, call)
             encoded = call.encode(_response(loaded, request, outputs))
         except ServingError as exc:
-            metrics.request_done(describe(exc).outcome, time.perf_counter() - started)
+            metrics.request_done(describe(exc).outcome, time.perf_counter() - started, protocol)
             raise
         except Exception as exc:
-            metrics.request_done("error", time.perf_counter() - started)
+            metrics.request_done("error", time.perf_counter() - started, protocol)
             raise log_unexpected(exc, f"model {call.model}'s inference") from exc
         except BaseException:  # cancelled: the server is going away under this request
-            metrics.request_done("cancelled", time.perf_counter() - started)
+            metrics.request_done("cancelled", time.perf_counter() - started, protocol)
             raise
-        metrics.request_done("success", time.perf_counter() - started)
+        metrics.request_done("success", time.perf_counter() - started, protocol)
         return encoded
 
 

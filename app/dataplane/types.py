@@ -56,6 +56,11 @@ class TransportCall(Protocol[Body, Encoded]):
     """
 
     @property
+    def protocol(self) -> str:
+        """`http` or `grpc`: the metrics' protocol label."""
+        ...
+
+    @property
     def model(self) -> str: ...
 
     @property

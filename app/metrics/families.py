@@ -35,6 +35,7 @@ LATENCY_BUCKETS = (
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 OUTCOMES = ("success", "invalid", "rejected", "timeout", "cancelled", "error")
+PROTOCOLS = ("http", "grpc")
 
 
 class ServerMetrics:
@@ -54,13 +55,14 @@ class ServerMetrics:
         buckets = tuple(latency_buckets)
         self.requests = Counter(
             "batchserve_requests",
-            "Inference requests by outcome; each request counts once.",
-            [*mv, "outcome"], registry=r,
+            "Inference requests by transport (protocol = http | grpc) and outcome; each "
+            "request counts once.",
+            [*mv, "protocol", "outcome"], registry=r,
         )  # fmt: skip
         self.request_duration = Histogram(
             "batchserve_request_duration_seconds",
-            "Server-side time from request received to response ready.",
-            mv, buckets=buckets, registry=r,
+            "Server-side time from request received to response ready, by transport.",
+            [*mv, "protocol"], buckets=buckets, registry=r,
         )  # fmt: skip
         self.queue_duration = Histogram(
             "batchserve_queue_duration_seconds",
@@ -165,7 +167,7 @@ class NoMetrics:
     def request_started(self) -> None:
         pass
 
-    def request_done(self, outcome: str, duration_s: float) -> None:
+    def request_done(self, outcome: str, duration_s: float, protocol: str = "http") -> None:
         pass
 
     def stage_done(self, stage: str, duration_s: float) -> None:
@@ -201,8 +203,14 @@ class ModelMetrics(BatchObserver):
     def __init__(self, server: ServerMetrics, model: str, version: str) -> None:
         self._server = server
         self._labels = (model, version)
-        self._outcomes = {o: server.requests.labels(model, version, o) for o in OUTCOMES}
-        self._request_duration = server.request_duration.labels(model, version)
+        self._outcomes = {
+            (p, o): server.requests.labels(model, version, p, o)
+            for p in PROTOCOLS
+            for o in OUTCOMES
+        }
+        self._request_duration = {
+            p: server.request_duration.labels(model, version, p) for p in PROTOCOLS
+        }
         self._queue_duration = server.queue_duration.labels(model, version)
         self._stages: dict[str, Histogram] = {}
         self._devices: dict[str, _DeviceChildren] = {}
@@ -238,10 +246,10 @@ class ModelMetrics(BatchObserver):
     def request_started(self) -> None:
         self.inflight += 1
 
-    def request_done(self, outcome: str, duration_s: float) -> None:
+    def request_done(self, outcome: str, duration_s: float, protocol: str = "http") -> None:
         self.inflight -= 1
-        self._outcomes[outcome].inc()
-        self._request_duration.observe(duration_s)
+        self._outcomes[protocol, outcome].inc()
+        self._request_duration[protocol].observe(duration_s)
         if outcome != "cancelled":
             self.statistics.request_done(outcome == "success", duration_s)
 

@@ -43,6 +43,7 @@ HELD = (
 class Call:
     """A transport's call: one digits row, with what the data plane did to it recorded."""
 
+    protocol: str = "http"
     model: str = "digits"
     version: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -104,7 +105,7 @@ def served(
 def outcomes(service: InferenceService) -> dict[str, float]:
     counted = {}
     for outcome in ("success", "invalid", "rejected", "timeout", "cancelled", "error"):
-        labels = {"model": "digits", "version": "1", "outcome": outcome}
+        labels = {"model": "digits", "version": "1", "outcome": outcome, "protocol": "http"}
         value = service.metrics.registry.get_sample_value("batchserve_requests_total", labels)
         if value:
             counted[outcome] = value
