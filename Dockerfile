@@ -3,7 +3,7 @@
 #                                                    slim, ONNX Runtime's CPU build
 #   docker build --target gpu -t batchserve:gpu .    NVIDIA CUDA 13 + cuDNN 9 runtime,
 #                                                    onnxruntime-gpu (needs driver >= 580)
-#   docker run --rm -p 8000:8000 batchserve:cpu
+#   docker run --rm -p 8000:8000 -p 8001:8001 batchserve:cpu    (HTTP on 8000, gRPC on 8001)
 # The shipped models are baked in at /models; mount your own repository over it
 # (-v "$PWD/my-models:/models:ro"; no VOLUME instruction, so no anonymous volume is made per
 # container). Every BATCHSERVE_* variable configures the server (README).
@@ -56,9 +56,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     BATCHSERVE_MODEL_REPOSITORY=/models \
     BATCHSERVE_HOST=0.0.0.0 \
-    BATCHSERVE_PORT=8000
+    BATCHSERVE_PORT=8000 \
+    BATCHSERVE_GRPC_PORT=8001
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('BATCHSERVE_PORT', '8000') + '/v2/health/ready', timeout=2)"]
 # Exec form: the server is PID 1 and gets SIGTERM itself, so it drains before it exits.
@@ -93,9 +94,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     BATCHSERVE_MODEL_REPOSITORY=/models \
     BATCHSERVE_HOST=0.0.0.0 \
-    BATCHSERVE_PORT=8000
+    BATCHSERVE_PORT=8000 \
+    BATCHSERVE_GRPC_PORT=8001
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('BATCHSERVE_PORT', '8000') + '/v2/health/ready', timeout=2)"]
 # Exec form: the server is PID 1 and gets SIGTERM itself, so it drains before it exits.

@@ -2,9 +2,10 @@
 
 The command and environment are read from the Dockerfile's `cpu` stage (the default target):
 its ENTRYPOINT/CMD, with `batchserve` resolved in this virtual environment (the image's
-/opt/venv), and its ENV, except that the server listens on 127.0.0.1 and port 0 and serves
-this checkout's models/ (the directory the image copies to /models). The environment is the
-image's too: `make` installs it with the versions of requirements/ (test_container.py checks).
+/opt/venv), and its ENV, except that the server listens on 127.0.0.1, on port 0 (gRPC: on a
+free port), and serves this checkout's models/ (the directory the image copies to /models).
+The environment is the image's too: `make` installs it with the versions of requirements/
+(test_container.py checks).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from load_tests.server_process import ANNOUNCE
+from load_tests.server_process import ANNOUNCE, free_port
 from tests.conftest import MODELS, ROOT
 from tests.deploy import dockerfile
 
@@ -29,7 +30,6 @@ IMAGE_VENV = "/opt/venv"
 LOCAL = {
     "BATCHSERVE_HOST": "127.0.0.1",
     "BATCHSERVE_PORT": "0",
-    "BATCHSERVE_GRPC_PORT": "0",
     "BATCHSERVE_MODEL_REPOSITORY": str(MODELS),
 }
 START_TIMEOUT_S = 120.0
@@ -51,6 +51,7 @@ def image_command(stage_name: str = "cpu") -> ImageCommand:
     for key, value in stage.env({"PATH": os.environ.get("PATH", "")}).items():
         env[key] = value.replace(IMAGE_VENV, sys.prefix)
     env.update(LOCAL)
+    env["BATCHSERVE_GRPC_PORT"] = str(free_port())  # gRPC has no "any port"
     argv = stage.command()
     assert argv, "the Dockerfile's cpu stage has no ENTRYPOINT or CMD"
     executable = shutil.which(argv[0], path=env["PATH"])
@@ -72,6 +73,7 @@ class ImageProcess:
         )
         self.lines: list[str] = []
         self.url = ""
+        self.grpc_target = ""  # host:port of its gRPC service
         self._announced = threading.Event()
         self._logged = threading.Condition()
         self._ended = False
@@ -90,6 +92,7 @@ class ImageProcess:
             match = ANNOUNCE.search(line)
             if match and not self.url:
                 self.url = match[2]
+                self.grpc_target = match[3] or ""
                 self._announced.set()
         self._announced.set()
         with self._logged:

@@ -135,6 +135,13 @@ def test_gpu_profile_reserves_nvidia_devices(compose: dict[str, Any]) -> None:
     assert len(set(map(interpolate, host_ports))) == len(host_ports), "host ports collide"
 
 
+def test_each_server_publishes_the_image_s_http_and_grpc_ports(compose: dict[str, Any]) -> None:
+    env = dockerfile.parse(DOCKERFILE).stage("cpu").env({})
+    for name in (SERVER, GPU_SERVER):
+        published = [p.rsplit(":", 1)[1] for p in compose["services"][name]["ports"]]
+        assert published == [env["BATCHSERVE_PORT"], env["BATCHSERVE_GRPC_PORT"]], name
+
+
 def test_every_service_restarts_and_has_a_health_check(compose: dict[str, Any]) -> None:
     stages = {s.name for s in dockerfile.parse(DOCKERFILE).stages}
     repository = dockerfile.parse(DOCKERFILE).stage("cpu").env({})["BATCHSERVE_MODEL_REPOSITORY"]

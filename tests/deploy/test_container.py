@@ -161,7 +161,8 @@ def test_runs_as_non_root_with_an_exec_form_entrypoint(
     assert env["BATCHSERVE_MODEL_REPOSITORY"] == "/models"
     assert ["models", "/models"] in [c.args.split() for c in stage.all("COPY")]
     exposed = stage.last("EXPOSE")
-    assert exposed is not None and exposed.args == env["BATCHSERVE_PORT"]
+    assert exposed is not None
+    assert exposed.args.split() == [env["BATCHSERVE_PORT"], env["BATCHSERVE_GRPC_PORT"]]
     healthcheck = stage.healthcheck()
     assert healthcheck is not None
     assert "/v2/health/ready" in " ".join(healthcheck[1])

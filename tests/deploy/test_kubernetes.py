@@ -3,7 +3,8 @@ every built-in object validated strictly against every Kubernetes version from 1
 newest kubernetes-validate ships, the custom resources checked for what their operators
 require, and the pieces checked against each other and against a live server: probes hit
 real endpoints, the grace period covers the drain, the HPA's metric is one the adapter
-publishes from a series the server really exports."""
+publishes from a series the server really exports. The KServe serving runtime is started as
+KServe starts it and answers the probes of the InferenceServices that use it."""
 
 from __future__ import annotations
 
@@ -11,25 +12,32 @@ import copy
 import re
 from typing import Any
 
+import grpc
 import httpx
 import kubernetes_validate
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kubernetes_validate import utils as kv_utils
 from packaging.version import Version
 
+from app.cli import build_parser
 from app.settings import Settings
-from tests.conftest import ROOT
+from load_tests.server_process import free_port
+from tests.conftest import MODELS, ROOT
 from tests.deploy import dockerfile, kustomize
-from tests.deploy.conftest import DOCKERFILE, ImageProcess
+from tests.deploy.conftest import DOCKERFILE, ImageCommand, ImageProcess, image_command
 
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ["cpu", "gpu"]
 INFERENCE_SERVICE = K8S / "kserve" / "inferenceservice.yaml"
+SERVING_RUNTIME = K8S / "kserve" / "clusterservingruntime.yaml"
+RUNTIME_SERVICES = [K8S / "kserve" / "digits.yaml", K8S / "kserve" / "digits-grpc.yaml"]
 ADAPTER_VALUES = K8S / "prometheus-adapter" / "values.yaml"
 CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("serving.kserve.io/v1beta1", "InferenceService"),
+    ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"),
 }
 OLDEST = Version("1.29")
 VERSIONS = sorted(
@@ -41,6 +49,13 @@ KSERVE_EXTENSION_FIELDS = {
     "containerConcurrency", "timeout", "canaryTrafficPercent", "logger", "batcher",
     "labels", "annotations", "deploymentStrategy", "autoScaling",
 }  # fmt: skip
+# KServe's ModelSpec fields that name the model; the rest are container fields merged over
+# the runtime's kserve-container.
+MODEL_SPEC_FIELDS = {"modelFormat", "runtime", "protocolVersion", "storageUri", "name"}
+# Storage schemes KServe's storage initializer downloads from.
+STORAGE_SCHEMES = {"gs", "s3", "pvc", "https", "http", "hdfs", "webhdfs", "oci", "hf"}
+# KServe's HTTP port when an InferenceService declares none.
+KSERVE_HTTP_PORT = 8080
 Manifest = dict[str, Any]
 
 
@@ -57,6 +72,30 @@ def one(manifests: list[Manifest], kind: str) -> Manifest:
 def inference_service() -> Manifest:
     (manifest,) = kustomize.load_all(INFERENCE_SERVICE)
     return manifest
+
+
+def serving_runtime() -> Manifest:
+    (manifest,) = kustomize.load_all(SERVING_RUNTIME)
+    return manifest
+
+
+def runtime_services() -> list[Manifest]:
+    return [m for path in RUNTIME_SERVICES for m in kustomize.load_all(path)]
+
+
+def runtime_container(service: Manifest) -> dict[str, Any]:
+    """The kserve-container KServe runs for `service`: the runtime's, with the container
+    fields of the service's `model` laid over it."""
+    (main,) = copy.deepcopy(serving_runtime()["spec"]["containers"])
+    model = service["spec"]["predictor"]["model"]
+    main.update({k: v for k, v in model.items() if k not in MODEL_SPEC_FIELDS})
+    found: dict[str, Any] = main
+    return found
+
+
+def runtime_arguments(main: dict[str, Any]) -> dict[str, Any]:
+    """The serve options the runtime's args set, as batchserve's own CLI parses them."""
+    return vars(build_parser().parse_args(["serve", *main["args"]]))
 
 
 def predictor_pod(service: Manifest) -> Manifest:
@@ -112,6 +151,11 @@ def all_builtin_objects() -> list[tuple[str, Manifest]]:
     objects = [(f"overlays/{o}", m) for o in OVERLAYS for m in rendered(o)]
     objects += [("base", m) for m in kustomize.render(K8S / "base")]
     objects.append(("kserve predictor pod", predictor_pod(inference_service())))
+    for service in runtime_services():
+        pod = {"containers": [runtime_container(service)]}
+        where = f"kserve runtime pod of {service['metadata']['name']}"
+        objects.append((where, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"},
+                                "spec": pod}))  # fmt: skip
     return [(w, m) for w, m in objects if (m["apiVersion"], m["kind"]) not in CUSTOM_KINDS]
 
 
@@ -139,7 +183,7 @@ def test_strict_validation_catches_an_unknown_field() -> None:
 
 def test_every_yaml_file_under_deploy_k8s_is_covered() -> None:
     """No manifest lies outside what the tests render or check by name."""
-    covered = {INFERENCE_SERVICE, ADAPTER_VALUES}
+    covered = {INFERENCE_SERVICE, ADAPTER_VALUES, SERVING_RUNTIME, *RUNTIME_SERVICES}
     for kustomization in K8S.rglob("kustomization.yaml"):
         covered.add(kustomization)
         spec = yaml.safe_load(kustomization.read_text())
@@ -161,6 +205,7 @@ def test_deployment_probes_drain_and_security(overlay: str) -> None:
     ports = {p["name"]: p["containerPort"] for p in main["ports"]}
     assert ports["http"] == int(env["BATCHSERVE_PORT"])
     assert ports["metrics"] == int(env["BATCHSERVE_METRICS_PORT"])
+    assert ports["grpc"] == int(env["BATCHSERVE_GRPC_PORT"])
 
     probes = {
         kind: main[kind]["httpGet"] for kind in ("startupProbe", "readinessProbe", "livenessProbe")
@@ -366,3 +411,96 @@ def test_files_parse_as_yaml() -> None:
     for path in K8S.rglob("*.y*ml"):
         assert list(yaml.safe_load_all(path.read_text())), path
     assert isinstance(yaml.safe_load(ADAPTER_VALUES.read_text())["prometheus"]["url"], str)
+
+
+# -- the KServe serving runtime -------------------------------------------------------------
+
+
+def test_serving_runtime_serves_onnx_over_v2_and_grpc_v2_from_mnt_models() -> None:
+    runtime = serving_runtime()
+    assert (runtime["apiVersion"], runtime["kind"]) == (
+        "serving.kserve.io/v1alpha1", "ClusterServingRuntime"
+    )  # fmt: skip
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", runtime["metadata"]["name"])
+    spec = runtime["spec"]
+    known = {"supportedModelFormats", "protocolVersions", "containers", "annotations",
+             "labels", "multiModel", "disabled", "volumes", "nodeSelector", "tolerations",
+             "affinity", "imagePullSecrets", "priorityClassName"}  # fmt: skip
+    assert set(spec) <= known, set(spec) - known
+    formats = {f["name"]: f for f in spec["supportedModelFormats"]}
+    assert formats["onnx"]["autoSelect"] is True, "an onnx InferenceService gets batchserve"
+    assert formats["onnx"].get("priority", 1) >= 1
+    assert set(spec["protocolVersions"]) == {"v2", "grpc-v2"}
+    (main,) = spec["containers"]
+    assert main["name"] == "kserve-container"
+    assert re.fullmatch(r"batchserve:(cpu|gpu)", main["image"])
+    assert "command" not in main, "args go after the image's ENTRYPOINT (batchserve serve)"
+    options = runtime_arguments(main)
+    assert options["model_repository"] == "/mnt/models", "where KServe puts storageUri"
+    assert options["port"] == KSERVE_HTTP_PORT
+    assert options["grpc_port"] and options["grpc_port"] != options["port"]
+    assert spec["annotations"]["prometheus.kserve.io/port"] == str(options["metrics_port"])
+    assert spec["annotations"]["prometheus.kserve.io/path"] == "/metrics"
+    assert main["securityContext"]["runAsUser"] == image_user()
+    for bound in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(main["resources"][bound]), f"{bound} incomplete"
+
+
+@pytest.mark.parametrize("service", runtime_services(), ids=lambda s: s["metadata"]["name"])
+def test_inference_service_uses_the_runtime_through_storage_uri(service: Manifest) -> None:
+    runtime = serving_runtime()
+    assert (service["apiVersion"], service["kind"]) == (
+        "serving.kserve.io/v1beta1", "InferenceService"
+    )  # fmt: skip
+    assert len(service["metadata"]["name"]) <= 45
+    predictor = service["spec"]["predictor"]
+    assert "containers" not in predictor, "the runtime brings the container"
+    model = predictor["model"]
+    formats = {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    assert model["modelFormat"]["name"] in formats
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
+    assert model["storageUri"].split("://")[0] in STORAGE_SCHEMES, model["storageUri"]
+    options = runtime_arguments(runtime_container(service))
+    probe = model["readinessProbe"]
+    if model["protocolVersion"] == "grpc-v2":
+        (port,) = model["ports"]  # serverless KServe routes the one port declared
+        assert port["name"] == "h2c", "Knative's name for cleartext HTTP/2"
+        assert port["containerPort"] == options["grpc_port"]
+        assert probe["grpc"]["port"] == port["containerPort"], "a probe targets the routed port"
+    else:
+        assert "ports" not in model and options["port"] == KSERVE_HTTP_PORT
+        assert probe["httpGet"] == {"path": "/v2/health/ready", "port": KSERVE_HTTP_PORT}
+    assert predictor["minReplicas"] <= predictor["maxReplicas"]
+
+
+def test_the_runtime_started_as_kserve_starts_it_answers_every_probe() -> None:
+    """The image's ENTRYPOINT with the runtime's args (/mnt/models and its ports mapped to
+    this machine): each InferenceService's readiness probe passes, and /metrics answers on
+    the port the Prometheus annotation names."""
+    (main,) = serving_runtime()["spec"]["containers"]
+    base = image_command()
+    ports = {"port": 0, "grpc_port": free_port(), "metrics_port": free_port()}
+    mapped = [f"--model-repository={MODELS}"] + [
+        f"--{name.replace('_', '-')}={port}" for name, port in ports.items()
+    ]
+    assert {a.split("=")[0] for a in main["args"]} == {a.split("=")[0] for a in mapped}
+    process = ImageProcess(ImageCommand([*base.argv, *mapped], base.env, base.image_env))
+    try:
+        assert process.grpc_target.endswith(f":{ports['grpc_port']}")
+        for service in runtime_services():
+            probe = service["spec"]["predictor"]["model"]["readinessProbe"]
+            if "grpc" in probe:
+                with grpc.insecure_channel(process.grpc_target) as channel:
+                    answer = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(service=probe["grpc"].get("service", "")),
+                        timeout=10,
+                    )
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            else:
+                response = httpx.get(f"{process.url}{probe['httpGet']['path']}")
+                assert response.status_code == 200, response.text
+        metrics = httpx.get(f"http://127.0.0.1:{ports['metrics_port']}/metrics")
+        assert metrics.status_code == 200 and "batchserve_requests_total" in metrics.text
+    finally:
+        assert process.stop() == 0, process.log
