@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,9 +38,10 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
-from load_tests.loadgen import LoadGenerator, Result, client_session, prepare_request, settle
+from load_tests.loadgen import Result, settle
 from load_tests.server_process import ServerProcess
 from load_tests.synthetic_models import write_cnn_model
+from load_tests.targets import Target, loading
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
@@ -149,10 +150,11 @@ def external_server(command: list[str], env: dict[str, str], probe: str) -> Iter
 
 
 @contextmanager
-def batchserve(repository: Path) -> Iterator[str]:
-    server = ServerProcess(repository)
+def batchserve(repository: Path) -> Iterator[ServerProcess]:
+    """batchserve on `repository`, serving gRPC too."""
+    server = ServerProcess(repository, grpc=True)
     try:
-        yield server.url
+        yield server
     finally:
         server.stop()
 
@@ -199,22 +201,20 @@ def raw_onnxruntime(path: Path, quick: bool) -> list[dict[str, Any]]:
 
 
 async def closed_loops(
-    url: str, model: str, concurrencies: list[int], binary: bool, window_s: float
+    target: Target, model: str, concurrencies: list[int], window_s: float
 ) -> list[tuple[int, Result, float | None]]:
     """Settled closed loops at each concurrency, with the mean batch size batchserve
     reports for each level (None for other servers)."""
     results = []
-    async with client_session(max(concurrencies)) as http:
-        request = await prepare_request(http, url, model, rows=1, binary=binary)
-        generator = LoadGenerator(url, model, request)
-        await generator.closed_loop(http, max(concurrencies), min(window_s, 1.0))  # warm-up
+    async with loading(target, model, max(concurrencies)) as (generator, session):
+        await generator.closed_loop(session, max(concurrencies), min(window_s, 1.0))  # warm-up
         for concurrency in concurrencies:
-            before = await asyncio.to_thread(batch_histogram, url, model)
+            before = await asyncio.to_thread(batch_histogram, target.url, model)
             result = await settle(
-                lambda _i, c=concurrency: generator.closed_loop(http, c, window_s),
+                lambda _i, c=concurrency: generator.closed_loop(session, c, window_s),
                 max_windows=6,
             )
-            after = await asyncio.to_thread(batch_histogram, url, model)
+            after = await asyncio.to_thread(batch_histogram, target.url, model)
             executions = after.get("count", 0.0) - before.get("count", 0.0)
             mean = (after["sum"] - before["sum"]) / executions if executions else None
             results.append((concurrency, result, mean))
@@ -222,11 +222,12 @@ async def closed_loops(
 
 
 def measure(
-    report: Report, url: str, model: str, config: str, concurrencies: list[int],
-    window_s: float, binary: bool = False,
+    report: Report, target: Target | str, model: str, config: str, concurrencies: list[int],
+    window_s: float,
 ) -> None:  # fmt: skip
+    target = Target(target) if isinstance(target, str) else target
     for concurrency, result, mean_batch in asyncio.run(
-        closed_loops(url, model, concurrencies, binary, window_s)
+        closed_loops(target, model, concurrencies, window_s)
     ):
         m = Measurement(model, config, concurrency, result.throughput, result.percentile(50) * 1000,
                         result.percentile(99) * 1000, result.stable, result.failures,
@@ -241,7 +242,7 @@ def measure(
 
 
 def head_to_head(
-    report: Report, contenders: dict[str, tuple[str, bool]], model: str, concurrency: int,
+    report: Report, contenders: dict[str, Target], model: str, concurrency: int,
     rounds: int, window_s: float,
 ) -> None:  # fmt: skip
     """Alternate windows between servers (A B C ... A B C ...) so drift on a shared machine
@@ -249,15 +250,17 @@ def head_to_head(
 
     async def go() -> dict[str, list[Result]]:
         runs: dict[str, list[Result]] = {name: [] for name in contenders}
-        async with client_session(concurrency) as http:
-            generators = {}
-            for name, (url, binary) in contenders.items():
-                request = await prepare_request(http, url, model, rows=1, binary=binary)
-                generators[name] = LoadGenerator(url, model, request)
-                await generators[name].closed_loop(http, concurrency, 0.5)  # warm-up
+        async with AsyncExitStack() as stack:
+            loaded = {}
+            for name, target in contenders.items():
+                generator, session = await stack.enter_async_context(
+                    loading(target, model, concurrency)
+                )
+                await generator.closed_loop(session, concurrency, 0.5)  # warm-up
+                loaded[name] = (generator, session)
             for _ in range(rounds):
-                for name, generator in generators.items():
-                    runs[name].append(await generator.closed_loop(http, concurrency, window_s))
+                for name, (generator, session) in loaded.items():
+                    runs[name].append(await generator.closed_loop(session, concurrency, window_s))
         return runs
 
     for name, results in asyncio.run(go()).items():
@@ -308,26 +311,31 @@ def run(out: Path, quick: bool) -> Report:
             report.raw[case.name] = raw_onnxruntime(path, quick)
 
         print("batchserve, dynamic batching", flush=True)
-        with batchserve(batching_repo) as url:
+        with batchserve(batching_repo) as server:
+            url = server.url
             for case in MODELS:
                 levels, window_s = list(case.concurrencies), case.window_s * scale
                 measure(report, url, case.name, "batchserve batching (JSON)", levels, window_s)
                 report.batch_histograms[case.name] = batch_histogram(url, case.name)
-                measure(report, url, case.name, "batchserve batching (binary)", levels,
-                        window_s, binary=True)  # fmt: skip
+                measure(report, Target(url, binary=True), case.name,
+                        "batchserve batching (binary)", levels, window_s)  # fmt: skip
+                measure(report, Target(url, grpc=server.grpc_target), case.name,
+                        "batchserve batching (gRPC raw)", levels, window_s)  # fmt: skip
         print("batchserve, dynamic batching, N 1-thread instances", flush=True)
-        with batchserve(split_repo) as url:
+        with batchserve(split_repo) as server:
             for case in MODELS:
                 if case.threads == 1:
                     continue
                 levels, window_s = list(case.concurrencies), case.window_s * scale
                 config = f"batchserve batching {case.threads}x1 thread (binary)"
-                measure(report, url, case.name, config, levels, window_s, binary=True)
+                measure(report, Target(server.url, binary=True), case.name, config, levels,
+                        window_s)  # fmt: skip
         print("batchserve, no batching", flush=True)
-        with batchserve(plain_repo) as url:
+        with batchserve(plain_repo) as server:
             for case in MODELS:
                 levels, window_s = list(case.concurrencies), case.window_s * scale
-                measure(report, url, case.name, "batchserve no batching (JSON)", levels, window_s)
+                measure(report, server.url, case.name, "batchserve no batching (JSON)", levels,
+                        window_s)  # fmt: skip
         for case in MODELS:
             print(f"hand-written FastAPI endpoint: {case.name}", flush=True)
             env = {"BASELINE_MODEL": str(batching_repo / case.name / "1" / "model.onnx")}
@@ -353,16 +361,16 @@ def run(out: Path, quick: bool) -> Report:
             ours = stack.enter_context(batchserve(batching_repo))
             env = {"BASELINE_MODEL": str(batching_repo / "digits" / "1" / "model.onnx")}
             contenders = {
-                "batchserve batching (binary)": (ours, True),
-                "batchserve batching (JSON)": (ours, False),
-                "hand-written FastAPI (JSON)": (stack.enter_context(external_server(
-                    uvicorn("load_tests.baselines.handwritten:app"), env, "/v2/models/digits")),
-                    False),
+                "batchserve batching (binary)": Target(ours.url, binary=True),
+                "batchserve batching (gRPC raw)": Target(ours.url, grpc=ours.grpc_target),
+                "batchserve batching (JSON)": Target(ours.url),
+                "hand-written FastAPI (JSON)": Target(stack.enter_context(external_server(
+                    uvicorn("load_tests.baselines.handwritten:app"), env, "/v2/models/digits"))),
             }  # fmt: skip
             for config, command in ceilings:
                 if command is not None:
                     url = stack.enter_context(external_server(command, {}, "/v2/models/digits"))
-                    contenders[config] = (url, False)
+                    contenders[config] = Target(url)
             head_to_head(report, contenders, "digits", 64, 3 if quick else 5, 2.0 * scale)
     finally:
         shutil.rmtree(work, ignore_errors=True)

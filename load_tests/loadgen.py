@@ -1,10 +1,12 @@
 """A load generator for any KServe v2 server: closed loop (C requests always in flight) or
 open loop (Poisson arrivals at R requests/s, latency counted from each request's scheduled
 send time, so a slow server cannot slow the arrivals down and hide its queueing), with JSON
-or binary tensors (the binary tensor data extension, requests and responses).
+or binary tensors (the binary tensor data extension, requests and responses), or over gRPC
+with raw contents (load_tests/loadgen_grpc.py).
 
     python -m load_tests.loadgen --url http://127.0.0.1:8000 --model digits --concurrency 16
     python -m load_tests.loadgen --model digits --rate 500 --binary --settle
+    python -m load_tests.loadgen --grpc 127.0.0.1:8001 --model digits --concurrency 64
 
 Every response is checked (status 200, every output present with the request's batch size).
 With --settle, windows of --duration seconds repeat until the last three agree within 10%
@@ -43,11 +45,20 @@ class Result:
     latencies_s: list[float] = field(default_factory=list)
     #: Latencies of the answered (200) requests alone: what a served client saw.
     ok_latencies_s: list[float] = field(default_factory=list)
-    statuses: Counter[int] = field(default_factory=Counter)
+    #: HTTP statuses, or gRPC status code names (OK counts as 200).
+    statuses: Counter[int | str] = field(default_factory=Counter)
     bad_responses: int = 0
     rows: int = 1
     windows: int = 1
     stable: bool = True
+
+    def record(self, latency_s: float, status: int | str, valid: bool = True) -> None:
+        """One answered (or failed) request; `valid`: an OK answer had what was asked."""
+        self.latencies_s.append(latency_s)
+        self.statuses[status] += 1
+        if status == 200:
+            self.ok_latencies_s.append(latency_s)
+            self.bad_responses += not valid
 
     @property
     def ok(self) -> int:
@@ -102,18 +113,25 @@ class PreparedRequest:
     binary: bool
 
 
-def build_request(metadata: dict[str, Any], rows: int, binary: bool = False) -> PreparedRequest:
-    """A request with `rows` random samples, shaped from a model's v2 metadata."""
+def sample_inputs(metadata: dict[str, Any], rows: int) -> list[tuple[dict[str, Any], np.ndarray]]:
+    """(name, shape and datatype; data) of each input, `rows` random samples shaped from a
+    model's v2 metadata (the same data every time)."""
     rng = np.random.default_rng(0)
     inputs = []
-    chunks = []
     for spec in metadata["inputs"]:
         shape = [1 if d < 0 else d for d in spec["shape"]]
         if spec["shape"] and spec["shape"][0] < 0:
             shape[0] = rows
         data = (rng.random(shape) * 16).astype(NUMPY[spec["datatype"]])
-        entry: dict[str, Any] = {"name": spec["name"], "shape": shape,
-                                 "datatype": spec["datatype"]}  # fmt: skip
+        inputs.append(({"name": spec["name"], "shape": shape, "datatype": spec["datatype"]}, data))
+    return inputs
+
+
+def build_request(metadata: dict[str, Any], rows: int, binary: bool = False) -> PreparedRequest:
+    """A request with `rows` random samples, shaped from a model's v2 metadata."""
+    inputs = []
+    chunks = []
+    for entry, data in sample_inputs(metadata, rows):
         if binary:
             chunks.append(data.tobytes())
             entry["parameters"] = {"binary_data_size": len(chunks[-1])}
@@ -138,49 +156,17 @@ async def prepare_request(
     return build_request(metadata, rows, binary)
 
 
-class LoadGenerator:
-    """Sends a prepared request over and over (or a mix of them, in turn) and checks every
-    response."""
+class Loops:
+    """Closed and open loops of calls to `_one`, over a session of the transport's own kind
+    (an aiohttp session, a gRPC channel)."""
 
-    def __init__(
-        self, url: str, model: str, request: PreparedRequest | Sequence[PreparedRequest]
-    ) -> None:
-        self.endpoint = f"{url}/v2/models/{model}/infer"
-        self.requests = [request] if isinstance(request, PreparedRequest) else list(request)
-        self.request = self.requests[0]
-        self._turn = itertools.cycle(self.requests)
+    rows = 1
 
-    async def _one(self, session: aiohttp.ClientSession, result: Result, sent_at: float) -> None:
-        request = next(self._turn)
-        try:
-            async with session.post(
-                self.endpoint, data=request.body, headers=request.headers
-            ) as response:
-                payload = await response.read()
-                status = response.status
-                header_length = response.headers.get(BINARY_HEADER)
-        except aiohttp.ClientError:
-            status, payload, header_length = 0, b"", None  # connection error
-        latency = time.perf_counter() - sent_at
-        result.latencies_s.append(latency)
-        result.statuses[status] += 1
-        if status == 200:
-            result.ok_latencies_s.append(latency)
-        if status == 200 and not self._valid(payload, header_length, request.rows):
-            result.bad_responses += 1
+    async def _one(self, session: Any, result: Result, sent_at: float) -> None:
+        raise NotImplementedError
 
-    def _valid(self, payload: bytes, header_length: str | None, rows: int) -> bool:
-        try:
-            header = payload[: int(header_length)] if header_length else payload
-            outputs = json.loads(header)["outputs"]
-        except (ValueError, KeyError):
-            return False
-        return bool(outputs) and all(o["shape"] and o["shape"][0] == rows for o in outputs)
-
-    async def closed_loop(
-        self, session: aiohttp.ClientSession, concurrency: int, seconds: float
-    ) -> Result:
-        result = Result(f"closed C={concurrency}", seconds, rows=self.request.rows)
+    async def closed_loop(self, session: Any, concurrency: int, seconds: float) -> Result:
+        result = Result(f"closed C={concurrency}", seconds, rows=self.rows)
         start = time.perf_counter()
         stop = start + seconds
 
@@ -192,10 +178,8 @@ class LoadGenerator:
         result.seconds = time.perf_counter() - start
         return result
 
-    async def open_loop(
-        self, session: aiohttp.ClientSession, rate: float, seconds: float, seed: int = 0
-    ) -> Result:
-        result = Result(f"open R={rate:g}/s", seconds, rows=self.request.rows)
+    async def open_loop(self, session: Any, rate: float, seconds: float, seed: int = 0) -> Result:
+        result = Result(f"open R={rate:g}/s", seconds, rows=self.rows)
         rng = random.Random(seed)
         start = time.perf_counter()
         scheduled = start
@@ -210,6 +194,42 @@ class LoadGenerator:
             tasks.append(asyncio.ensure_future(self._one(session, result, scheduled)))
         await asyncio.gather(*tasks)
         return result
+
+
+class LoadGenerator(Loops):
+    """Sends a prepared request over and over (or a mix of them, in turn) over HTTP and
+    checks every response."""
+
+    def __init__(
+        self, url: str, model: str, request: PreparedRequest | Sequence[PreparedRequest]
+    ) -> None:
+        self.endpoint = f"{url}/v2/models/{model}/infer"
+        self.requests = [request] if isinstance(request, PreparedRequest) else list(request)
+        self.request = self.requests[0]
+        self.rows = self.request.rows
+        self._turn = itertools.cycle(self.requests)
+
+    async def _one(self, session: aiohttp.ClientSession, result: Result, sent_at: float) -> None:
+        request = next(self._turn)
+        try:
+            async with session.post(
+                self.endpoint, data=request.body, headers=request.headers
+            ) as response:
+                payload = await response.read()
+                status = response.status
+                header_length = response.headers.get(BINARY_HEADER)
+        except aiohttp.ClientError:
+            status, payload, header_length = 0, b"", None  # connection error
+        valid = status != 200 or self._valid(payload, header_length, request.rows)
+        result.record(time.perf_counter() - sent_at, status, valid)
+
+    def _valid(self, payload: bytes, header_length: str | None, rows: int) -> bool:
+        try:
+            header = payload[: int(header_length)] if header_length else payload
+            outputs = json.loads(header)["outputs"]
+        except (ValueError, KeyError):
+            return False
+        return bool(outputs) and all(o["shape"] and o["shape"][0] == rows for o in outputs)
 
 
 async def settle(
@@ -236,17 +256,36 @@ def client_session(concurrency: int) -> aiohttp.ClientSession:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.grpc:
+        return await run_grpc(args)
     async with client_session(args.concurrency if args.rate is None else 1000) as http:
         request = await prepare_request(http, args.url, args.model, args.rows, args.binary)
-        generator = LoadGenerator(args.url, args.model, request)
-
-        async def window(index: int) -> Result:
-            if args.rate is None:
-                return await generator.closed_loop(http, args.concurrency, args.duration)
-            return await generator.open_loop(http, args.rate, args.duration, seed=index)
-
-        result = await (settle(window, args.max_windows) if args.settle else window(0))
+        result = await windows(args, LoadGenerator(args.url, args.model, request), http)
     return result.summary()
+
+
+async def run_grpc(args: argparse.Namespace) -> dict[str, Any]:
+    from load_tests.loadgen_grpc import GrpcLoadGenerator, open_channels, prepare_grpc_request
+
+    channels = open_channels(args.grpc, args.channels)
+    try:
+        request = await prepare_grpc_request(channels[0], args.model, args.rows)
+        result = await windows(args, GrpcLoadGenerator(request, args.rows), channels)
+    finally:
+        for channel in channels:
+            await channel.close()
+    return result.summary()
+
+
+async def windows(args: argparse.Namespace, generator: Loops, session: Any) -> Result:
+    """One window, or windows until settled, of the loop the arguments ask for."""
+
+    async def window(index: int) -> Result:
+        if args.rate is None:
+            return await generator.closed_loop(session, args.concurrency, args.duration)
+        return await generator.open_loop(session, args.rate, args.duration, seed=index)
+
+    return await (settle(window, args.max_windows) if args.settle else window(0))
 
 
 def main() -> None:
@@ -255,6 +294,10 @@ def main() -> None:
     parser.add_argument("--model", default="digits")
     parser.add_argument("--rows", type=int, default=1, help="samples per request")
     parser.add_argument("--binary", action="store_true", help="binary tensors both ways")
+    parser.add_argument(
+        "--grpc", metavar="HOST:PORT", help="call ModelInfer over gRPC there instead of HTTP"
+    )
+    parser.add_argument("--channels", type=int, default=1, help="gRPC: connections to use")
     parser.add_argument("--concurrency", type=int, default=8, help="closed loop: in flight")
     parser.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per window")

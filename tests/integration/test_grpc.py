@@ -7,7 +7,10 @@ tokens, health, and errors worded as REST's."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from tritonclient.utils import InferenceServerException, deserialize_bytes_tenso
 from load_tests.server_process import ServerProcess
 from load_tests.synthetic_models import _save, write_token_model, write_word_tokenizer
 from load_tests.triton_models import write_repository
-from tests.conftest import DIGITS_ONNX, MODELS
+from tests.conftest import DIGITS_ONNX, MODELS, ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -432,3 +435,37 @@ def test_sigterm_answers_200_calls_in_flight_and_health_turns_not_serving(
     assert len(answers) == 200
     for answer in answers:
         np.testing.assert_allclose(answer, expected, rtol=1e-5, atol=1e-6)
+
+
+LOADGEN_CHECK = """
+import asyncio, json, sys
+from load_tests.loadgen_grpc import GrpcLoadGenerator, open_channels, prepare_grpc_request
+
+async def main(target):
+    channels = open_channels(target, 2)
+    request = await prepare_grpc_request(channels[0], "digits", rows=3)
+    loaded = await GrpcLoadGenerator(request, rows=3).closed_loop(channels, 4, 0.5)
+    # Told to expect 2 rows, it must find every answer wrong.
+    wrong = await GrpcLoadGenerator(request, rows=2).closed_loop(channels, 2, 0.2)
+    for channel in channels:
+        await channel.close()
+    counts = [loaded.statuses[200], wrong.statuses[200]]
+    print(json.dumps([loaded.summary(), wrong.summary(), *counts]))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_the_load_generator_s_grpc_mode_counts_and_checks_answers(server: ServerProcess) -> None:
+    """load_tests' gRPC mode (make bench), in a process of its own: its stubs and
+    tritonclient's define the same protobuf messages, which one process cannot hold."""
+    before = server.metric("batchserve_requests_total", model="digits", protocol="grpc")
+    ran = subprocess.run([sys.executable, "-c", LOADGEN_CHECK, server.grpc_target],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    loaded, wrong, loaded_ok, wrong_ok = json.loads(ran.stdout)
+    assert loaded["requests_ok"] > 0 and not loaded["errors_by_status"]
+    assert loaded["bad_responses"] == 0
+    assert wrong["requests_ok"] == 0 and wrong["bad_responses"] == wrong_ok > 0
+    after = server.metric("batchserve_requests_total", model="digits", protocol="grpc")
+    assert after - before == loaded_ok + wrong_ok
