@@ -11,23 +11,21 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import uvicorn
-
-from app.api.guard import ConnectionGuard, HttpLimits, raise_open_files_limit
-from app.api.protocol import guarded_protocol
-from app.main import create_app
 from app.optimize.cli import add_parser as add_optimize_parser
 from app.profile.cli import add_parser as add_profile_parser
-from app.server import BatchserveServer
-from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 log = logging.getLogger("batchserve")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Flags given on the command line override BATCHSERVE_* variables and defaults."""
+    from app.settings import Settings
+
     overrides: dict[str, Any] = {
         key: value
         for key, value in {
@@ -45,6 +43,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # The server is imported here, not at the top: worker processes that multiprocessing
+    # starts (app.api.json_pool) re-import this console script, and should not pay for
+    # importing the whole server (0.8 s of a core each).
+    import uvicorn
+
+    from app.api.guard import ConnectionGuard, HttpLimits, raise_open_files_limit
+    from app.api.protocol import guarded_protocol
+    from app.main import create_app
+    from app.server import BatchserveServer
+
     settings = settings_from_args(args)
     logging.basicConfig(
         level=settings.log_level.upper(),

@@ -1,5 +1,6 @@
 """Synthetic ONNX models built at run time for tests and benchmarks (never downloaded or
-committed): a compute-bound MLP of any depth, and a BYTES identity model."""
+committed): a compute-bound MLP of any depth, a BYTES identity model, a CNN, a sum over
+any width (for large bodies), and token models."""
 
 from __future__ import annotations
 
@@ -17,6 +18,18 @@ def _save(graph: onnx.GraphProto, path: Path) -> None:
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
+
+
+def write_sum_model(path: Path) -> None:
+    """y [batch] = the sum of x FP32 [batch, n] over any n: a model that takes big bodies."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axis"], ["y"], keepdims=0)],
+        "sum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])],
+        initializer=[numpy_helper.from_array(np.array([1], dtype=np.int64), "axis")],
+    )
+    _save(graph, path)
 
 
 def write_heavy_model(path: Path, width: int = 16, hidden: int = 2048, blocks: int = 16) -> None:

@@ -13,8 +13,7 @@ from typing import Any
 
 from app.optimize.errors import OptimizeError
 from app.profile.errors import ProfileError
-from app.profile.measure import DEFAULT_MAX_BATCH_SIZE, DEFAULT_SEQUENCE_LENGTH
-from app.profile.recommend import Layout
+from app.profile.recommend import DEFAULT_MAX_BATCH_SIZE, DEFAULT_SEQUENCE_LENGTH, Layout
 
 EXIT_ERROR = 1
 

@@ -30,12 +30,6 @@ from app.runtime import OnnxInstance
 from app.tensors import TensorSpec, numpy_dtype
 from app.timing import Feeds, Stability, Window, time_concurrent, until_stable, warm_up
 
-#: Largest batch size profiled by default (as Triton's Model Analyzer's default search).
-DEFAULT_MAX_BATCH_SIZE = 128
-#: Length given to variable non-batch axes (token sequences) by default: the usual
-#: max_length of sentence encoders, so the profile is of full-length inputs (the worst case).
-DEFAULT_SEQUENCE_LENGTH = 128
-
 FeedsFor = Callable[[int], Feeds]
 
 

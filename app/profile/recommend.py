@@ -28,6 +28,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+#: Largest batch size profiled by default (as Triton's Model Analyzer's default search).
+DEFAULT_MAX_BATCH_SIZE = 128
+#: Length given to variable non-batch axes (token sequences) by default: the usual
+#: max_length of sentence encoders, so the profile is of full-length inputs (the worst case).
+DEFAULT_SEQUENCE_LENGTH = 128
 #: Default target: this many times the best batch-1 compute latency ...
 DEFAULT_TARGET_FACTOR = 10.0
 #: ... but never below this (ms): under it, per-request HTTP and queue costs dominate.

@@ -10,6 +10,7 @@ serialise numpy arrays directly; binary inputs are read zero-copy from the reque
 from __future__ import annotations
 
 import math
+import mmap
 import warnings
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -29,6 +30,9 @@ from app.protocol.checks import (
     input_spec,
 )
 from app.tensors import V2_TO_NUMPY, TensorSpec
+
+#: A request body as a transport holds it: large ones arrive in an anonymous memory map.
+RequestBody = bytes | bytearray | mmap.mmap
 
 # An overflowing JSON number is found (below) by the cast and a sum, and refused: not worth
 # a warning too.
@@ -160,8 +164,8 @@ def _kind_name(dtype: np.dtype[Any]) -> str:
 
 
 def _split_body(
-    body: bytes | bytearray, header_length: int | None
-) -> tuple[bytes | bytearray, memoryview | None]:
+    body: RequestBody, header_length: int | None
+) -> tuple[RequestBody, memoryview | None]:
     if header_length is None:
         return body, None
     if not 0 < header_length <= len(body):
@@ -174,7 +178,7 @@ def _split_body(
 
 
 def decode_infer_request(
-    body: bytes | bytearray,
+    body: RequestBody,
     inputs: Sequence[TensorSpec],
     outputs: Sequence[TensorSpec],
     header_length: int | None = None,
@@ -193,9 +197,10 @@ def decode_infer_request(
     header, binary = _split_body(body, header_length)
     # Booleans in numeric data are looked for value by value only when the body has any:
     # searching the bytes costs far less per byte than looking at each value.
-    may_hold_booleans = b"true" in header or b"false" in header
+    # (find, not `in`: a memory map's `in` looks for one byte.)
+    may_hold_booleans = header.find(b"true") >= 0 or header.find(b"false") >= 0
     try:
-        doc = orjson.loads(header)
+        doc = orjson.loads(memoryview(header) if isinstance(header, mmap.mmap) else header)
     except orjson.JSONDecodeError as exc:
         raise fail(f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import _save
+from load_tests.synthetic_models import write_sum_model
 from tests.conftest import MODELS
 
 pytestmark = pytest.mark.integration
@@ -222,21 +222,6 @@ def test_past_the_connection_limit_idle_ones_give_way(tmp_path: Path) -> None:
         server.stop()
 
 
-def write_sum_model(path: Path) -> None:
-    """y [batch] = the sum of x FP32 [batch, n] over any n: a model that takes big bodies."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = helper.make_graph(
-        [helper.make_node("ReduceSum", ["x", "axis"], ["y"], keepdims=0)],
-        "sum",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])],
-        initializer=[numpy_helper.from_array(np.array([1], dtype=np.int64), "axis")],
-    )
-    _save(graph, path)
-
-
 #: A kubelet's probe: another process, every 20 ms, until its stdin closes; prints the
 #: latencies as JSON.
 PROBE = """
@@ -315,8 +300,9 @@ def test_liveness_stays_fast_while_four_63_mb_bodies_arrive(
 def test_large_json_bodies_are_parsed_off_the_event_loop(tmp_path: Path, big_json: bytes) -> None:
     """For a model that takes any width, two 63 MB JSON bodies are parsed in another
     process: parsed on the event loop (or in a thread: the parser holds the GIL) each stalls
-    liveness for the 0.2-0.3 s the parser takes. What remains are the copies of the bodies
-    to and from the parsing process, and the cores the uploads and the parsing take."""
+    liveness for the 0.2-0.3 s the parser takes, and so did zeroing a 63 MB receive buffer
+    at once or pickling the body for the parsing process (30-80 ms each). What remains is
+    receiving the bodies, unpickling the arrays, and the cores the uploads and parsing take."""
     write_sum_model(tmp_path / "sum" / "1" / "model.onnx")
     (tmp_path / "sum" / "config.toml").write_text("max_batch_size = 1\n")
     server = ServerProcess(tmp_path)
@@ -325,7 +311,7 @@ def test_large_json_bodies_are_parsed_off_the_event_loop(tmp_path: Path, big_jso
         assert server.metric("batchserve_requests_total", model="sum", outcome="success") == 2
     finally:
         server.stop()
-    assert p99_ms(latencies) < 200, f"liveness p99 {p99_ms(latencies):.0f} ms"
+    assert p99_ms(latencies) < 100, f"liveness p99 {p99_ms(latencies):.0f} ms"
 
 
 def test_bodies_past_the_budget_held_at_once_get_503_with_retry_after(tmp_path: Path) -> None:
