@@ -57,7 +57,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     BATCHSERVE_MODEL_REPOSITORY=/models \
     BATCHSERVE_HOST=0.0.0.0 \
     BATCHSERVE_PORT=8000 \
-    BATCHSERVE_GRPC_PORT=8001
+    BATCHSERVE_GRPC_PORT=8001 \
+    BATCHSERVE_CACHE_DIR=/var/cache/batchserve
+# Tuning results of models tuned at load (README "Tune"); mount a volume here to keep them.
+RUN install -d -o 10001 -g 10001 /var/cache/batchserve
 USER 10001:10001
 EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
@@ -95,7 +98,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     BATCHSERVE_MODEL_REPOSITORY=/models \
     BATCHSERVE_HOST=0.0.0.0 \
     BATCHSERVE_PORT=8000 \
-    BATCHSERVE_GRPC_PORT=8001
+    BATCHSERVE_GRPC_PORT=8001 \
+    BATCHSERVE_CACHE_DIR=/var/cache/batchserve
+# Tuning results of models tuned at load (README "Tune"); mount a volume here to keep them.
+RUN install -d -o 10001 -g 10001 /var/cache/batchserve
 USER 10001:10001
 EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \

@@ -7,7 +7,7 @@ PORT ?= 8000
 # Built by `make text-model` (torch and sentence-transformers); `make test` builds it too.
 TEXT_MODEL := models/minilm/1/model.onnx
 
-.PHONY: serve test lint typecheck proto models text-model bench bench-text bench-latency bench-metrics bench-profile clean lock
+.PHONY: serve test lint typecheck proto models text-model bench bench-text bench-latency bench-metrics bench-profile bench-zero-config clean lock
 
 # The virtual environment, rebuilt when pyproject.toml or the lock changes. Runtime packages
 # are held at the versions the container images ship (requirements/gpu.txt, the lock of what
@@ -70,6 +70,10 @@ bench-latency: $(VENV)/.test-deps
 # layouts, for digits and (once built) minilm: load_tests/report/PROFILE.md (~20 min).
 bench-profile: $(VENV)/.test-deps
 	$(BIN)/python -m load_tests.bench_profile --out load_tests/report
+
+# Bare model directories tuned at load vs a sweep of configs and the untuned defaults.
+bench-zero-config: $(VENV)/.test-deps
+	$(BIN)/python -m load_tests.bench_zero_config --out load_tests/report
 
 # Throughput with metrics on vs off, alternating rounds in one run (load_tests/bench_metrics.py).
 bench-metrics: $(VENV)/.test-deps

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -17,10 +18,12 @@ from app.metrics import (
     ModelStatistics,
     NoMetrics,
     ServerMetrics,
+    TuningInfo,
     VersionGauges,
     WorkerInfo,
 )
-from app.repository import ModelRepository, ModelState, ServingDefaults
+from app.repository import LoadedVersion, ModelRepository, ModelState, ServingDefaults
+from app.repository.autotune import TuneSettings
 from app.repository.poller import RepositoryPoller
 from app.settings import Settings
 
@@ -45,6 +48,11 @@ class InferenceService:
                 max_queue_size=settings.default_max_queue_size,
                 max_queue_bytes=settings.default_max_queue_bytes,
                 timeout_ms=settings.default_timeout_ms,
+                tuning=TuneSettings(
+                    enabled=settings.autotune,
+                    budget_s=settings.autotune_seconds,
+                    cache_dir=settings.cache_dir,
+                ),
             ),
             observer_factory=self._observer,
         )
@@ -164,6 +172,7 @@ class InferenceService:
                         WorkerInfo(i.label, i.device, i.providers[0], i.requested)
                         for i in loaded.instances
                     ),
+                    _tuning_info(loaded),
                 )
 
     def statistics(self, model: str | None, version: str | None) -> list[dict[str, Any]]:
@@ -183,3 +192,26 @@ class InferenceService:
                 (metrics.statistics if metrics else ModelStatistics(name, str(v))).as_dict()
             )
         return stats
+
+
+def _tuning_info(loaded: LoadedVersion) -> TuningInfo | None:
+    tuning = loaded.tuning
+    if tuning is None:
+        return None
+    policy = loaded.batcher.policy
+    return TuningInfo(
+        source=tuning.source,
+        layout=_layout(loaded),
+        max_batch_size=str(loaded.max_batch_size),
+        preferred_batch_sizes=",".join(map(str, policy.preferred_batch_sizes)),
+    )
+
+
+def _layout(loaded: LoadedVersion) -> str:
+    """`2x1` (count x threads) for workers alike on the CPU, else per device and threads:
+    `cuda:0 1x2+cpu 2x1`."""
+    groups = Counter((i.device, i.threads) for i in loaded.instances)
+    if len(groups) == 1 and next(iter(groups))[0] == "cpu":
+        (_, threads), count = next(iter(groups.items()))
+        return f"{count}x{threads}"
+    return "+".join(f"{device} {count}x{threads}" for (device, threads), count in groups.items())

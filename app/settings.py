@@ -40,6 +40,22 @@ class Settings(BaseSettings):
         description="Report the server ready only when every model in the repository loaded "
         "(Triton's default). Off: ready once loading finished, whatever failed.",
     )
+    autotune: bool = Field(
+        default=True,
+        description="Profile a model whose config.toml sets no [[instances]] when it loads, "
+        "and serve it with the layout and batch sizes measured fastest (off: the defaults).",
+    )
+    autotune_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Time the profile at load may take per model version.",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Where tuning results are kept between loads (default "
+        "$XDG_CACHE_HOME/batchserve, else ~/.cache/batchserve).",
+    )
     default_max_queue_size: int = Field(
         default=1024,
         ge=1,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 DIGITS_ONNX = MODELS / "digits" / "1" / "model.onnx"
+
+# Tuning at load profiles each model without [[instances]] for up to 10 s: the suite's
+# servers (and the processes they start, which inherit this) run with it off and a cache of
+# their own; the tests of tuning turn it on.
+os.environ.setdefault("BATCHSERVE_AUTOTUNE", "off")
+os.environ.setdefault("BATCHSERVE_CACHE_DIR", tempfile.mkdtemp(prefix="batchserve-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Prometheus metric families, Triton-style statistics, and the observer that feeds both."""
 
-from app.metrics.collectors import VersionGauges, WorkerInfo
+from app.metrics.collectors import TuningInfo, VersionGauges, WorkerInfo
 from app.metrics.families import ModelMetrics, NoMetrics, ServerMetrics
 from app.metrics.statistics import ModelStatistics
 
@@ -9,6 +9,7 @@ __all__ = [
     "ModelStatistics",
     "NoMetrics",
     "ServerMetrics",
+    "TuningInfo",
     "VersionGauges",
     "WorkerInfo",
 ]

@@ -33,11 +33,21 @@ class VersionGauges:
     inflight: int
     queue_bytes: int = 0
     workers: tuple[WorkerInfo, ...] = ()
+    #: Where its layout came from and what it is (app.repository.autotune.Tuning), if known.
+    tuning: TuningInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TuningInfo:
+    source: str
+    layout: str
+    max_batch_size: str
+    preferred_batch_sizes: str
 
 
 class StateCollector(Collector):
     """Exports batchserve_queue_depth, batchserve_queue_bytes, batchserve_inflight_requests,
-    batchserve_model_state and batchserve_worker_info."""
+    batchserve_model_state, batchserve_worker_info and batchserve_tuning_info."""
 
     def __init__(self, read: Callable[[], Iterable[VersionGauges]]) -> None:
         self._read = read
@@ -68,6 +78,12 @@ class StateCollector(Collector):
             "device its config asked for (they differ when it fell back to the CPU).",
             labels=[*labels, "worker", "device", "provider", "requested"],
         )
+        tuning = GaugeMetricFamily(
+            "batchserve_tuning_info",
+            "1 per model version: where its instance layout and batch sizes came from "
+            "(config, off, tuned at this load, cache, failed) and what they are.",
+            labels=[*labels, "source", "layout", "max_batch_size", "preferred_batch_sizes"],
+        )
         for row in self._read():
             values = [row.model, row.version]
             depth.add_metric(values, row.queue_depth)
@@ -77,8 +93,14 @@ class StateCollector(Collector):
                 state.add_metric([*values, name], 1.0 if row.state == name else 0.0)
             for w in row.workers:
                 workers.add_metric([*values, w.worker, w.device, w.provider, w.requested], 1.0)
+            if row.tuning is not None:
+                t = row.tuning
+                tuning.add_metric(
+                    [*values, t.source, t.layout, t.max_batch_size, t.preferred_batch_sizes], 1.0
+                )
         yield depth
         yield queued_bytes
         yield inflight
         yield state
         yield workers
+        yield tuning

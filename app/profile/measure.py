@@ -15,6 +15,7 @@ Blocking (ORT sessions): run it from a command or a thread, never from an event 
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,6 +46,9 @@ class ProfileSettings:
     stability: Stability = field(default_factory=Stability)
     #: Times every point is measured (in alternating orders); the best pass counts.
     passes: int = 2
+    #: Seconds a pass may take, shared equally by the layouts: a layout stops growing its
+    #: batch size once its share is spent (each measures its smallest batch at least).
+    budget_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -195,7 +199,11 @@ def _measure_pass(
     points: list[Point] = []
     providers: list[str] = []
     layouts = list(settings.layouts) if order is None else list(dict.fromkeys(x for x, _ in order))
-    for layout in layouts:
+    started = time.monotonic()
+    for number, layout in enumerate(layouts, start=1):
+        share_ends = None
+        if settings.budget_s is not None:
+            share_ends = started + settings.budget_s * number / len(layouts)
         instances = open_instances(path, settings.device, layout)
         providers = list(instances[0].providers)
         if order is None:
@@ -208,6 +216,8 @@ def _measure_pass(
                 point = measure_point(instances, layout, feeds_for(size), size, settings, pool)
                 points.append(point)
                 progress(point)
+                if share_ends is not None and time.monotonic() > share_ends:
+                    break
                 if order is not None:
                     continue
                 stop_above = stop_above or _stop_above(settings, point)

@@ -230,6 +230,8 @@ class ModelConfig(Strict):
     #: The outputs a request that names none gets (default: all of the model's outputs).
     default_outputs: list[str] | None = None
     warmup: WarmupConfig | None = None
+    #: false: never profile this model at load (app.repository.autotune); the defaults serve.
+    autotune: bool | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:

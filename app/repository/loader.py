@@ -5,11 +5,12 @@ Blocking (ORT session creation and warm-up): call it from a thread, not the even
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.batching import Batcher, BatchingPolicy, BatchObserver
 from app.errors import ModelLoadError
+from app.repository.autotune import TuneSettings, tune
 from app.repository.config import AUTO_MAX_BATCH_SIZE, ModelConfig
 from app.repository.instances import build_instances
 from app.repository.model_files import check_model_files
@@ -29,6 +30,7 @@ class ServingDefaults:
     max_queue_size: int = 1024
     max_queue_bytes: int | None = None
     timeout_ms: float | None = None
+    tuning: TuneSettings = field(default_factory=lambda: TuneSettings(enabled=False))
 
 
 def resolve_max_batch_size(config: ModelConfig, inputs: tuple[TensorSpec, ...]) -> int:
@@ -58,6 +60,14 @@ def load_version(
     """Create and warm every instance of one version; the batcher is built but not started."""
     model_path = version_dir / MODEL_FILE
     check_model_files(model_path, version_dir)
+    label = f"model {model} v{version}"
+    model_dir = version_dir.parent
+    tuning = tune(
+        model_path, config, settings=defaults.tuning, label=label,
+        sample_for=lambda inputs: load_sample(config.warmup, model_dir, inputs),
+        sample_file=None if config.warmup is None else model_dir / config.warmup.file,
+    )  # fmt: skip
+    config = tuning.apply(config)
     instances = build_instances(model, version, model_path, config)
     first = instances[0]
     max_batch_size = resolve_max_batch_size(config, first.inputs)
@@ -81,10 +91,10 @@ def load_version(
         )
     warm_up(
         instances,
-        label=f"model {model} v{version}",
+        label=label,
         sizes=policy.preferred_batch_sizes or (max(max_batch_size, 1),),
         batches=policy.batches,
-        sample=load_sample(config.warmup, version_dir.parent, first.inputs),
+        sample=load_sample(config.warmup, model_dir, first.inputs),
     )
     return LoadedVersion(
         model=model,
@@ -98,6 +108,7 @@ def load_version(
         default_timeout_s=_seconds(batching.default_timeout_ms or defaults.timeout_ms),
         reject_nonfinite=config.reject_nonfinite,
         default_outputs=_default_outputs(config.default_outputs, first.outputs),
+        tuning=tuning,
         text=build_text_stage(
             config.tokenizer, version_dir.parent, first.inputs, max_batch_size,
             policy.max_queue_size,

@@ -9,6 +9,7 @@ from typing import Any
 
 from app.batching import Batcher
 from app.preprocess import TextStage
+from app.repository.autotune import Tuning
 from app.repository.config import ModelConfig
 from app.runtime import OnnxInstance
 from app.tensors import TensorSpec
@@ -42,6 +43,8 @@ class LoadedVersion:
     text: TextStage | None = None
     #: What a request that names no outputs gets (None: every output).
     default_outputs: tuple[str, ...] | None = None
+    #: Where its layout and batch sizes came from (app.repository.autotune).
+    tuning: Tuning | None = None
     outputs_by_name: dict[str, TensorSpec] = field(init=False)
     #: What a request may give: the model's inputs, and the text input when there is one.
     request_inputs: tuple[TensorSpec, ...] = field(init=False)
@@ -86,6 +89,7 @@ class LoadedVersion:
             "parameters": {
                 "max_batch_size": self.max_batch_size,
                 "instances": [_instance_metadata(i) for i in self.instances],
+                **({"tuning": self.tuning.metadata()} if self.tuning is not None else {}),
             },
         }
 
@@ -94,7 +98,11 @@ class LoadedVersion:
         back to the CPU adds what it asked for: `(asked cuda:0)`, or the provider it asked
         for on the CPU (`(asked OpenVINOExecutionProvider)`)."""
         parts = ", ".join(f"{i.label} {'+'.join(i.providers)}{_asked(i)}" for i in self.instances)
-        return f"{self.model} v{self.version} [{parts}]"
+        tuning = self.tuning
+        said = (
+            f" ({tuning.describe()})" if tuning and tuning.source not in ("config", "off") else ""
+        )
+        return f"{self.model} v{self.version} [{parts}]{said}"
 
 
 def _asked(instance: OnnxInstance) -> str:

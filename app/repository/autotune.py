@@ -1,0 +1,266 @@
+"""Tuning at load: a model whose config leaves its instances unset is profiled before it
+reports ready, and served with the layout and batch sizes its device runs fastest.
+
+The measurement and the rule are `batchserve profile`'s (app.profile.measure, recommend),
+in one pass bounded by a time budget shared equally by the layouts, on the `[warmup]`
+sample where the config has one (synthetic inputs only when there is nothing else). The
+result is cached (app.repository.tuning_cache), so a restart or a second replica on the same
+kind of machine loads at once. What the config sets is never overridden; a profile that
+fails leaves the model on the defaults it had before, with the reason logged and reported.
+
+Blocking (ORT sessions): run it from the loading thread, never from an event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from app.cores import available_cores
+from app.profile import measure
+from app.profile.recommend import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_SEQUENCE_LENGTH,
+    Layout,
+    recommend,
+)
+from app.repository.config import AUTO_MAX_BATCH_SIZE, InstanceConfig, ModelConfig
+from app.repository.tuning_cache import RULE_VERSION, TuningCache, default_cache_dir, file_sha256
+from app.runtime.session import repeat_rows
+from app.tensors import TensorSpec
+from app.timing import Stability
+
+log = logging.getLogger(__name__)
+
+SampleFor = Callable[[Sequence[TensorSpec]], dict[str, np.ndarray] | None]
+
+#: Where the serving layout came from: the config, tuning turned off, measured at this
+#: load, read from the cache, or the defaults because profiling failed.
+SOURCES = ("config", "off", "tuned", "cache", "failed")
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """The server's tuning settings (BATCHSERVE_AUTOTUNE*, BATCHSERVE_CACHE_DIR)."""
+
+    enabled: bool = True
+    budget_s: float = 10.0
+    cache_dir: Path | None = None  # None: default_cache_dir()
+    #: Per measured point: its timing windows, and how long it may take to settle.
+    window_s: float = 0.1
+    point_s: float = 0.6
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What a version serves with where its config is silent, and where that came from."""
+
+    source: str
+    reason: str = ""
+    count: int | None = None
+    threads: int | None = None
+    max_batch_size: int | None = None
+    preferred_batch_sizes: tuple[int, ...] = ()
+    #: Seconds the profile took (source "tuned"), or the one the cache entry holds.
+    seconds: float = 0.0
+    #: What it was measured on: the [warmup] sample, or synthetic inputs.
+    inputs: str = ""
+
+    @property
+    def chosen(self) -> bool:
+        return self.source in ("tuned", "cache")
+
+    @property
+    def layout(self) -> str:
+        return f"{self.count}x{self.threads}" if self.chosen else ""
+
+    def apply(self, config: ModelConfig) -> ModelConfig:
+        """`config` with what tuning chose where the config is silent."""
+        if not self.chosen or self.count is None or self.threads is None:
+            return config
+        update: dict[str, Any] = {
+            "instances": [InstanceConfig(device="cpu", count=self.count, threads=self.threads)]
+        }
+        if config.max_batch_size is None and self.max_batch_size is not None:
+            update["max_batch_size"] = self.max_batch_size
+        if not config.batching.preferred_batch_sizes and self.preferred_batch_sizes:
+            update["batching"] = config.batching.model_copy(
+                update={"preferred_batch_sizes": list(self.preferred_batch_sizes)}
+            )
+        return config.model_copy(update=update)
+
+    def describe(self) -> str:
+        """One phrase for the load log: `tuned in 8.1 s: 2x1, max_batch_size 32, ...`."""
+        if self.source == "config":
+            return "layout from config.toml"
+        if not self.chosen:
+            return f"not tuned ({self.reason})"
+        where = f"tuned in {self.seconds:.1f} s" if self.source == "tuned" else "tuned (cached)"
+        sizes = ", ".join(map(str, self.preferred_batch_sizes)) or "none"
+        return (
+            f"{where} on {self.inputs}: {self.layout}, max_batch_size {self.max_batch_size}, "
+            f"preferred batch sizes {sizes}"
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        """The model metadata's `parameters.tuning`."""
+        entry: dict[str, Any] = {"source": self.source}
+        if self.reason:
+            entry["reason"] = self.reason
+        if self.chosen:
+            entry.update(
+                layout=self.layout,
+                max_batch_size=self.max_batch_size,
+                preferred_batch_sizes=list(self.preferred_batch_sizes),
+                seconds=round(self.seconds, 2),
+                inputs=self.inputs,
+            )
+        return entry
+
+
+def tune(
+    model_path: Path,
+    config: ModelConfig,
+    *,
+    settings: TuneSettings,
+    label: str,
+    sample_for: SampleFor,
+    sample_file: Path | None,
+) -> Tuning:
+    """The tuning of one version (see the module docstring); never raises for a profile
+    that fails (source "failed", with the reason). `sample_for(inputs)` is the [warmup]
+    sample checked against the inputs, or None; `sample_file` the file it comes from."""
+    if "instances" in config.model_fields_set:
+        return Tuning("config", "config.toml sets [[instances]]")
+    if config.autotune is False:
+        return Tuning("off", "autotune = false in config.toml")
+    if not settings.enabled:
+        return Tuning("off", "BATCHSERVE_AUTOTUNE is off")
+    cache = TuningCache(settings.cache_dir or default_cache_dir())
+    try:
+        key = _cache_key(model_path, config, sample_file)
+        cached = _cached(cache.read(key))
+        if cached is not None:
+            return cached
+        tuning = _measure(model_path, config, settings=settings, sample_for=sample_for)
+    except Exception as exc:  # a model that profiles badly still serves, on the defaults
+        reason = f"profiling failed: {exc}"
+        log.warning("%s: %s; it serves with the default layout", label, reason)
+        return Tuning("failed", reason)
+    cache.write(key, _to_dict(tuning))
+    return tuning
+
+
+def _cached(entry: dict[str, Any] | None) -> Tuning | None:
+    if entry is None:
+        return None
+    try:
+        return replace(_from_dict(entry), source="cache")
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("tuning cache entry %s is not a tuning (%s): measuring again", entry, exc)
+        return None
+
+
+def _cache_key(model_path: Path, config: ModelConfig, sample_file: Path | None) -> dict[str, Any]:
+    """Everything that decides the result (see app.repository.tuning_cache)."""
+    return {
+        "rule": RULE_VERSION,
+        "model_sha256": file_sha256(model_path),
+        "device": "cpu",
+        "provider": "CPUExecutionProvider",
+        "cores": available_cores(),
+        "onnxruntime": ort.__version__,
+        "max_batch_size": config.max_batch_size,
+        "preferred_batch_sizes": config.batching.preferred_batch_sizes,
+        "sequence_length": _sequence_length(config),
+        "inputs": "synthetic" if sample_file is None else file_sha256(sample_file),
+    }
+
+
+def _sequence_length(config: ModelConfig) -> int:
+    if config.tokenizer is not None:
+        return min(DEFAULT_SEQUENCE_LENGTH, config.tokenizer.max_length)
+    return DEFAULT_SEQUENCE_LENGTH
+
+
+def _measure(
+    model_path: Path,
+    config: ModelConfig,
+    *,
+    settings: TuneSettings,
+    sample_for: SampleFor,
+) -> Tuning:
+    started = time.monotonic()
+    specs = measure.open_instances(model_path, "cpu", Layout(1, 1))[0].inputs
+    sample = sample_for(specs)
+    fixed = [s for s in specs if not s.shape or s.shape[0] >= 0]
+    batching = not fixed and config.max_batch_size != 0
+    if batching:
+        limit = config.max_batch_size or DEFAULT_MAX_BATCH_SIZE
+        sizes = measure.batch_sizes(limit, config.batching.preferred_batch_sizes)
+    else:
+        sizes = (1,)
+    length = _sequence_length(config)
+
+    def feeds_for(size: int) -> dict[str, np.ndarray]:
+        rows = size if batching else None
+        if sample is not None:
+            return repeat_rows(sample, rows)
+        return measure.synthetic_feeds(specs, rows, length)
+
+    profile_settings = measure.ProfileSettings(
+        device="cpu",
+        layouts=measure.default_layouts("cpu", available_cores()),
+        batch_sizes=sizes,
+        window_s=settings.window_s,
+        stability=Stability(max_seconds=settings.point_s),
+        passes=1,
+        budget_s=settings.budget_s,
+    )
+    profile = measure.profile(model_path, profile_settings, feeds_for)
+    chosen = recommend(profile.points, None, batching)
+    max_batch_size = None
+    if batching and config.max_batch_size is None:
+        # Requests up to the auto-complete default stay accepted; the preferred sizes keep
+        # the batches the batcher forms at the fastest ones.
+        max_batch_size = max(chosen.max_batch_size or 1, AUTO_MAX_BATCH_SIZE)
+    return Tuning(
+        source="tuned",
+        count=chosen.layout.count,
+        threads=chosen.layout.threads,
+        max_batch_size=max_batch_size if batching else config.max_batch_size,
+        preferred_batch_sizes=tuple(chosen.preferred_batch_sizes) if batching else (),
+        seconds=time.monotonic() - started,
+        inputs="synthetic inputs" if sample is None else "the [warmup] sample",
+    )
+
+
+def _to_dict(tuning: Tuning) -> dict[str, Any]:
+    entry = asdict(tuning)
+    entry["preferred_batch_sizes"] = list(tuning.preferred_batch_sizes)
+    return entry
+
+
+def _from_dict(entry: dict[str, Any]) -> Tuning:
+    """A cached result, checked as strictly as a config (a bad entry is measured again)."""
+    layout = Layout(int(entry["count"]), int(entry["threads"]))
+    sizes = tuple(int(size) for size in entry["preferred_batch_sizes"])
+    max_batch_size = entry["max_batch_size"]
+    if max_batch_size is not None and (int(max_batch_size) < 0 or any(s < 1 for s in sizes)):
+        raise ValueError(f"cached tuning {entry} has impossible batch sizes")
+    return Tuning(
+        source=str(entry["source"]),
+        count=layout.count,
+        threads=layout.threads,
+        max_batch_size=None if max_batch_size is None else int(max_batch_size),
+        preferred_batch_sizes=sizes,
+        seconds=float(entry["seconds"]),
+        inputs=str(entry["inputs"]),
+    )

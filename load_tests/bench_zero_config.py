@@ -1,0 +1,187 @@
+"""Zero-config speed: a bare model directory (model.onnx only), tuned at load, against the
+best configuration of a sweep and against the untuned defaults, all in ONE run.
+
+    make bench-zero-config    # or: python -m load_tests.bench_zero_config [--rounds N]
+
+Per model, every configuration's server is started once (the bare one with an empty tuning
+cache, then again to time a load that hits it), and all of them are measured in alternating
+rounds: closed loop at C=32, one sample per request, binary tensors; each configuration's
+median over the rounds counts. Sweep: every CPU layout that uses all the cores x
+max_batch_size 4, 16 and 64. Writes ZERO_CONFIG.md and zero_config.json into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from load_tests.bench_ab import closed_loop_at
+from load_tests.server_process import ServerProcess
+from load_tests.synthetic_models import write_cnn_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CONCURRENCY = 32
+SWEEP_BATCH_SIZES = (4, 16, 64)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    description: str
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.name == "digits":
+            shutil.copy(ROOT / "models" / "digits" / "1" / "model.onnx", path)
+        elif self.name == "small-cnn":
+            write_cnn_model(path)  # about 1 ms an image on one core
+        elif self.name == "medium":
+            write_cnn_model(path, channels=(64, 128, 256), size=28)
+        else:
+            write_cnn_model(path, channels=(128, 256, 512), size=56)
+
+
+CASES = (
+    Case("digits", "models/digits' model.onnx alone (MLP; request overhead dominates)"),
+    Case("small-cnn", "CNN 1x28x28, 32-64-128 channels (compute-bound, ~1 ms an image)"),
+    Case("medium", "load_tests' medium CNN 1x28x28, 64-128-256 channels"),
+    Case("heavy", "load_tests' heavy CNN 1x56x56, 128-256-512 channels"),
+)
+
+
+def layouts(cores: int) -> list[tuple[int, int]]:
+    counts = sorted({c for c in (2**k for k in range(cores.bit_length())) if cores % c == 0})
+    return [(count, cores // count) for count in counts]
+
+
+def repository(root: Path, case: Case, config: str | None) -> Path:
+    case.write(root / case.name / "1" / "model.onnx")
+    if config is not None:
+        (root / case.name / "config.toml").write_text(config)
+    return root
+
+
+def sweep_config(count: int, threads: int, max_batch_size: int) -> str:
+    return (
+        f'max_batch_size = {max_batch_size}\n\n[[instances]]\ndevice = "cpu"\n'
+        f"count = {count}\nthreads = {threads}\n"
+    )
+
+
+def timed_start(repo: Path, env: dict[str, str]) -> tuple[ServerProcess, float]:
+    started = time.monotonic()
+    server = ServerProcess(repo, env=env)
+    return server, time.monotonic() - started
+
+
+def bench_case(case: Case, work: Path, rounds: int, window_s: float) -> dict[str, Any]:
+    cores = len(os.sched_getaffinity(0))
+    cache = work / f"cache-{case.name}"
+    tuned_env = {"BATCHSERVE_AUTOTUNE": "on", "BATCHSERVE_CACHE_DIR": str(cache)}
+    servers: dict[str, ServerProcess] = {}
+    loads: dict[str, float] = {}
+    try:
+        bare = repository(work / f"{case.name}-bare", case, None)
+        server, loads["tuning"] = timed_start(bare, tuned_env)
+        tuning = httpx.get(f"{server.url}/v2/models/{case.name}").json()["parameters"]["tuning"]
+        server.stop()
+        servers["bare, tuned"], loads["cache hit"] = timed_start(bare, tuned_env)
+        servers["bare, untuned defaults"], loads["untuned"] = timed_start(
+            bare, {"BATCHSERVE_AUTOTUNE": "off"}
+        )
+        for count, threads in layouts(cores):
+            for size in SWEEP_BATCH_SIZES:
+                repo = repository(
+                    work / f"{case.name}-{count}x{threads}-{size}", case,
+                    sweep_config(count, threads, size),
+                )  # fmt: skip
+                servers[f"{count}x{threads}, max_batch_size {size}"] = ServerProcess(repo)
+        samples: dict[str, list[float]] = {name: [] for name in servers}
+        for number in range(rounds):
+            order = list(servers) if number % 2 == 0 else list(reversed(servers))
+            for name in order:
+                rate = asyncio.run(
+                    closed_loop_at(servers[name].url, case.name, binary=True,
+                                   concurrency=CONCURRENCY, seconds=window_s)
+                )  # fmt: skip
+                samples[name].append(rate)
+                print(f"  {case.name:9} round {number + 1} {name:30} {rate:9.1f} req/s", flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    swept = {k: v for k, v in medians.items() if not k.startswith("bare")}
+    best = max(swept, key=lambda k: swept[k])
+    return {
+        "model": case.name,
+        "description": case.description,
+        "tuning": tuning,
+        "load_s": loads,
+        "req_s": medians,
+        "rounds": samples,
+        "best_swept": best,
+        "tuned_vs_best": medians["bare, tuned"] / swept[best],
+        "tuned_vs_untuned": medians["bare, tuned"] / medians["bare, untuned defaults"],
+        "untuned_vs_best": medians["bare, untuned defaults"] / swept[best],
+    }
+
+
+def write_report(rows: list[dict[str, Any]], out: Path, rounds: int, window_s: float) -> None:
+    lines = [
+        "# Zero-config speed: bare model directories, tuned at load",
+        "",
+        f"`make bench-zero-config`, {len(os.sched_getaffinity(0))} cores, one run: C={CONCURRENCY}"
+        f" closed loop, one sample per request, binary tensors, {rounds} alternating rounds of"
+        f" {window_s:g} s per configuration, medians. Sweep: every layout using all the cores x"
+        f" max_batch_size {', '.join(map(str, SWEEP_BATCH_SIZES))}.",
+        "",
+        "| model | tuned to | bare tuned req/s | untuned req/s | best swept (req/s) | "
+        "tuned / best | tuned / untuned | load: tuning / cache hit / untuned (s) |",
+        "|---|---|---:|---:|---|---:|---:|---|",
+    ]
+    for row in rows:
+        t, r, load = row["tuning"], row["req_s"], row["load_s"]
+        chosen = f"{t.get('layout', t['source'])}, preferred {t.get('preferred_batch_sizes', [])}"
+        lines.append(
+            f"| {row['model']} | {chosen} | {r['bare, tuned']:,.0f} | "
+            f"{r['bare, untuned defaults']:,.0f} | {row['best_swept']} "
+            f"({r[row['best_swept']]:,.0f}) | {row['tuned_vs_best']:.2f} | "
+            f"{row['tuned_vs_untuned']:.2f} | {load['tuning']:.1f} / {load['cache hit']:.1f} / "
+            f"{load['untuned']:.1f} |"
+        )
+    lines += ["", "Models:", ""] + [f"- {row['model']}: {row['description']}" for row in rows]
+    (out / "ZERO_CONFIG.md").write_text("\n".join(lines) + "\n")
+    (out / "zero_config.json").write_text(json.dumps(rows, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "load_tests" / "report")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--window-s", type=float, default=2.0)
+    parser.add_argument("--models", default=",".join(c.name for c in CASES))
+    args = parser.parse_args()
+    wanted = args.models.split(",")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-zero-config-") as work:
+        for case in CASES:
+            if case.name in wanted:
+                rows.append(bench_case(case, Path(work), args.rounds, args.window_s))
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_report(rows, args.out, args.rounds, args.window_s)
+    print((args.out / "ZERO_CONFIG.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Tuning at load (app.repository.autotune) on real ONNX models: what it chooses and when,
+what its cache holds and when it is not trusted, and what a failing profile leaves."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from app.cores import available_cores
+from app.repository.autotune import TuneSettings, Tuning, _cache_key, tune
+from app.repository.config import ModelConfig, load_model_config
+from app.repository.loader import ServingDefaults, load_version
+from app.repository.tuning_cache import TuningCache
+from load_tests.synthetic_models import _save, write_heavy_model
+
+#: Short windows and a 1 s budget: these tests check the mechanism, not the measurement.
+FAST = {"budget_s": 1.0, "window_s": 0.02, "point_s": 0.1}
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> TuneSettings:
+    return TuneSettings(enabled=True, cache_dir=tmp_path / "cache", **FAST)
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    path = tmp_path / "mlp" / "1" / "model.onnx"
+    write_heavy_model(path, width=16, hidden=64, blocks=1)
+    return path
+
+
+def run_tune(model: Path, settings: TuneSettings, config: ModelConfig | None = None) -> Tuning:
+    return tune(
+        model,
+        config or ModelConfig(),
+        settings=settings,
+        label="test",
+        sample_for=lambda inputs: None,
+        sample_file=None,
+    )
+
+
+def entries(settings: TuneSettings) -> list[Path]:
+    assert settings.cache_dir is not None
+    return sorted((settings.cache_dir / "tuning").glob("*.json"))
+
+
+def test_a_bare_model_is_tuned_once_then_read_from_the_cache(
+    model: Path, settings: TuneSettings
+) -> None:
+    tuned = run_tune(model, settings)
+    assert tuned.source == "tuned", tuned
+    assert tuned.count is not None and tuned.threads is not None
+    assert tuned.count * tuned.threads == available_cores()  # layouts use every core
+    assert tuned.preferred_batch_sizes and tuned.max_batch_size is not None
+    assert max(tuned.preferred_batch_sizes) <= tuned.max_batch_size
+    assert tuned.max_batch_size >= 32  # requests the untuned default took are still taken
+    assert len(entries(settings)) == 1
+
+    again = run_tune(model, settings)
+    assert again.source == "cache"
+    assert (again.count, again.threads, again.max_batch_size, again.preferred_batch_sizes) == (
+        tuned.count, tuned.threads, tuned.max_batch_size, tuned.preferred_batch_sizes,
+    )  # fmt: skip
+
+    config = again.apply(ModelConfig())
+    assert [(line.device, line.count, line.threads) for line in config.instances] == [
+        ("cpu", tuned.count, tuned.threads)
+    ]
+    assert config.max_batch_size == tuned.max_batch_size
+    assert config.batching.preferred_batch_sizes == list(tuned.preferred_batch_sizes)
+
+
+def test_what_the_config_sets_is_kept(model: Path, settings: TuneSettings, tmp_path: Path) -> None:
+    (tmp_path / "mlp" / "config.toml").write_text(
+        "max_batch_size = 8\n[batching]\npreferred_batch_sizes = [8]\n"
+    )
+    config = load_model_config(tmp_path / "mlp")
+    tuned = run_tune(model, settings, config)
+    assert tuned.source == "tuned"
+    applied = tuned.apply(config)
+    assert applied.max_batch_size == 8
+    assert applied.batching.preferred_batch_sizes == [8]
+
+
+def test_a_changed_model_file_is_tuned_again(model: Path, settings: TuneSettings) -> None:
+    assert run_tune(model, settings).source == "tuned"
+    write_heavy_model(model, width=16, hidden=96, blocks=1)
+    assert run_tune(model, settings).source == "tuned"
+    assert len(entries(settings)) == 2
+
+
+@contextlib.contextmanager
+def one_core() -> Iterator[None]:
+    """This thread (and the sessions it starts) on one core, as on a smaller machine."""
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cores)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to take one away")
+def test_fewer_cores_are_tuned_again(model: Path, settings: TuneSettings) -> None:
+    assert run_tune(model, settings).source == "tuned"
+    with one_core():
+        on_one = run_tune(model, settings)
+    assert on_one.source == "tuned"
+    assert (on_one.count, on_one.threads) == (1, 1)
+
+
+def test_an_entry_for_another_onnxruntime_is_not_used(model: Path, settings: TuneSettings) -> None:
+    """An entry stored by another ONNX Runtime version is never read; the same entry under
+    this version's key is (the control: the entry itself is a valid tuning)."""
+    assert settings.cache_dir is not None
+    cache = TuningCache(settings.cache_dir)
+    key = _cache_key(model, ModelConfig(), None)
+    stored = {"source": "tuned", "count": 3, "threads": 5, "max_batch_size": 64,
+              "preferred_batch_sizes": [64], "seconds": 1.0, "inputs": "synthetic inputs",
+              "reason": ""}  # fmt: skip
+    cache.write({**key, "onnxruntime": "1.0.0"}, stored)
+    assert key["onnxruntime"] == ort.__version__
+    assert run_tune(model, settings).count != 3
+
+    cache.write(key, stored)
+    cached = run_tune(model, settings)
+    assert (cached.source, cached.count, cached.threads) == ("cache", 3, 5)
+
+
+def test_an_unreadable_or_foreign_entry_is_measured_again(
+    model: Path, settings: TuneSettings
+) -> None:
+    assert run_tune(model, settings).source == "tuned"
+    (entry,) = entries(settings)
+    entry.write_text("{not json")
+    assert run_tune(model, settings).source == "tuned"
+
+    document = json.loads(entry.read_text())
+    document["key"]["cores"] = 999  # a hand-copied file of another machine
+    entry.write_text(json.dumps(document))
+    assert run_tune(model, settings).source == "tuned"
+
+    document = json.loads(entry.read_text())
+    document["result"]["count"] = "many"
+    entry.write_text(json.dumps(document))
+    assert run_tune(model, settings).source == "tuned"
+
+
+def test_instances_in_the_config_are_never_tuned(
+    model: Path, settings: TuneSettings, tmp_path: Path
+) -> None:
+    (tmp_path / "mlp" / "config.toml").write_text("[[instances]]\ncount = 1\n")
+    tuning = run_tune(model, settings, load_model_config(tmp_path / "mlp"))
+    assert tuning.source == "config"
+    assert tuning.apply(ModelConfig()) == ModelConfig()
+    assert entries(settings) == []
+
+
+def test_autotune_false_or_the_setting_off_keeps_the_defaults(
+    model: Path, settings: TuneSettings, tmp_path: Path
+) -> None:
+    (tmp_path / "mlp" / "config.toml").write_text("autotune = false\n")
+    config = load_model_config(tmp_path / "mlp")
+    assert run_tune(model, settings, config).source == "off"
+    off = TuneSettings(enabled=False, cache_dir=settings.cache_dir)
+    tuning = run_tune(model, off)
+    assert (tuning.source, tuning.reason) == ("off", "BATCHSERVE_AUTOTUNE is off")
+    assert entries(settings) == []
+
+
+def write_batch_of_one_model(path: Path) -> None:
+    """x FP32 [batch, 4] reshaped to [1, 4]: the graph declares a batch axis, but only
+    batch 1 runs, so every profile past batch 1 fails."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "batch_of_one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        initializer=[numpy_helper.from_array(np.array([1, 4], dtype=np.int64), "shape")],
+    )
+    _save(graph, path)
+
+
+def test_a_model_whose_profile_fails_serves_on_the_defaults(
+    settings: TuneSettings, tmp_path: Path
+) -> None:
+    version_dir = tmp_path / "one" / "1"
+    write_batch_of_one_model(version_dir / "model.onnx")
+    loaded = load_version(
+        "one", 1, version_dir, config=ModelConfig(), defaults=ServingDefaults(tuning=settings)
+    )
+    assert loaded.tuning is not None and loaded.tuning.source == "failed"
+    assert "profiling failed" in loaded.tuning.reason
+    assert "Reshape" in loaded.tuning.reason or "shape" in loaded.tuning.reason
+    assert len(loaded.instances) == 1 and loaded.max_batch_size == 32  # today's defaults
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    np.testing.assert_array_equal(loaded.instances[0].run({"x": x})["y"], x)
+    assert "tuning" in loaded.metadata([1])["parameters"]
+    assert entries(settings) == []  # a failure is not cached: the next load tries again
