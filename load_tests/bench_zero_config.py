@@ -152,7 +152,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, rounds: int, window_s: f
     ]
     for row in rows:
         t, r, load = row["tuning"], row["req_s"], row["load_s"]
-        chosen = f"{t.get('layout', t['source'])}, preferred {t.get('preferred_batch_sizes', [])}"
+        chosen = f"{t.get('layout', t['source'])}, max_batch_size {t.get('max_batch_size')}"
         lines.append(
             f"| {row['model']} | {chosen} | {r['bare, tuned']:,.0f} | "
             f"{r['bare, untuned defaults']:,.0f} | {row['best_swept']} "

@@ -38,6 +38,11 @@ from app.errors import InferenceFailedError, UnavailableError
 
 log = logging.getLogger(__name__)
 
+#: Weight of the newest batch in a worker's moving average of compute time per sample.
+COST_WEIGHT = 0.2
+#: A worker leaves queued work to an idle one this much faster per sample (or more).
+FASTER_BY = 0.7
+
 
 class Batcher:
     """Queue and workers of one model version; see the module docstring for the semantics."""
@@ -64,7 +69,13 @@ class Batcher:
                 name, policy, workers=[r.label for r in self._runners], observer=self._observer
             )
         )
-        self._idle: deque[asyncio.Future[None]] = deque()
+        #: Idle workers' wake-ups (with their runner's label), in the order they went idle.
+        self._idle: deque[tuple[asyncio.Future[None], str]] = deque()
+        #: Each worker's recent compute time per sample (a moving average): the fastest
+        #: idle one is woken for new work.
+        self._cost: dict[str, float] = {}
+        #: Workers woken that have not run yet: the work they were woken for is theirs.
+        self._woken: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._executors: list[ThreadPoolExecutor] = []
         #: Draining: serve what is queued without waiting for fuller batches (SIGTERM).
@@ -185,12 +196,15 @@ class Batcher:
             if group is None:
                 if self._closing:
                     return None
-                await self._sleep()
+                await self._sleep(runner.label)
+                continue
+            if self._leave_to_faster(runner.label):
+                await self._sleep(runner.label)
                 continue
             cap, hold_until = self._strategy.plan(group, runner.label, self._draining)
             if hold_until is not None:
                 waited = True
-                await self._sleep(until=hold_until)
+                await self._sleep(runner.label, until=hold_until)
                 continue
             batch = take_batch(
                 queue, group, take_limit(self.policy, group, cap), self.policy.padding
@@ -204,30 +218,57 @@ class Batcher:
                 self._wake_one()  # more is queued: let another idle worker look at it
             return batch, now
 
-    async def _sleep(self, until: float | None = None) -> None:
+    async def _sleep(self, label: str, until: float | None = None) -> None:
         """Wait to be woken by an arrival (or close), or until `until` in loop time."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
-        self._idle.append(waiter)
+        self._idle.append((waiter, label))
         timer = None if until is None else loop.call_at(until, _resolve, waiter)
         try:
             await waiter
         finally:
+            self._woken.discard(label)
             if timer is not None:
                 timer.cancel()
             if not waiter.done():
                 waiter.cancel()
 
     def _wake_one(self) -> None:
-        while self._idle:
-            waiter = self._idle.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+        """Wake the idle worker that computes a sample fastest, so that at low load a slow
+        CPU worker beside a GPU does not take every other request. Among equals (and
+        workers not measured yet, which count as fastest so each gets measured), the one
+        idle longest."""
+        # Wake-ups already resolved (a timer's) or cancelled are dropped on the way.
+        idle = [entry for entry in self._idle if not entry[0].done()]
+        if not idle:
+            self._idle.clear()
+            return
+        chosen = min(range(len(idle)), key=lambda i: self._cost.get(idle[i][1], 0.0))
+        waiter, label = idle.pop(chosen)
+        self._idle = deque(idle)
+        self._woken.add(label)
+        waiter.set_result(None)
+
+    def _leave_to_faster(self, label: str) -> bool:
+        """Whether a worker much faster per sample than `label` is idle or already woken for
+        the queued work (then it is woken if need be, and `label` goes back to sleep): a
+        slow worker back from its batch would otherwise take the next request before the
+        fast one it was meant for runs. A busy fast worker leaves the work to `label`."""
+        mine = self._cost.get(label)
+        if mine is None:
+            return False
+        faster = FASTER_BY * mine
+        if any(self._cost.get(other, 0.0) < faster for other in self._woken):
+            return True
+        for waiter, other in self._idle:
+            if not waiter.done() and self._cost.get(other, 0.0) < faster:
+                self._wake_one()
+                return True
+        return False
 
     def _wake_all(self) -> None:
         while self._idle:
-            _resolve(self._idle.popleft())
+            _resolve(self._idle.popleft()[0])
 
     # -- running them ---------------------------------------------------------------------
 
@@ -277,6 +318,14 @@ class Batcher:
                 )
             )
             self._strategy.observe(runner.label, samples, occupied, failed=bool(failed_samples))
+            if not failed_samples and occupied > 0:
+                self._observe_cost(runner.label, occupied / samples)
+
+    def _observe_cost(self, label: str, per_sample_s: float) -> None:
+        previous = self._cost.get(label)
+        self._cost[label] = (
+            per_sample_s if previous is None else previous + COST_WEIGHT * (per_sample_s - previous)
+        )
 
     def _run_batch(
         self,

@@ -67,7 +67,6 @@ class Tuning:
     count: int | None = None
     threads: int | None = None
     max_batch_size: int | None = None
-    preferred_batch_sizes: tuple[int, ...] = ()
     #: Seconds the profile took (source "tuned"), or the one the cache entry holds.
     seconds: float = 0.0
     #: What it was measured on: the [warmup] sample, or synthetic inputs.
@@ -90,10 +89,6 @@ class Tuning:
         }
         if config.max_batch_size is None and self.max_batch_size is not None:
             update["max_batch_size"] = self.max_batch_size
-        if not config.batching.preferred_batch_sizes and self.preferred_batch_sizes:
-            update["batching"] = config.batching.model_copy(
-                update={"preferred_batch_sizes": list(self.preferred_batch_sizes)}
-            )
         return config.model_copy(update=update)
 
     def describe(self) -> str:
@@ -103,11 +98,7 @@ class Tuning:
         if not self.chosen:
             return f"not tuned ({self.reason})"
         where = f"tuned in {self.seconds:.1f} s" if self.source == "tuned" else "tuned (cached)"
-        sizes = ", ".join(map(str, self.preferred_batch_sizes)) or "none"
-        return (
-            f"{where} on {self.inputs}: {self.layout}, max_batch_size {self.max_batch_size}, "
-            f"preferred batch sizes {sizes}"
-        )
+        return f"{where} on {self.inputs}: {self.layout}, max_batch_size {self.max_batch_size}"
 
     def metadata(self) -> dict[str, Any]:
         """The model metadata's `parameters.tuning`."""
@@ -118,7 +109,6 @@ class Tuning:
             entry.update(
                 layout=self.layout,
                 max_batch_size=self.max_batch_size,
-                preferred_batch_sizes=list(self.preferred_batch_sizes),
                 seconds=round(self.seconds, 2),
                 inputs=self.inputs,
             )
@@ -225,42 +215,41 @@ def _measure(
         budget_s=settings.budget_s,
     )
     profile = measure.profile(model_path, profile_settings, feeds_for)
+    # Only the layout and the largest batch are taken from the recommendation, not its
+    # preferred sizes: they are the fastest per sample in compute alone, but capping the
+    # batches the server forms at them cost 15-25% of its throughput on CNNs
+    # (load_tests/bench_zero_config.py), where each batch's fixed serving costs (hand-off,
+    # copies, answers) favour taking what is queued.
     chosen = recommend(profile.points, None, batching)
     max_batch_size = None
     if batching and config.max_batch_size is None:
-        # Requests up to the auto-complete default stay accepted; the preferred sizes keep
-        # the batches the batcher forms at the fastest ones.
+        # Never below the auto-complete default: requests it took stay accepted.
         max_batch_size = max(chosen.max_batch_size or 1, AUTO_MAX_BATCH_SIZE)
     return Tuning(
         source="tuned",
         count=chosen.layout.count,
         threads=chosen.layout.threads,
         max_batch_size=max_batch_size if batching else config.max_batch_size,
-        preferred_batch_sizes=tuple(chosen.preferred_batch_sizes) if batching else (),
         seconds=time.monotonic() - started,
         inputs="synthetic inputs" if sample is None else "the [warmup] sample",
     )
 
 
 def _to_dict(tuning: Tuning) -> dict[str, Any]:
-    entry = asdict(tuning)
-    entry["preferred_batch_sizes"] = list(tuning.preferred_batch_sizes)
-    return entry
+    return asdict(tuning)
 
 
 def _from_dict(entry: dict[str, Any]) -> Tuning:
     """A cached result, checked as strictly as a config (a bad entry is measured again)."""
     layout = Layout(int(entry["count"]), int(entry["threads"]))
-    sizes = tuple(int(size) for size in entry["preferred_batch_sizes"])
     max_batch_size = entry["max_batch_size"]
-    if max_batch_size is not None and (int(max_batch_size) < 0 or any(s < 1 for s in sizes)):
-        raise ValueError(f"cached tuning {entry} has impossible batch sizes")
+    if max_batch_size is not None and int(max_batch_size) < 0:
+        raise ValueError(f"cached tuning {entry} has an impossible max_batch_size")
     return Tuning(
         source=str(entry["source"]),
         count=layout.count,
         threads=layout.threads,
         max_batch_size=None if max_batch_size is None else int(max_batch_size),
-        preferred_batch_sizes=sizes,
         seconds=float(entry["seconds"]),
         inputs=str(entry["inputs"]),
     )

@@ -39,8 +39,7 @@ def test_a_bare_model_is_tuned_at_load_and_a_restart_hits_the_cache(tmp_path: Pa
             assert metadata["max_batch_size"] == tuning["max_batch_size"]
             config = httpx.get(f"{server.url}/v2/models/cnn/config").json()
             assert sum(group["count"] for group in config["instance_group"]) == count
-            preferred = config["dynamic_batching"]["preferred_batch_size"]
-            assert preferred == tuning["preferred_batch_sizes"]
+            assert config["max_batch_size"] == tuning["max_batch_size"] >= 32
             assert server.metric(
                 "batchserve_tuning_info", model="cnn", source=tuning["source"],
                 layout=tuning["layout"],

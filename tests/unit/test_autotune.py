@@ -60,15 +60,14 @@ def test_a_bare_model_is_tuned_once_then_read_from_the_cache(
     assert tuned.source == "tuned", tuned
     assert tuned.count is not None and tuned.threads is not None
     assert tuned.count * tuned.threads == available_cores()  # layouts use every core
-    assert tuned.preferred_batch_sizes and tuned.max_batch_size is not None
-    assert max(tuned.preferred_batch_sizes) <= tuned.max_batch_size
+    assert tuned.max_batch_size is not None
     assert tuned.max_batch_size >= 32  # requests the untuned default took are still taken
     assert len(entries(settings)) == 1
 
     again = run_tune(model, settings)
     assert again.source == "cache"
-    assert (again.count, again.threads, again.max_batch_size, again.preferred_batch_sizes) == (
-        tuned.count, tuned.threads, tuned.max_batch_size, tuned.preferred_batch_sizes,
+    assert (again.count, again.threads, again.max_batch_size) == (
+        tuned.count, tuned.threads, tuned.max_batch_size,
     )  # fmt: skip
 
     config = again.apply(ModelConfig())
@@ -76,7 +75,7 @@ def test_a_bare_model_is_tuned_once_then_read_from_the_cache(
         ("cpu", tuned.count, tuned.threads)
     ]
     assert config.max_batch_size == tuned.max_batch_size
-    assert config.batching.preferred_batch_sizes == list(tuned.preferred_batch_sizes)
+    assert config.batching.preferred_batch_sizes == []  # batches take what is queued
 
 
 def test_what_the_config_sets_is_kept(model: Path, settings: TuneSettings, tmp_path: Path) -> None:
@@ -125,8 +124,7 @@ def test_an_entry_for_another_onnxruntime_is_not_used(model: Path, settings: Tun
     cache = TuningCache(settings.cache_dir)
     key = _cache_key(model, ModelConfig(), None)
     stored = {"source": "tuned", "count": 3, "threads": 5, "max_batch_size": 64,
-              "preferred_batch_sizes": [64], "seconds": 1.0, "inputs": "synthetic inputs",
-              "reason": ""}  # fmt: skip
+              "seconds": 1.0, "inputs": "synthetic inputs", "reason": ""}  # fmt: skip
     cache.write({**key, "onnxruntime": "1.0.0"}, stored)
     assert key["onnxruntime"] == ort.__version__
     assert run_tune(model, settings).count != 3

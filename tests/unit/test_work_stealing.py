@@ -110,3 +110,23 @@ def test_the_fast_worker_takes_most_batches_under_load() -> None:
         await batcher.close()
 
     run(scenario)
+
+
+def test_at_low_load_the_fast_worker_takes_nearly_every_request() -> None:
+    """One request at a time, both workers idle each time: the one that computes fastest
+    is woken, not the one idle longest (which alternated them: half the requests paid the
+    slow worker's time). Each worker is tried once, then the fast one keeps them."""
+
+    async def scenario() -> None:
+        slow = Runner("cpu/0", compute_s=0.01)
+        fast = Runner("cuda:0/0", compute_s=0.001)
+        batcher = Batcher("m/1", BatchingPolicy(max_batch_size=4, max_queue_size=10), [slow, fast])
+        batcher.start()
+        for i in range(40):
+            result = await batcher.infer(rows(i))
+            assert result["y"][0, 0] == i + 1.0
+        assert len(slow.batches) <= 2, (slow.batches, fast.batches)
+        assert len(fast.batches) >= 38
+        await batcher.close()
+
+    run(scenario)
