@@ -2,8 +2,9 @@
 reports ready, and served with the layout and batch sizes its device runs fastest.
 
 The measurement and the rule are `batchserve profile`'s (app.profile.measure, recommend),
-in one pass bounded by a time budget shared equally by the layouts, on the `[warmup]`
-sample where the config has one (synthetic inputs only when there is nothing else). The
+in one pass bounded by a time budget shared equally by the layouts, on the model
+directory's real inputs where it has any (app.repository.tuning_inputs; synthetic ones only
+when there is nothing else). The
 result is cached (app.repository.tuning_cache), so a restart or a second replica on the same
 kind of machine loads at once. What the config sets is never overridden; a profile that
 fails leaves the model on the defaults it had before, with the reason logged and reported.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,13 +33,12 @@ from app.profile.recommend import (
 )
 from app.repository.config import AUTO_MAX_BATCH_SIZE, InstanceConfig, ModelConfig
 from app.repository.tuning_cache import RULE_VERSION, TuningCache, default_cache_dir, file_sha256
+from app.repository.tuning_inputs import TuningInputs
 from app.runtime.session import repeat_rows
-from app.tensors import TensorSpec
 from app.timing import Stability
 
 log = logging.getLogger(__name__)
 
-SampleFor = Callable[[Sequence[TensorSpec]], dict[str, np.ndarray] | None]
 
 #: Where the serving layout came from: the config, tuning turned off, measured at this
 #: load, read from the cache, or the defaults because profiling failed.
@@ -121,12 +120,10 @@ def tune(
     *,
     settings: TuneSettings,
     label: str,
-    sample_for: SampleFor,
-    sample_file: Path | None,
+    inputs: TuningInputs,
 ) -> Tuning:
-    """The tuning of one version (see the module docstring); never raises for a profile
-    that fails (source "failed", with the reason). `sample_for(inputs)` is the [warmup]
-    sample checked against the inputs, or None; `sample_file` the file it comes from."""
+    """The tuning of one version (see the module docstring), measured on `inputs`; never
+    raises for a profile that fails (source "failed", with the reason)."""
     if "instances" in config.model_fields_set:
         return Tuning("config", "config.toml sets [[instances]]")
     if config.autotune is False:
@@ -135,11 +132,11 @@ def tune(
         return Tuning("off", "BATCHSERVE_AUTOTUNE is off")
     cache = TuningCache(settings.cache_dir or default_cache_dir())
     try:
-        key = _cache_key(model_path, config, sample_file)
+        key = _cache_key(model_path, config, inputs)
         cached = _cached(cache.read(key))
         if cached is not None:
             return cached
-        tuning = _measure(model_path, config, settings=settings, sample_for=sample_for)
+        tuning = _measure(model_path, config, settings=settings, inputs=inputs)
     except Exception as exc:  # a model that profiles badly still serves, on the defaults
         reason = f"profiling failed: {exc}"
         log.warning("%s: %s; it serves with the default layout", label, reason)
@@ -158,7 +155,7 @@ def _cached(entry: dict[str, Any] | None) -> Tuning | None:
         return None
 
 
-def _cache_key(model_path: Path, config: ModelConfig, sample_file: Path | None) -> dict[str, Any]:
+def _cache_key(model_path: Path, config: ModelConfig, inputs: TuningInputs) -> dict[str, Any]:
     """Everything that decides the result (see app.repository.tuning_cache)."""
     return {
         "rule": RULE_VERSION,
@@ -170,7 +167,8 @@ def _cache_key(model_path: Path, config: ModelConfig, sample_file: Path | None) 
         "max_batch_size": config.max_batch_size,
         "preferred_batch_sizes": config.batching.preferred_batch_sizes,
         "sequence_length": _sequence_length(config),
-        "inputs": "synthetic" if sample_file is None else file_sha256(sample_file),
+        "inputs": inputs.label,
+        "inputs_sha256": None if inputs.file is None else file_sha256(inputs.file),
     }
 
 
@@ -185,11 +183,13 @@ def _measure(
     config: ModelConfig,
     *,
     settings: TuneSettings,
-    sample_for: SampleFor,
+    inputs: TuningInputs,
 ) -> Tuning:
     started = time.monotonic()
-    specs = measure.open_instances(model_path, "cpu", Layout(1, 1))[0].inputs
-    sample = sample_for(specs)
+    probe = measure.open_instances(model_path, "cpu", Layout(1, 1))[0]
+    specs = probe.inputs
+    sample = inputs.read(specs, probe.outputs)
+    del probe
     fixed = [s for s in specs if not s.shape or s.shape[0] >= 0]
     batching = not fixed and config.max_batch_size != 0
     if batching:
@@ -231,7 +231,7 @@ def _measure(
         threads=chosen.layout.threads,
         max_batch_size=max_batch_size if batching else config.max_batch_size,
         seconds=time.monotonic() - started,
-        inputs="synthetic inputs" if sample is None else "the [warmup] sample",
+        inputs=inputs.label,
     )
 
 

@@ -17,6 +17,7 @@ from app.repository.model_files import check_model_files
 from app.repository.padding import build_padding_plan
 from app.repository.state import LoadedVersion
 from app.repository.text import build_text_stage
+from app.repository.tuning_inputs import tuning_inputs
 from app.repository.warmup import load_sample, warm_up
 from app.tensors import TensorSpec
 
@@ -64,8 +65,7 @@ def load_version(
     model_dir = version_dir.parent
     tuning = tune(
         model_path, config, settings=defaults.tuning, label=label,
-        sample_for=lambda inputs: load_sample(config.warmup, model_dir, inputs),
-        sample_file=None if config.warmup is None else model_dir / config.warmup.file,
+        inputs=tuning_inputs(config, model_dir),
     )  # fmt: skip
     config = tuning.apply(config)
     instances = build_instances(model, version, model_path, config)

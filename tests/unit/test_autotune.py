@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from app.repository.autotune import TuneSettings, Tuning, _cache_key, tune
 from app.repository.config import ModelConfig, load_model_config
 from app.repository.loader import ServingDefaults, load_version
 from app.repository.tuning_cache import TuningCache
+from app.repository.tuning_inputs import tuning_inputs
 from load_tests.synthetic_models import _save, write_heavy_model
+from tests.conftest import MODELS
 
 #: Short windows and a 1 s budget: these tests check the mechanism, not the measurement.
 FAST = {"budget_s": 1.0, "window_s": 0.02, "point_s": 0.1}
@@ -38,14 +41,9 @@ def model(tmp_path: Path) -> Path:
 
 
 def run_tune(model: Path, settings: TuneSettings, config: ModelConfig | None = None) -> Tuning:
-    return tune(
-        model,
-        config or ModelConfig(),
-        settings=settings,
-        label="test",
-        sample_for=lambda inputs: None,
-        sample_file=None,
-    )
+    config = config or ModelConfig()
+    inputs = tuning_inputs(config, model.parent.parent)
+    return tune(model, config, settings=settings, label="test", inputs=inputs)
 
 
 def entries(settings: TuneSettings) -> list[Path]:
@@ -122,7 +120,7 @@ def test_an_entry_for_another_onnxruntime_is_not_used(model: Path, settings: Tun
     this version's key is (the control: the entry itself is a valid tuning)."""
     assert settings.cache_dir is not None
     cache = TuningCache(settings.cache_dir)
-    key = _cache_key(model, ModelConfig(), None)
+    key = _cache_key(model, ModelConfig(), tuning_inputs(ModelConfig(), model.parent.parent))
     stored = {"source": "tuned", "count": 3, "threads": 5, "max_batch_size": 64,
               "seconds": 1.0, "inputs": "synthetic inputs", "reason": ""}  # fmt: skip
     cache.write({**key, "onnxruntime": "1.0.0"}, stored)
@@ -204,3 +202,51 @@ def test_a_model_whose_profile_fails_serves_on_the_defaults(
     np.testing.assert_array_equal(loaded.instances[0].run({"x": x})["y"], x)
     assert "tuning" in loaded.metadata([1])["parameters"]
     assert entries(settings) == []  # a failure is not cached: the next load tries again
+
+
+DIGITS_DIR = MODELS / "digits"
+
+
+def digits_copy(tmp_path: Path, request: bytes | None) -> Path:
+    """models/digits' model.onnx in a bare directory, with `request` as its
+    sample_request.json; the model path."""
+    path = tmp_path / "digits" / "1" / "model.onnx"
+    path.parent.mkdir(parents=True)
+    shutil.copy(DIGITS_DIR / "1" / "model.onnx", path)
+    if request is not None:
+        (tmp_path / "digits" / "sample_request.json").write_bytes(request)
+    return path
+
+
+def test_the_directorys_sample_request_is_measured_on(
+    settings: TuneSettings, tmp_path: Path
+) -> None:
+    request = (DIGITS_DIR / "sample_request.json").read_bytes()
+    model = digits_copy(tmp_path, request)
+    tuned = run_tune(model, settings)
+    assert (tuned.source, tuned.inputs) == ("tuned", "sample_request.json")
+    assert run_tune(model, settings).source == "cache"
+    # Other inputs are another measurement.
+    document = json.loads(request)
+    document["inputs"][0]["data"] = [0.0] * len(document["inputs"][0]["data"])
+    (model.parent.parent / "sample_request.json").write_text(json.dumps(document))
+    assert run_tune(model, settings).source == "tuned"
+
+
+def test_a_sample_request_that_does_not_fit_fails_the_profile_saying_so(
+    settings: TuneSettings, tmp_path: Path
+) -> None:
+    model = digits_copy(tmp_path, b'{"inputs": [{"name": "pixels", "datatype": "FP32", '
+                                  b'"shape": [1, 2], "data": [0, 1]}]}')  # fmt: skip
+    tuning = run_tune(model, settings)
+    assert tuning.source == "failed"
+    assert "sample_request.json does not fit the model" in tuning.reason
+    assert "pixels" in tuning.reason
+
+
+@pytest.mark.skipif(not (MODELS / "minilm" / "1" / "model.onnx").is_file(),
+                    reason="make text-model builds it")  # fmt: skip
+def test_a_text_models_sample_texts_are_tokenized_to_measure_on(settings: TuneSettings) -> None:
+    minilm = MODELS / "minilm"
+    tuned = run_tune(minilm / "1" / "model.onnx", settings, load_model_config(minilm))
+    assert (tuned.source, tuned.inputs) == ("tuned", "sample_request.json"), tuned.reason

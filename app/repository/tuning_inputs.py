@@ -1,0 +1,91 @@
+"""What tuning at load measures a model on: real inputs where the model directory has any.
+
+In order: the `[warmup]` sample (the user's statement of what the model takes), else the
+directory's `sample_request.json` (a v2 request, raw text through the model's `[tokenizer]`),
+else nothing, and the profile falls back to synthetic inputs. Speeds differ between synthetic
+and real inputs, and so can the ranking of layouts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from app.errors import ModelLoadError, ServingError
+from app.preprocess import TextTokenizer
+from app.protocol.codec import decode_infer_request
+from app.repository.config import ModelConfig
+from app.repository.warmup import load_sample
+from app.tensors import TensorSpec
+
+SAMPLE_REQUEST = "sample_request.json"
+
+
+@dataclass(frozen=True)
+class TuningInputs:
+    """Where the inputs come from (None: synthetic) and how to read them for a graph."""
+
+    file: Path | None
+    label: str
+    config: ModelConfig
+    model_dir: Path
+
+    def read(
+        self, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+    ) -> dict[str, np.ndarray] | None:
+        """The model's inputs from the file, checked against the graph; None if there is
+        no file. ModelLoadError when it does not fit the model (the profile then fails and
+        says so)."""
+        if self.file is None:
+            return None
+        if self.config.warmup is not None:
+            return load_sample(self.config.warmup, self.model_dir, inputs)
+        return _from_request(self.file, self.config, self.model_dir, inputs, outputs)
+
+
+def tuning_inputs(config: ModelConfig, model_dir: Path) -> TuningInputs:
+    if config.warmup is not None:
+        return TuningInputs(
+            model_dir / config.warmup.file, "the [warmup] sample", config, model_dir
+        )
+    request = model_dir / SAMPLE_REQUEST
+    if request.is_file():
+        return TuningInputs(request, SAMPLE_REQUEST, config, model_dir)
+    return TuningInputs(None, "synthetic inputs", config, model_dir)
+
+
+def _from_request(
+    path: Path,
+    config: ModelConfig,
+    model_dir: Path,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+) -> dict[str, np.ndarray]:
+    body = path.read_bytes()
+    tokenizer = config.tokenizer
+    try:
+        if tokenizer is not None:
+            texts = _texts(orjson.loads(body), tokenizer.input)
+            if texts is not None:
+                names = tuple(spec.name for spec in inputs)
+                run = TextTokenizer(model_dir / tokenizer.file, tokenizer.max_length, names).run
+                return run({tokenizer.input: np.array(texts, dtype=object)})
+        return decode_infer_request(body, inputs, outputs).inputs
+    except (ServingError, orjson.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path} does not fit the model: {exc}") from None
+
+
+def _texts(document: object, name: str) -> list[str] | None:
+    """The raw texts of the request's input `name`, if it sends that input."""
+    if not isinstance(document, dict):
+        return None
+    for entry in document.get("inputs") or []:
+        if isinstance(entry, dict) and entry.get("name") == name:
+            data = entry.get("data")
+            if isinstance(data, list) and data and all(isinstance(t, str) for t in data):
+                return data
+    return None
