@@ -3,7 +3,8 @@ best configuration of a sweep and against the untuned defaults, all in ONE run.
 
     make bench-zero-config    # or: python -m load_tests.bench_zero_config [--rounds N]
 
-Per model, every configuration's server is started once (the bare one with an empty tuning
+Models: digits and the text model as shipped (their model.onnx alone), three CNNs. Per
+model, every configuration's server is started once (the bare one with an empty tuning
 cache, then again to time a load that hits it), and all of them are measured in alternating
 rounds: closed loop at C=32, one sample per request, binary tensors; each configuration's
 median over the rounds counts. Sweep: every CPU layout that uses all the cores x
@@ -44,6 +45,8 @@ class Case:
         path.parent.mkdir(parents=True, exist_ok=True)
         if self.name == "digits":
             shutil.copy(ROOT / "models" / "digits" / "1" / "model.onnx", path)
+        elif self.name == "minilm":
+            shutil.copy(ROOT / "models" / "minilm" / "1" / "model.onnx", path)
         elif self.name == "small-cnn":
             write_cnn_model(path)  # about 1 ms an image on one core
         elif self.name == "medium":
@@ -54,6 +57,7 @@ class Case:
 
 CASES = (
     Case("digits", "models/digits' model.onnx alone (MLP; request overhead dominates)"),
+    Case("minilm", "models/minilm's fp32 model.onnx alone, token ids of a 128-token text"),
     Case("small-cnn", "CNN 1x28x28, 32-64-128 channels (compute-bound, ~1 ms an image)"),
     Case("medium", "load_tests' medium CNN 1x28x28, 64-128-256 channels"),
     Case("heavy", "load_tests' heavy CNN 1x56x56, 128-256-512 channels"),
@@ -77,6 +81,23 @@ def sweep_config(count: int, threads: int, max_batch_size: int) -> str:
         f'max_batch_size = {max_batch_size}\n\n[[instances]]\ndevice = "cpu"\n'
         f"count = {count}\nthreads = {threads}\n"
     )
+
+
+async def closed_loop(url: str, case: Case, seconds: float) -> float:
+    """Requests/s of one window at C=32 after a 1 s warm-up: binary tensors shaped from the
+    model's metadata, or for the text model 128 token ids (bench_text's request)."""
+    if case.name != "minilm":
+        return await closed_loop_at(
+            url, case.name, binary=True, concurrency=CONCURRENCY, seconds=seconds
+        )
+    from load_tests.bench_text import closed, ids_request, sentences, token_arrays
+
+    request = ids_request(token_arrays(sentences([128]), pad_to=128)[0], binary=True)
+    await closed(url, [request], CONCURRENCY, 1.0)
+    result = await closed(url, [request], CONCURRENCY, seconds)
+    if result.failures:
+        raise RuntimeError(f"{url}: {result.failures} failed responses: {result.summary()}")
+    return result.throughput
 
 
 def timed_start(repo: Path, env: dict[str, str]) -> tuple[ServerProcess, float]:
@@ -111,10 +132,7 @@ def bench_case(case: Case, work: Path, rounds: int, window_s: float) -> dict[str
         for number in range(rounds):
             order = list(servers) if number % 2 == 0 else list(reversed(servers))
             for name in order:
-                rate = asyncio.run(
-                    closed_loop_at(servers[name].url, case.name, binary=True,
-                                   concurrency=CONCURRENCY, seconds=window_s)
-                )  # fmt: skip
+                rate = asyncio.run(closed_loop(servers[name].url, case, window_s))
                 samples[name].append(rate)
                 print(f"  {case.name:9} round {number + 1} {name:30} {rate:9.1f} req/s", flush=True)
     finally:

@@ -29,6 +29,7 @@ from app.profile.recommend import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_SEQUENCE_LENGTH,
     Layout,
+    Point,
     recommend,
 )
 from app.repository.config import AUTO_MAX_BATCH_SIZE, InstanceConfig, ModelConfig
@@ -43,6 +44,16 @@ log = logging.getLogger(__name__)
 #: Where the serving layout came from: the config, tuning turned off, measured at this
 #: load, read from the cache, or the defaults because profiling failed.
 SOURCES = ("config", "off", "tuned", "cache", "failed")
+#: The server's own cost of one batch (hand-off, concatenation, answering its requests):
+#: digits on 2 cores, C=32, served 185 us a request in batches of 4 and 118 in batches of
+#: 16, about 0.36 ms a batch; a small CNN about 0.26 ms.
+SERVING_COST_PER_BATCH_MS = 0.3
+#: Share of the best served throughput within which the largest batch is chosen.
+BATCH_TOLERANCE = 0.05
+#: A served batch may compute this long even where the default latency target is tighter
+#: (ten times batch 1's latency, 5 ms at least): the small CNNs' 2.5 ms bound kept their
+#: batches at 2-4, which served 15% slower than batches of 16 (6 ms).
+BATCH_LATENCY_FLOOR_MS = 25.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,8 @@ class Tuning:
     count: int | None = None
     threads: int | None = None
     max_batch_size: int | None = None
+    #: The batch the server forms when that many wait (its preferred batch size).
+    batch_size: int | None = None
     #: Seconds the profile took (source "tuned"), or the one the cache entry holds.
     seconds: float = 0.0
     #: What it was measured on: the [warmup] sample, or synthetic inputs.
@@ -88,6 +101,12 @@ class Tuning:
         }
         if config.max_batch_size is None and self.max_batch_size is not None:
             update["max_batch_size"] = self.max_batch_size
+        served = update.get("max_batch_size", config.max_batch_size)
+        preferred = self.batch_size
+        if not config.batching.preferred_batch_sizes and preferred and preferred < (served or 0):
+            update["batching"] = config.batching.model_copy(
+                update={"preferred_batch_sizes": [preferred]}
+            )
         return config.model_copy(update=update)
 
     def describe(self) -> str:
@@ -97,7 +116,10 @@ class Tuning:
         if not self.chosen:
             return f"not tuned ({self.reason})"
         where = f"tuned in {self.seconds:.1f} s" if self.source == "tuned" else "tuned (cached)"
-        return f"{where} on {self.inputs}: {self.layout}, max_batch_size {self.max_batch_size}"
+        return (
+            f"{where} on {self.inputs}: {self.layout}, batches of {self.batch_size}, "
+            f"max_batch_size {self.max_batch_size}"
+        )
 
     def metadata(self) -> dict[str, Any]:
         """The model metadata's `parameters.tuning`."""
@@ -108,6 +130,7 @@ class Tuning:
             entry.update(
                 layout=self.layout,
                 max_batch_size=self.max_batch_size,
+                batch_size=self.batch_size,
                 seconds=round(self.seconds, 2),
                 inputs=self.inputs,
             )
@@ -215,24 +238,42 @@ def _measure(
         budget_s=settings.budget_s,
     )
     profile = measure.profile(model_path, profile_settings, feeds_for)
-    # Only the layout and the largest batch are taken from the recommendation, not its
-    # preferred sizes: they are the fastest per sample in compute alone, but capping the
-    # batches the server forms at them cost 15-25% of its throughput on CNNs
-    # (load_tests/bench_zero_config.py), where each batch's fixed serving costs (hand-off,
-    # copies, answers) favour taking what is queued.
     chosen = recommend(profile.points, None, batching)
-    max_batch_size = None
-    if batching and config.max_batch_size is None:
-        # Never below the auto-complete default: requests it took stay accepted.
-        max_batch_size = max(chosen.max_batch_size or 1, AUTO_MAX_BATCH_SIZE)
+    if not batching:
+        return Tuning(
+            source="tuned", count=chosen.layout.count, threads=chosen.layout.threads,
+            max_batch_size=config.max_batch_size, seconds=time.monotonic() - started,
+            inputs=inputs.label,
+        )  # fmt: skip
+    bound = max(chosen.target_ms / 2, BATCH_LATENCY_FLOOR_MS)
+    within = [p for p in profile.points if p.layout == chosen.layout and p.latency_ms_p50 <= bound]
+    batch_size = serving_batch_size(within) if within else chosen.max_batch_size or 1
+    # Never below the auto-complete default: requests it took stay accepted.
+    max_batch_size = config.max_batch_size or max(batch_size, AUTO_MAX_BATCH_SIZE)
     return Tuning(
         source="tuned",
         count=chosen.layout.count,
         threads=chosen.layout.threads,
-        max_batch_size=max_batch_size if batching else config.max_batch_size,
+        max_batch_size=max_batch_size,
+        batch_size=min(batch_size, max_batch_size),
         seconds=time.monotonic() - started,
         inputs=inputs.label,
     )
+
+
+def serving_batch_size(points: list[Point]) -> int:
+    """The batch the server should form, from one layout's compute profile: the largest
+    whose throughput, counting the server's fixed cost per batch, is within
+    BATCH_TOLERANCE of the best. Compute alone favours small batches (2 and 4 on small
+    CNNs), but capping served batches there cost 15-25% of throughput; a transformer at 128
+    tokens, whose compute per sample grows with the batch, served best at 4 and lost 25% at
+    32 (load_tests/bench_zero_config.py)."""
+
+    def served(point: Point) -> float:
+        return point.batch_size / (point.latency_ms_p50 + SERVING_COST_PER_BATCH_MS)
+
+    best = max(served(p) for p in points)
+    return max(p.batch_size for p in points if served(p) >= (1 - BATCH_TOLERANCE) * best)
 
 
 def _to_dict(tuning: Tuning) -> dict[str, Any]:
@@ -250,6 +291,7 @@ def _from_dict(entry: dict[str, Any]) -> Tuning:
         count=layout.count,
         threads=layout.threads,
         max_batch_size=None if max_batch_size is None else int(max_batch_size),
+        batch_size=None if entry["batch_size"] is None else int(entry["batch_size"]),
         seconds=float(entry["seconds"]),
         inputs=str(entry["inputs"]),
     )

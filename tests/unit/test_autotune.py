@@ -16,7 +16,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from app.cores import available_cores
-from app.repository.autotune import TuneSettings, Tuning, _cache_key, tune
+from app.profile.recommend import Layout, Point
+from app.repository.autotune import TuneSettings, Tuning, _cache_key, serving_batch_size, tune
 from app.repository.config import ModelConfig, load_model_config
 from app.repository.loader import ServingDefaults, load_version
 from app.repository.tuning_cache import TuningCache
@@ -73,7 +74,9 @@ def test_a_bare_model_is_tuned_once_then_read_from_the_cache(
         ("cpu", tuned.count, tuned.threads)
     ]
     assert config.max_batch_size == tuned.max_batch_size
-    assert config.batching.preferred_batch_sizes == []  # batches take what is queued
+    assert tuned.batch_size is not None and 1 <= tuned.batch_size <= tuned.max_batch_size
+    preferred = [tuned.batch_size] if tuned.batch_size < tuned.max_batch_size else []
+    assert config.batching.preferred_batch_sizes == preferred
 
 
 def test_what_the_config_sets_is_kept(model: Path, settings: TuneSettings, tmp_path: Path) -> None:
@@ -122,7 +125,8 @@ def test_an_entry_for_another_onnxruntime_is_not_used(model: Path, settings: Tun
     cache = TuningCache(settings.cache_dir)
     key = _cache_key(model, ModelConfig(), tuning_inputs(ModelConfig(), model.parent.parent))
     stored = {"source": "tuned", "count": 3, "threads": 5, "max_batch_size": 64,
-              "seconds": 1.0, "inputs": "synthetic inputs", "reason": ""}  # fmt: skip
+              "batch_size": 64, "seconds": 1.0, "inputs": "synthetic inputs",
+              "reason": ""}  # fmt: skip
     cache.write({**key, "onnxruntime": "1.0.0"}, stored)
     assert key["onnxruntime"] == ort.__version__
     assert run_tune(model, settings).count != 3
@@ -250,3 +254,23 @@ def test_a_text_models_sample_texts_are_tokenized_to_measure_on(settings: TuneSe
     minilm = MODELS / "minilm"
     tuned = run_tune(minilm / "1" / "model.onnx", settings, load_model_config(minilm))
     assert (tuned.source, tuned.inputs) == ("tuned", "sample_request.json"), tuned.reason
+
+
+def points(latencies_ms: dict[int, float]) -> list[Point]:
+    return [
+        Point(Layout(1, 2), size, latency, latency, 1000 * size / latency)
+        for size, latency in latencies_ms.items()
+    ]
+
+
+def test_the_served_batch_is_the_largest_near_the_best_with_the_cost_of_a_batch() -> None:
+    # A small CNN: compute per sample lowest at 2-4, 6% more at 16, 16% at 32; the
+    # server's cost per batch makes 16 as good: it is served in batches of 16.
+    cnn = points({1: 1.05, 2: 2.0, 4: 4.0, 8: 8.3, 16: 16.9, 32: 37.0})
+    assert serving_batch_size(cnn) == 16
+    # A transformer at 128 tokens: compute per sample grows with the batch.
+    text = points({1: 30.0, 2: 58.0, 4: 112.0, 8: 250.0, 16: 560.0})
+    assert serving_batch_size(text) == 4
+    # A tiny model: the cost of a batch is most of its time; the largest batch wins.
+    tiny = points({1: 0.02, 4: 0.04, 16: 0.09, 64: 0.3})
+    assert serving_batch_size(tiny) == 64
