@@ -1,8 +1,5 @@
-"""`batchserve optimize quantize|prune|evaluate`: argument parsing and the commands' flow.
-
-quantize and prune make a variant of a model version in a scratch directory, measure it
-against that version, and write it as the model's next version (report beside it) only if
-the accuracy guard passes or --force is given. evaluate measures versions side by side.
+"""`batchserve optimize quantize|prune|evaluate`: argument parsing and error handling; the
+commands' flows are app.optimize.commands.
 
 Exit status: 0 done; 1 an error (the message says what to fix); 2 bad arguments; 3 the
 variant missed the accuracy guard and was not written.
@@ -11,20 +8,15 @@ variant missed the accuracy guard and was not written.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.optimize import commands as flows
 from app.optimize.errors import GuardMissed, OptimizeError
 
 EXIT_ERROR = 1
-EXIT_GUARD = 3
-
-Producer = Callable[[Path, Path, Any], tuple[str, dict[str, Any]]]
 
 
 def add_parser(commands: Any) -> None:
@@ -81,7 +73,7 @@ def add_parser(commands: Any) -> None:
         help="skip ORT's pre-processing (shape inference, graph optimization)",
     )
     _add_variant_arguments(quantize)
-    quantize.set_defaults(handler=_guarded(_quantize))
+    quantize.set_defaults(handler=_guarded(flows.quantize))
 
     prune = sub.add_parser(
         "prune",
@@ -99,7 +91,7 @@ def add_parser(commands: Any) -> None:
         help="share of hidden units (structured) or weights (unstructured) to remove, 0..1",
     )
     _add_variant_arguments(prune)
-    prune.set_defaults(handler=_guarded(_prune))
+    prune.set_defaults(handler=_guarded(flows.prune))
 
     evaluate = sub.add_parser(
         "evaluate",
@@ -125,7 +117,7 @@ def add_parser(commands: Any) -> None:
     )  # fmt: skip
     evaluate.add_argument("--title", help="title of the report and plot")
     evaluate.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
-    evaluate.set_defaults(handler=_guarded(_evaluate))
+    evaluate.set_defaults(handler=_guarded(flows.evaluate))
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -196,7 +188,7 @@ def _guarded(command: Command) -> Command:
             return command(args)
         except GuardMissed as exc:
             print(f"batchserve optimize: not written: {exc}", file=sys.stderr)
-            return EXIT_GUARD
+            return flows.EXIT_GUARD
         except OptimizeError as exc:
             print(f"batchserve optimize: error: {exc}", file=sys.stderr)
             return EXIT_ERROR
@@ -205,205 +197,3 @@ def _guarded(command: Command) -> Command:
 
 
 # -- the commands --------------------------------------------------------------------------
-
-
-def _settings(args: argparse.Namespace) -> Any:
-    from app.optimize.evaluate import BenchSettings
-
-    if args.rounds < 1 or args.window_s <= 0 or any(b < 1 for b in args.batch_sizes):
-        raise OptimizeError("--rounds and --batch-sizes must be >= 1, --window-s > 0")
-    return BenchSettings(
-        device=args.device,
-        threads=args.threads,
-        batch_sizes=tuple(args.batch_sizes),
-        rounds=args.rounds,
-        window_s=args.window_s,
-    )
-
-
-def _describe_version(version_dir: Path) -> str:
-    """A version's description from the report written with it, or "original"."""
-    try:
-        report = json.loads((version_dir / "optimize.json").read_text(encoding="utf-8"))
-        return str(report["variant"]["description"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "original"
-
-
-def _quantize(args: argparse.Namespace) -> int:
-    from app.optimize.data import load_inputs
-    from app.optimize.quantize import Mode, QuantizeOptions, quantize
-
-    options = QuantizeOptions(
-        mode=Mode(args.mode),
-        per_channel=not args.per_tensor,
-        calibrate_method=args.calibrate_method,
-        weight_type=args.weight_type,
-        activation_type=args.activation_type,
-        reduce_range=args.reduce_range,
-        exclude_nodes=tuple(n.strip() for n in args.exclude_nodes.split(",") if n.strip()),
-        preprocess=not args.no_preprocess,
-        calibration_batch_size=args.calibration_batch_size,
-    )
-
-    def produce(source: Path, target: Path, specs: Any) -> tuple[str, dict[str, Any]]:
-        calibration = None
-        if options.mode is Mode.STATIC:
-            calibration_file = args.calibration or args.data
-            calibration = load_inputs(calibration_file, specs)
-        details = quantize(source, target, options, calibration)
-        if options.mode is Mode.STATIC:
-            details["calibration_file"] = str(args.calibration or args.data)
-            if args.calibration is None:
-                details["calibration_note"] = (
-                    "calibrated on the evaluation data (--data): the accuracy is optimistic"
-                )
-        return options.describe(), details
-
-    return _make_variant(args, "quantize", produce)
-
-
-def _prune(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    import onnx
-
-    from app.optimize.prune import prune_structured, prune_unstructured
-
-    def produce(source: Path, target: Path, specs: Any) -> tuple[str, dict[str, Any]]:
-        model = onnx.load(str(source))
-        pruner = prune_structured if args.method == "structured" else prune_unstructured
-        report = pruner(model, args.sparsity)
-        onnx.save(model, str(target))
-        what = "hidden units" if args.method == "structured" else "weights"
-        return (
-            f"pruned {args.method} {args.sparsity:.0%} of {what}",
-            dataclasses.asdict(report),
-        )
-
-    return _make_variant(args, "prune", produce)
-
-
-def _make_variant(args: argparse.Namespace, command: str, produce: Producer) -> int:
-    """Make, measure, guard and publish one variant of a model version."""
-    from app.optimize import guard, report, versions
-    from app.optimize.data import load_dataset
-    from app.optimize.evaluate import Candidate, evaluate, open_instance
-
-    settings = _settings(args)
-    directory = versions.model_dir(args.model_repository, args.model)
-    source_version, source = versions.source_path(directory, args.from_version)
-    specs = open_instance(source, "cpu", 1).inputs
-    data = load_dataset(args.data, args.labels, specs)
-    number = versions.next_version(directory)
-    with tempfile.TemporaryDirectory(prefix="batchserve-optimize-") as work:
-        target = Path(work) / "model.onnx"
-        description, details = produce(source, target, specs)
-        evaluation = evaluate(
-            [
-                Candidate(f"v{source_version}", source, _describe_version(source.parent)),
-                Candidate(f"v{number}", target, description),
-            ],
-            data,
-            settings,
-            args.output,
-        )
-        variant = evaluation.variants[1]
-        limits = guard.Guard(args.max_accuracy_drop, args.min_agreement, args.min_cosine)
-        verdict = guard.check(limits, evaluation, variant)
-        title = f"{args.model} v{number}: {description} (from v{source_version})"
-        markdown = report.to_markdown(evaluation, title)
-        guard_lines = "\n".join(
-            f"- {'passed' if c.passed else 'MISSED'}: {c.message}" for c in verdict.checks
-        )
-        forced = not verdict.passed and args.force
-        markdown += f"\nAccuracy guard{' (missed, written with --force)' if forced else ''}:\n"
-        markdown += guard_lines + "\n" + _details_markdown(details)
-        if not verdict.passed and not args.force:
-            print(markdown)
-            raise GuardMissed(f"{verdict.summary()}; rerun with --force to write it anyway")
-        document = {
-            "schema": report.OPTIMIZE_SCHEMA,
-            "command": command,
-            "argv": sys.argv[1:],
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "model": args.model,
-            "source_version": source_version,
-            "version": number,
-            "variant": {"kind": command, "description": description, "details": details},
-            "guard": {
-                "passed": verdict.passed,
-                "forced": forced,
-                "checks": [vars(c) for c in verdict.checks],
-            },
-            "evaluation": report.evaluation_dict(evaluation),
-        }
-        _, written = versions.publish(
-            directory,
-            target,
-            {"optimize.json": report.to_json(document), "optimize.md": markdown},
-            version=number,
-        )
-    print(markdown)
-    speed = ""
-    if settings.batch_sizes:
-        largest = max(settings.batch_sizes)
-        speed = f", batch-{largest} throughput x{evaluation.throughput_ratio(variant, largest):.2f}"
-    base = evaluation.variants[0]
-    print(
-        f"wrote {args.model} v{number} ({description}) to {written}: size "
-        f"{variant.size_bytes / 1024:.1f} KiB vs {base.size_bytes / 1024:.1f} KiB{speed}; "
-        f"report {written / 'optimize.md'}"
-    )
-    print(versions.serving_note(directory, number))
-    return 0
-
-
-def _details_markdown(details: dict[str, Any]) -> str:
-    """What the command did, one bullet per item (settings, pre-processing, layers)."""
-    lines = ["", "Details:"]
-    for key, value in details.items():
-        if isinstance(value, list) and value and isinstance(value[0], dict):
-            lines.append(f"- {key}:")
-            lines.extend(f"  - {json.dumps(item)}" for item in value)
-        else:
-            lines.append(f"- {key}: {json.dumps(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from app.optimize import report, versions
-    from app.optimize.data import load_dataset
-    from app.optimize.evaluate import Candidate, evaluate, open_instance
-
-    settings = _settings(args)
-    directory = versions.model_dir(args.model_repository, args.model)
-    chosen = args.versions or versions.versions_on_disk(directory)
-    if args.baseline is not None:
-        chosen = [args.baseline, *[v for v in chosen if v != args.baseline]]
-    paths = [versions.source_path(directory, v)[1] for v in chosen]
-    if not args.no_plot:  # fail before measuring, not after
-        from app.optimize.errors import require
-
-        require("matplotlib", "the accuracy-vs-throughput plot (or pass --no-plot)")
-    specs = open_instance(paths[0], "cpu", 1).inputs
-    data = load_dataset(args.data, args.labels, specs)
-    candidates = [
-        Candidate(f"v{v}", p, _describe_version(p.parent))
-        for v, p in zip(chosen, paths, strict=True)
-    ]
-    evaluation = evaluate(candidates, data, settings, args.output)
-    title = args.title or f"{args.model}: versions {', '.join(c.name for c in candidates)}"
-    out = args.out or Path(f"evaluation-{args.model}")
-    out.mkdir(parents=True, exist_ok=True)
-    markdown = report.to_markdown(evaluation, title)
-    (out / "evaluation.json").write_text(report.to_json(report.evaluation_dict(evaluation)))
-    (out / "evaluation.md").write_text(markdown, encoding="utf-8")
-    if not args.no_plot and settings.batch_sizes:
-        report.plot(evaluation, out / "evaluation.png", title)
-    print(markdown)
-    print(
-        f"wrote {out / 'evaluation.md'}, evaluation.json"
-        + ("" if args.no_plot else ", evaluation.png")
-    )
-    return 0
