@@ -21,6 +21,11 @@ Writes models/minilm/:
                           last_hidden_state's axis 1 share the dim name "sequence", which is
                           how the server knows to cut that output back to each request's length.
     2/model.onnx          the same graph, int8: ONNX Runtime dynamic quantization, per channel
+    3/model.onnx          fp32 with PRUNE_SPARSITY of its feed-forward units removed (the
+                          surgeon's ranking, least-squares reconstruction; batchserve optimize
+                          prune), calibrated on calibration.npz
+    calibration.npz       token ids of calibration texts that are not the reference sentences
+                          (models/text_calibration.py), for pruning and static quantization
     tokenizer.json        the model's HuggingFace fast tokenizer: truncation at 128, no padding
     config.toml           batching, padding, tokenizer and version policy for the server
     reference.npz         the sentences below, their SentenceTransformer.encode embeddings and
@@ -29,7 +34,8 @@ Writes models/minilm/:
 
 Every output is checked before it is written: the fp32 graph against SentenceTransformer.encode
 (max abs diff <= 1e-4, cosine >= 0.9999, alone and in a padded batch), the int8 graph against
-fp32 (cosine >= 0.98), the tokenizer file against the tokenization encode uses.
+fp32 (cosine >= 0.98), the pruned graph against fp32 (cosine >= 0.97), the tokenizer file
+against the tokenization encode uses.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from sentence_transformers import SentenceTransformer
+from text_calibration import write_calibration
 from tokenizers import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +82,11 @@ MAX_ABS_DIFF = 1e-4
 MIN_COSINE_FP32 = 0.9999
 #: int8 vs fp32 (dynamic quantization costs a little accuracy).
 MIN_COSINE_INT8 = 0.98
+#: Share of feed-forward units v3 drops, and its bar against fp32: the curve of
+#: load_tests/prune_study.py (report/PRUNE.md) keeps the worst reference sentence above 0.97
+#: only up to about this share on this compact model.
+PRUNE_SPARSITY = 0.05
+MIN_COSINE_PRUNED = 0.97
 
 #: The shipped config, verbatim (the server validates it, not this script).
 CONFIG_TOML = """\
@@ -98,7 +110,7 @@ input = "text"                # the BYTES input: one string per sample
 max_length = 128              # longer texts are truncated
 
 [version_policy]
-all = true                    # v1 fp32 and v2 int8 side by side
+all = true                    # v1 fp32, v2 int8 and v3 pruned side by side
 """
 
 #: The reference sentences: 2 to ~120 words, so that batches mix lengths and the longest are
@@ -214,7 +226,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=ROOT / "build", prefix="minilm-") as work_dir:
         work = Path(work_dir)
         stage = work / "minilm"
-        for v in ("1", "2"):
+        for v in ("1", "2", "3"):
             (stage / v).mkdir(parents=True)
 
         tokenizer = write_tokenizer(reference, stage / "tokenizer.json")
@@ -232,7 +244,15 @@ def main() -> None:
         quantize_s = time.perf_counter() - t
         check_int8(session(stage / "2" / "model.onnx"), ids, lengths, fp32_alone, embeddings)
 
-        for v in ("1", "2"):
+        write_calibration(
+            stage / "tokenizer.json", stage / "calibration.npz", sentences, MAX_LENGTH
+        )
+        t = time.perf_counter()
+        prune(stage / "1" / "model.onnx", stage / "3" / "model.onnx", stage / "calibration.npz")
+        prune_s = time.perf_counter() - t
+        check_pruned(session(stage / "3" / "model.onnx"), ids, lengths, fp32_alone)
+
+        for v in ("1", "2", "3"):
             check_signature(stage / v / "model.onnx")
         (stage / "config.toml").write_text(CONFIG_TOML)
         np.savez(
@@ -252,11 +272,12 @@ def main() -> None:
         stage.rename(OUT)
 
     sizes = ", ".join(
-        f"v{v} {(OUT / v / 'model.onnx').stat().st_size / 1e6:.1f} MB" for v in ("1", "2")
+        f"v{v} {(OUT / v / 'model.onnx').stat().st_size / 1e6:.1f} MB" for v in ("1", "2", "3")
     )
     print(
         f"wrote {OUT.relative_to(ROOT)}: {sizes}; export {export_s:.1f} s, "
-        f"quantization {quantize_s:.1f} s, total {time.perf_counter() - started:.1f} s"
+        f"quantization {quantize_s:.1f} s, pruning {prune_s:.1f} s, "
+        f"total {time.perf_counter() - started:.1f} s"
     )
 
 
@@ -385,6 +406,34 @@ def quantize(fp32_path: Path, int8_path: Path) -> None:
     proto = onnx.load(str(int8_path))
     finish(proto, f"{NAME} int8 (ONNX Runtime dynamic quantization, per channel)")
     onnx.save(proto, str(int8_path))
+
+
+def prune(fp32_path: Path, pruned_path: Path, calibration_path: Path) -> None:
+    """The feed-forward blocks' intermediate units pruned as `batchserve optimize prune
+    --importance surgeon --calibration calibration.npz` does it."""
+    from app.optimize.prune import Importance, Ranking, StructuredOptions, prune_structured
+
+    proto = onnx.load(str(fp32_path))
+    with np.load(calibration_path) as data:
+        calibration = {name: data[name] for name in INPUTS}
+    options = StructuredOptions(PRUNE_SPARSITY, Importance.SURGEON, Ranking.LAYER, True)
+    report = prune_structured(proto, options, calibration)
+    finish(proto, f"{NAME} fp32, {options.describe()} of its feed-forward blocks")
+    onnx.save(proto, str(pruned_path))
+    print(f"pruned: {[layer['units_after'] for layer in report.layers]} of 1536 units kept")
+
+
+def check_pruned(
+    graph: ort.InferenceSession, ids: np.ndarray, lengths: np.ndarray, fp32_alone: np.ndarray
+) -> None:
+    _, alone = run_alone(graph, ids, lengths)
+    cosine = cosines(alone, fp32_alone)
+    print(f"pruned ONNX: min cosine vs fp32 {cosine.min():.5f} (mean {cosine.mean():.5f})")
+    if cosine.min() < MIN_COSINE_PRUNED:
+        raise SystemExit(
+            f"pruned graph: min cosine vs fp32 {cosine.min():.5f} < {MIN_COSINE_PRUNED} "
+            f"(sentence {int(cosine.argmin())}: {SENTENCES[int(cosine.argmin())][:60]!r})"
+        )
 
 
 def session(path: Path) -> ort.InferenceSession:

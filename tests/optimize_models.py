@@ -148,3 +148,80 @@ def write_data(directory: Path, model: Path, rows: int = 256) -> tuple[Path, Pat
     np.save(directory / "x.npy", x)
     np.save(directory / "y.npy", labels)
     return directory / "x.npy", directory / "y.npy"
+
+
+WIDTH, INNER = 16, 64
+
+
+def bert_ffn_weights(seed: int = 4) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "ln_scale": (1 + 0.1 * rng.standard_normal(WIDTH)).astype(np.float32),
+        "ln_bias": (0.1 * rng.standard_normal(WIDTH)).astype(np.float32),
+        "w_in": (rng.standard_normal((WIDTH, INNER)) / np.sqrt(WIDTH)).astype(np.float32),
+        "b_in": (0.1 * rng.standard_normal(INNER)).astype(np.float32),
+        "w_out": (rng.standard_normal((INNER, WIDTH)) / np.sqrt(INNER)).astype(np.float32),
+        "b_out": (0.1 * rng.standard_normal(WIDTH)).astype(np.float32),
+        "w_head": (rng.standard_normal((WIDTH, CLASSES)) / np.sqrt(WIDTH)).astype(np.float32),
+    }
+
+
+def write_bert_ffn(path: Path, seed: int = 4) -> Path:
+    """One BERT-family block as exported graphs have it: x [batch, seq, 16] -> LayerNorm ->
+    MatMul -> bias Add -> GELU written as Div, Erf, Add, Mul, Mul with Constant nodes ->
+    MatMul -> bias Add -> residual Add -> LayerNorm -> MatMul head [batch, seq, 4]. The 64
+    intermediate units are private to the block; the 16 model-width units are not."""
+
+    def constant(name: str, value: float) -> onnx.NodeProto:
+        tensor = numpy_helper.from_array(np.array(value, dtype=np.float32), name)
+        return helper.make_node("Constant", [], [name], name=f"{name}_node", value=tensor)
+
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "ln_scale", "ln_bias"], ["ln"],
+                         name="ln1", axis=-1),
+        helper.make_node("MatMul", ["ln", "w_in"], ["inner"], name="intermediate"),
+        helper.make_node("Add", ["b_in", "inner"], ["pre"], name="intermediate_bias"),
+        constant("sqrt2", float(np.sqrt(2.0))),
+        helper.make_node("Div", ["pre", "sqrt2"], ["scaled"], name="gelu_div"),
+        helper.make_node("Erf", ["scaled"], ["erf"], name="gelu_erf"),
+        constant("one", 1.0),
+        helper.make_node("Add", ["erf", "one"], ["erf1"], name="gelu_add"),
+        helper.make_node("Mul", ["pre", "erf1"], ["gelu2"], name="gelu_mul"),
+        constant("half", 0.5),
+        helper.make_node("Mul", ["gelu2", "half"], ["act"], name="gelu_half"),
+        helper.make_node("MatMul", ["act", "w_out"], ["outer"], name="output"),
+        helper.make_node("Add", ["b_out", "outer"], ["ffn"], name="output_bias"),
+        helper.make_node("Add", ["ffn", "ln"], ["residual"], name="residual_add"),
+        helper.make_node("LayerNormalization", ["residual", "ln_scale", "ln_bias"], ["ln2"],
+                         name="ln2", axis=-1),
+        helper.make_node("MatMul", ["ln2", "w_head"], ["y"], name="head"),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "bert_ffn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", CLASSES])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in bert_ffn_weights(seed).items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_duplicated_units(path: Path, distinct: int = 12, seed: int = 5) -> Path:
+    """x [batch, 8] -> MatMul -> Relu -> MatMul -> y: the hidden layer holds `distinct`
+    units twice, the copy scaled by 3 (Relu(3z) = 3 Relu(z)), so half the units carry
+    everything and a refit of the last layer can make up exactly for removing the copies."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((FEATURES, distinct)).astype(np.float32)
+    w1 = np.concatenate([base, 3.0 * base], axis=1)
+    w2 = rng.standard_normal((2 * distinct, CLASSES)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["a"], name="relu"),
+        helper.make_node("MatMul", ["a", "w2"], ["y"], name="fc2"),
+    ]
+    return _save(nodes, {"w1": w1, "w2": w2}, path)

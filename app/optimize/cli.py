@@ -87,8 +87,37 @@ def add_parser(commands: Any) -> None:
     prune.add_argument(
         "--sparsity",
         type=float,
-        required=True,
-        help="share of hidden units (structured) or weights (unstructured) to remove, 0..1",
+        help="share of hidden units (structured) or weights (unstructured) to remove, 0..1; "
+        "without it, the highest structured sparsity within the guard's budget "
+        "(--max-drop, --min-cosine) is searched for on --data",
+    )
+    prune.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="FILE",
+        help="representative inputs (.npy/.npz) whose activations rank units and refit the "
+        "next layer (default: --data, which flatters the accuracy)",
+    )
+    prune.add_argument(
+        "--importance",
+        choices=["magnitude", "activation", "surgeon"],
+        default="magnitude",
+        help="how units are ranked: weight magnitude; |activations| x |outgoing weights| on "
+        "the calibration data; or Optimal Brain Surgeon (the error a unit's loss leaves once "
+        "the others are refitted). The last two need calibration data",
+    )
+    prune.add_argument(
+        "--ranking",
+        choices=["layer", "global"],
+        default="layer",
+        help="remove the same share at every layer, or rank units across layers",
+    )
+    prune.add_argument(
+        "--reconstruct",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="refit each pruned layer's successor by least squares on the calibration "
+        "activations (default: on when --calibration is given)",
     )
     _add_variant_arguments(prune)
     prune.set_defaults(handler=_guarded(flows.prune))
@@ -161,8 +190,8 @@ def _add_variant_arguments(parser: argparse.ArgumentParser) -> None:
         "highest on disk)",
     )  # fmt: skip
     parser.add_argument(
-        "--max-accuracy-drop", type=float, metavar="POINTS", help="largest accuracy loss "
-        "allowed, in percentage points (default 1, with --labels)",
+        "--max-accuracy-drop", "--max-drop", type=float, metavar="POINTS", help="largest "
+        "accuracy loss allowed, in percentage points (default 1, with --labels)",
     )  # fmt: skip
     parser.add_argument(
         "--min-agreement", type=float, metavar="FRACTION", help="smallest top-1 agreement "

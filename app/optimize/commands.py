@@ -84,18 +84,68 @@ def prune(args: argparse.Namespace) -> int:
 
     import onnx
 
-    from app.optimize.prune import prune_structured, prune_unstructured
+    from app.optimize import guard
+    from app.optimize.data import load_dataset, load_inputs
+    from app.optimize.prune import (
+        Importance,
+        Ranking,
+        StructuredOptions,
+        prune_structured,
+        prune_unstructured,
+    )
+
+    structured = args.method == "structured"
+    importance = Importance(args.importance)
+    reconstruct = args.reconstruct
+    if reconstruct is None:  # on whenever there is calibration data to fit on
+        reconstruct = structured and args.calibration is not None
+    calibrated = structured and (reconstruct or importance is not Importance.MAGNITUDE)
+    if not structured and (reconstruct or importance is not Importance.MAGNITUDE):
+        raise OptimizeError("--reconstruct and --importance apply to --method structured only")
+
+    def options(sparsity: float) -> StructuredOptions:
+        return StructuredOptions(sparsity, importance, Ranking(args.ranking), reconstruct)
+
+    def prune_to(source: Path, sparsity: float, target: Path, specs: Any) -> dict[str, Any]:
+        model = onnx.load(str(source))
+        if structured:
+            calibration = load_inputs(args.calibration or args.data, specs) if calibrated else None
+            report = prune_structured(model, options(sparsity), calibration)
+        else:
+            report = prune_unstructured(model, sparsity)
+        onnx.save(model, str(target))
+        return dataclasses.asdict(report)
 
     def produce(source: Path, target: Path, specs: Any) -> tuple[str, dict[str, Any]]:
-        model = onnx.load(str(source))
-        pruner = prune_structured if args.method == "structured" else prune_unstructured
-        report = pruner(model, args.sparsity)
-        onnx.save(model, str(target))
-        what = "hidden units" if args.method == "structured" else "weights"
-        return (
-            f"pruned {args.method} {args.sparsity:.0%} of {what}",
-            dataclasses.asdict(report),
-        )
+        sparsity, searched = args.sparsity, None
+        if sparsity is None:
+            from app.optimize.prune_search import search
+
+            if not structured:
+                raise OptimizeError("the sparsity search is for --method structured")
+            limits = guard.Guard(args.max_accuracy_drop, args.min_agreement, args.min_cosine)
+            data = load_dataset(args.data, args.labels, specs)
+            sparsity, searched = search(
+                source,
+                lambda s, path: prune_to(source, s, path, specs),
+                data,
+                limits,
+                args.output,
+                args.device,
+            )
+            print(f"searched: {sparsity:.1%} is the highest sparsity within the budget")
+        details = prune_to(source, sparsity, target, specs)
+        if calibrated:
+            details["calibration_file"] = str(args.calibration or args.data)
+            if args.calibration is None:
+                details["calibration_note"] = (
+                    "calibrated on the evaluation data (--data): the accuracy is optimistic"
+                )
+        if searched is not None:
+            details["search"] = [dataclasses.asdict(step) for step in searched]
+        if structured:
+            return options(sparsity).describe(), details
+        return f"pruned unstructured {sparsity:.0%} of weights", details
 
     return _make_variant(args, "prune", produce)
 

@@ -1,219 +1,65 @@
-"""Magnitude pruning of weight initializers.
+"""Pruning of weight initializers: structured (whole hidden units) and unstructured.
 
-Structured: removes whole hidden units between two consecutive linear layers (MatMul or Gemm
-with initializer weights, joined only by a bias Add and elementwise activations): the first
-layer's output columns, its bias entries and the second layer's input rows, chosen by
-importance (|incoming weights and bias| x |outgoing weights|, which is invariant to the
-rescaling a ReLU network allows between layers). The matrices really shrink, so the file is
-smaller and dense kernels do less work.
+Structured: removes whole hidden units at every boundary app.optimize.prune_graph finds
+between two linear layers: the producer's output columns, their bias entries and the
+consumer's input rows. The matrices really shrink, so the file is smaller and dense kernels do
+less work. Units are ranked by weight magnitude or by their activations on calibration data,
+per layer or across layers; with reconstruction the consumer is refitted by least squares on
+those activations (app.optimize.reconstruct), layer after layer in graph order, each fitted on
+what the already-pruned layers before it compute.
 
 Unstructured: zeroes the smallest-magnitude weights of each linear layer. The tensors keep
 their shapes, so dense kernels compute exactly as much as before and get no faster; only the
 compressed size shrinks (the report shows gzip sizes).
-
-A graph the structured pruner cannot rewrite safely is refused before anything changes, with
-the node that stopped it named: a weight or bias shared with another node, a hidden tensor
-that feeds something else too (a residual branch), or an operator between two layers that is
-not elementwise (a normalization, a reshape, a softmax).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from app.optimize import reconstruct
 from app.optimize.errors import OptimizeError, PruneRefused
+from app.optimize.prune_graph import Boundary, GraphIndex, attribute, find_boundaries
 
-LINEAR_OPS = ("MatMul", "Gemm")
-#: Operators applied to each hidden unit independently, with no per-unit parameters.
-ELEMENTWISE_OPS = frozenset(
-    {
-        "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "Softplus",
-        "Softsign", "HardSigmoid", "HardSwish", "Gelu", "Mish", "ThresholdedRelu",
-        "Identity", "Clip", "Erf", "Abs", "Neg", "Exp",
-    }
-)  # fmt: skip
-#: Operators that show a graph was quantized already (prune float graphs, then quantize).
-QUANTIZED_OPS = frozenset(
-    {"DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul", "QGemm",
-     "QLinearConv", "ConvInteger"}
-)  # fmt: skip
 #: Operators whose weights unstructured pruning zeroes.
 WEIGHTED_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
+#: Global ranking keeps at least this share of every layer's units, so no layer is emptied.
+MIN_KEPT_SHARE = 0.05
 
 
-def _label(node: onnx.NodeProto) -> str:
-    return f"'{node.name}' ({node.op_type})" if node.name else f"a {node.op_type} node"
+class Importance(StrEnum):
+    MAGNITUDE = "magnitude"
+    ACTIVATION = "activation"
+    #: Optimal Brain Surgeon for whole units: needs reconstruction to pay off.
+    SURGEON = "surgeon"
 
 
-def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return int(onnx.helper.get_attribute_value(attribute))
-    return default
+class Ranking(StrEnum):
+    LAYER = "layer"  # the same share of units removed at every boundary
+    GLOBAL = "global"  # one ranking over all boundaries: shares differ per layer
 
 
-def _subgraph_inputs(node: onnx.NodeProto) -> Iterator[str]:
-    """Names a node's subgraphs (If, Loop, Scan) read, outer-scope tensors among them."""
-    for attribute in node.attribute:
-        graphs = [attribute.g] if attribute.HasField("g") else list(attribute.graphs)
-        for graph in graphs:
-            for inner in graph.node:
-                yield from inner.input
-                yield from _subgraph_inputs(inner)
+@dataclass(frozen=True)
+class StructuredOptions:
+    sparsity: float
+    importance: Importance = Importance.MAGNITUDE
+    ranking: Ranking = Ranking.LAYER
+    reconstruct: bool = False
 
+    @property
+    def needs_calibration(self) -> bool:
+        return self.reconstruct or self.importance is not Importance.MAGNITUDE
 
-class _Index:
-    """Who produces and consumes each tensor of a graph."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.graph = graph
-        self.initializers = {t.name: t for t in graph.initializer}
-        self.graph_inputs = {i.name for i in graph.input}
-        self.graph_outputs = {o.name for o in graph.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for node in graph.node:
-            for name in {*node.input, *_subgraph_inputs(node)}:
-                if name:
-                    self.consumers[name].append(node)
-
-    def weight_of(self, node: onnx.NodeProto) -> str | None:
-        """The initializer a MatMul/Gemm multiplies by (its B input), if it is one."""
-        if node.op_type not in LINEAR_OPS or len(node.input) < 2:
-            return None
-        name = str(node.input[1])
-        tensor = self.initializers.get(name)
-        if tensor is None or len(tensor.dims) != 2:
-            return None
-        return name
-
-    def check_private(self, name: str, node: onnx.NodeProto) -> None:
-        """Refuse to reshape an initializer anything but `node` can see."""
-        users = [n for n in self.consumers[name] if n is not node]
-        if users:
-            others = ", ".join(_label(n) for n in users[:3])
-            raise PruneRefused(
-                f"cannot prune {_label(node)}: its initializer '{name}' is shared with {others}; "
-                "pruning it for one node would change the others"
-            )
-        if name in self.graph_inputs or name in self.graph_outputs:
-            raise PruneRefused(
-                f"cannot prune {_label(node)}: its initializer '{name}' is also a graph input "
-                "or output, so a client could override or read it"
-            )
-
-    def reaches_linear(self, node: onnx.NodeProto) -> bool:
-        """Whether a MatMul/Gemm with initializer weights lies downstream of `node`."""
-        seen: set[int] = set()
-        frontier = [node]
-        while frontier:
-            current = frontier.pop()
-            for output in current.output:
-                for user in self.consumers.get(output, []):
-                    if id(user) in seen:
-                        continue
-                    seen.add(id(user))
-                    if self.weight_of(user) is not None:
-                        return True
-                    frontier.append(user)
-        return False
-
-
-@dataclass
-class _Pair:
-    """Hidden units between `producer` and `consumer` (output features of one, input
-    features of the other)."""
-
-    producer: onnx.NodeProto
-    consumer: onnx.NodeProto
-    bias: str | None  # per-unit bias initializer (Gemm's C or an Add's), None if none
-    tensors: list[str] = field(default_factory=list)  # hidden tensors whose shapes change
-
-
-def _per_unit_bias(index: _Index, name: str, units: int, node: onnx.NodeProto) -> bool:
-    """Whether bias `name` has one entry per unit (prune it) or broadcasts (leave it)."""
-    dims = list(index.initializers[name].dims)
-    if dims and dims[-1] == units and all(d == 1 for d in dims[:-1]):
-        return True
-    if all(d == 1 for d in dims):
-        return False
-    raise PruneRefused(
-        f"cannot prune {_label(node)}: its bias '{name}' has shape {dims}, not one value per "
-        f"unit ([{units}]) nor a scalar"
-    )
-
-
-def _units(index: _Index, node: onnx.NodeProto) -> int:
-    dims = index.initializers[node.input[1]].dims
-    transposed = node.op_type == "Gemm" and _attribute(node, "transB", 0)
-    return int(dims[0] if transposed else dims[1])
-
-
-def _follow(index: _Index, producer: onnx.NodeProto) -> _Pair | None:
-    """The layer fed by `producer`'s hidden units, or None where its outputs end the
-    network; PruneRefused where something unsafe sits between two layers."""
-    units = _units(index, producer)
-    bias = None
-    if producer.op_type == "Gemm" and len(producer.input) > 2 and producer.input[2]:
-        if producer.input[2] not in index.initializers:
-            raise PruneRefused(f"cannot prune {_label(producer)}: its bias is not an initializer")
-        if _per_unit_bias(index, producer.input[2], units, producer):
-            bias = producer.input[2]
-    tensor = producer.output[0]
-    tensors = [tensor]
-    seen_activation = False
-    while True:
-        if tensor in index.graph_outputs:
-            return None  # the units are the model's outputs
-        users = index.consumers.get(tensor, [])
-        if not users:
-            return None
-        if len(users) > 1:
-            if any(index.weight_of(u) is not None or index.reaches_linear(u) for u in users):
-                others = ", ".join(_label(u) for u in users)
-                raise PruneRefused(
-                    f"cannot prune the units of {_label(producer)}: tensor '{tensor}' feeds "
-                    f"{others}; a unit removed for one would change the others"
-                )
-            return None
-        user = users[0]
-        if user.op_type == "Add" and bias is None and not seen_activation:
-            other = user.input[1] if user.input[0] == tensor else user.input[0]
-            if other in index.initializers:
-                if _per_unit_bias(index, other, units, user):
-                    bias = other
-                tensor = user.output[0]
-                tensors.append(tensor)
-                continue
-        elif user.op_type in ELEMENTWISE_OPS and user.input[0] == tensor and len(user.output) == 1:
-            extras = [name for name in user.input[1:] if name]
-            if all(
-                name in index.initializers and int(np.prod(index.initializers[name].dims)) == 1
-                for name in extras
-            ):
-                seen_activation = True
-                tensor = user.output[0]
-                tensors.append(tensor)
-                continue
-        elif (
-            index.weight_of(user) is not None
-            and user.input[0] == tensor
-            and not (user.op_type == "Gemm" and _attribute(user, "transA", 0))
-        ):
-            return _Pair(producer=producer, consumer=user, bias=bias, tensors=tensors)
-        if index.reaches_linear(user) or index.weight_of(user) is not None:
-            raise PruneRefused(
-                f"cannot prune the units of {_label(producer)}: {_label(user)} sits between it "
-                "and the next layer and is not an elementwise activation or per-unit bias, so "
-                "removing units could change what it computes"
-            )
-        return None
+    def describe(self) -> str:
+        how = f"{self.importance.value} importance, {self.ranking.value} ranking"
+        fitted = ", least-squares reconstruction" if self.reconstruct else ""
+        return f"pruned structured {self.sparsity:.0%} of hidden units ({how}{fitted})"
 
 
 @dataclass(frozen=True)
@@ -224,99 +70,187 @@ class PruneReport:
     parameters_before: int
     parameters_after: int
     note: str
+    skipped: list[str] | None = None
 
 
-def _find_pairs(model: onnx.ModelProto) -> tuple[_Index, list[_Pair]]:
-    index = _Index(model.graph)
-    pairs = []
-    for node in model.graph.node:
-        if index.weight_of(node) is None:
-            continue
-        if node.op_type == "Gemm" and _attribute(node, "transA", 0):
-            continue  # its output is still [M, N]; only its role as a consumer is limited
-        pair = _follow(index, node)
-        if pair is not None:
-            pairs.append(pair)
-    if not pairs:
-        linear = [n for n in model.graph.node if n.op_type in LINEAR_OPS]
-        weightless = [n for n in linear if index.weight_of(n) is None]
-        quantized = [n for n in model.graph.node if n.op_type in QUANTIZED_OPS]
-        hint = ""
-        if quantized:
-            hint = (
-                f"; the model is already quantized ({_label(quantized[0])}): prune the float "
-                "model, then quantize the pruned one"
-            )
-        elif weightless:
-            hint = (
-                f"; {_label(weightless[0])} takes its weight from a computed tensor, not an "
-                "initializer"
-            )
-        raise PruneRefused(
-            "found no two MatMul/Gemm layers with initializer weights joined only by a bias Add "
-            f"and elementwise activations, so there are no hidden units to remove{hint}"
-        )
-    for pair in pairs:  # everything checked before anything changes
-        for node in (pair.producer, pair.consumer):
-            index.check_private(node.input[1], node)
-        if pair.bias is not None:
-            owner = next(n for n in index.consumers[pair.bias])
-            index.check_private(pair.bias, owner)
-    return index, pairs
-
-
-def prune_structured(model: onnx.ModelProto, sparsity: float) -> PruneReport:
-    """Remove `sparsity` of the hidden units at every prunable boundary, in place."""
+def _check_sparsity(sparsity: float) -> None:
     if not 0.0 <= sparsity < 1.0:
         raise OptimizeError(f"--sparsity must be in [0, 1), got {sparsity}")
-    index, pairs = _find_pairs(model)
-    arrays = {name: numpy_helper.to_array(t) for name, t in index.initializers.items()}
-    counted = {name for p in pairs for name in (p.producer.input[1], p.consumer.input[1], p.bias)}
-    before = sum(arrays[n].size for n in counted if n)
-    layers = []
-    for pair in pairs:
-        w_in_name, w_out_name = pair.producer.input[1], pair.consumer.input[1]
-        in_t = pair.producer.op_type == "Gemm" and _attribute(pair.producer, "transB", 0)
-        out_t = pair.consumer.op_type == "Gemm" and _attribute(pair.consumer, "transB", 0)
-        w_in = arrays[w_in_name].T if in_t else arrays[w_in_name]  # [inputs, units]
-        w_out = arrays[w_out_name].T if out_t else arrays[w_out_name]  # [units, outputs]
-        incoming = np.square(w_in.astype(np.float64)).sum(axis=0)
-        if pair.bias is not None:
-            incoming += np.square(arrays[pair.bias].reshape(-1).astype(np.float64))
-        outgoing = np.square(w_out.astype(np.float64)).sum(axis=1)
-        importance = np.sqrt(incoming) * np.sqrt(outgoing)
-        units = importance.size
-        kept = max(1, round(units * (1.0 - sparsity)))
-        keep = np.sort(np.argsort(-importance, kind="stable")[:kept])
-        arrays[w_in_name] = np.ascontiguousarray((w_in[:, keep]).T if in_t else w_in[:, keep])
-        arrays[w_out_name] = np.ascontiguousarray((w_out[keep]).T if out_t else w_out[keep])
-        if pair.bias is not None:
-            bias = arrays[pair.bias]
-            arrays[pair.bias] = np.ascontiguousarray(bias[..., keep])
-        layers.append(
-            {
-                "producer": pair.producer.name,
-                "consumer": pair.consumer.name,
-                "units_before": int(units),
-                "units_after": int(kept),
-            }
+
+
+class _Weights:
+    """The initializers a structured prune rewrites, as arrays, oriented per boundary."""
+
+    def __init__(self, index: GraphIndex, boundaries: list[Boundary]) -> None:
+        self.index = index
+        self.names: set[str] = set()
+        for b in boundaries:
+            self.names.update({b.producer.input[1], b.consumer.input[1]})
+            self.names.update(n for n in (b.bias, index.output_bias(b.consumer)) if n)
+        self.arrays = {n: numpy_helper.to_array(index.initializers[n]) for n in self.names}
+
+    @staticmethod
+    def _transposed(node: onnx.NodeProto) -> bool:
+        return node.op_type == "Gemm" and bool(attribute(node, "transB", 0))
+
+    def w_in(self, b: Boundary) -> np.ndarray:  # [inputs, units]
+        array = self.arrays[b.producer.input[1]]
+        return array.T if self._transposed(b.producer) else array
+
+    def w_out(self, b: Boundary) -> np.ndarray:  # [units, outputs]
+        array = self.arrays[b.consumer.input[1]]
+        return array.T if self._transposed(b.consumer) else array
+
+    def set_w_in(self, b: Boundary, value: np.ndarray) -> None:
+        value = value.T if self._transposed(b.producer) else value
+        self.arrays[b.producer.input[1]] = np.ascontiguousarray(value)
+
+    def set_w_out(self, b: Boundary, value: np.ndarray) -> None:
+        value = value.T if self._transposed(b.consumer) else value
+        self.arrays[b.consumer.input[1]] = np.ascontiguousarray(value)
+
+    def scores(
+        self, b: Boundary, importance: Importance, seen: reconstruct.Activations | None
+    ) -> np.ndarray:
+        if importance is not Importance.MAGNITUDE:  # the surgeon ranks layers by activation
+            assert seen is not None
+            return reconstruct.activation_scores(seen.of(b.hidden), seen.weights, self.w_out(b))
+        bias = self.arrays[b.bias] if b.bias else None
+        return reconstruct.magnitude_scores(self.w_in(b), bias, self.w_out(b))
+
+    def size(self) -> int:
+        return sum(a.size for a in self.arrays.values())
+
+    def write(self, model: onnx.ModelProto, changed_tensors: set[str]) -> None:
+        """Put the arrays into `model` and drop the shapes recorded for resized tensors."""
+        initializers = {t.name: t for t in model.graph.initializer}
+        for name in self.names:
+            initializers[name].CopyFrom(numpy_helper.from_array(self.arrays[name], name))
+        kept = [v for v in model.graph.value_info if v.name not in changed_tensors]
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(kept)
+
+
+def _kept_counts(
+    weights: _Weights,
+    boundaries: list[Boundary],
+    options: StructuredOptions,
+    seen: reconstruct.Activations | None,
+) -> list[int]:
+    """Units each boundary keeps: the same share everywhere, or one global ranking of scores
+    made comparable by dividing each layer's by their root mean square."""
+    units = [weights.w_in(b).shape[1] for b in boundaries]
+    if options.ranking is Ranking.LAYER or options.sparsity == 0:
+        return [max(1, round(n * (1.0 - options.sparsity))) for n in units]
+    normalized = []
+    for b in boundaries:
+        score = weights.scores(b, options.importance, seen)
+        normalized.append(score / (np.sqrt(np.mean(np.square(score))) or 1.0))
+    everything = np.concatenate(normalized)
+    kept_total = max(len(boundaries), round(everything.size * (1.0 - options.sparsity)))
+    threshold = np.sort(everything)[::-1][kept_total - 1]
+    return [
+        max(1, round(n * MIN_KEPT_SHARE), int(np.count_nonzero(s >= threshold)))
+        for n, s in zip(units, normalized, strict=True)
+    ]
+
+
+def prune_structured(
+    model: onnx.ModelProto,
+    sparsity: float | StructuredOptions,
+    calibration: dict[str, np.ndarray] | None = None,
+) -> PruneReport:
+    """Remove hidden units at every prunable boundary, in place (a bare float: that share
+    by weight magnitude, no reconstruction)."""
+    options = sparsity if isinstance(sparsity, StructuredOptions) else StructuredOptions(sparsity)
+    _check_sparsity(options.sparsity)
+    if options.needs_calibration and calibration is None:
+        raise OptimizeError(
+            "activation or surgeon importance and reconstruction need calibration inputs "
+            "(--calibration)"
         )
-    for name in counted:
-        if name:
-            index.initializers[name].CopyFrom(numpy_helper.from_array(arrays[name], name))
-    changed = {t for p in pairs for t in p.tensors}
-    kept_info = [v for v in model.graph.value_info if v.name not in changed]
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(kept_info)
-    after = sum(arrays[n].size for n in counted if n)
+    index, boundaries, skipped = find_boundaries(model)
+    weights = _Weights(index, boundaries)
+    before = weights.size()
+    original = None
+    if options.needs_calibration and calibration is not None and options.sparsity > 0:
+        original = reconstruct.capture(model, [b.hidden for b in boundaries], calibration)
+    counts = _kept_counts(weights, boundaries, options, original)
+    changed: set[str] = set()
+    layers = []
+    for b, kept in zip(boundaries, counts, strict=True):
+        units = weights.w_in(b).shape[1]
+        layer: dict[str, Any] = {
+            "producer": b.producer.name,
+            "consumer": b.consumer.name,
+            "units_before": int(units),
+            "units_after": int(kept),
+        }
+        layers.append(layer)
+        if kept >= units:
+            continue
+        seen = original
+        if original is not None and changed:  # what the already-pruned layers compute
+            current = onnx.ModelProto()
+            current.CopyFrom(model)
+            weights.write(current, changed)
+            seen = reconstruct.capture(current, [b.hidden], calibration or {})
+        intercept = index.output_bias(b.consumer) is not None
+        if options.importance is Importance.SURGEON and seen is not None:
+            keep = reconstruct.surgeon_keep(
+                seen.of(b.hidden), seen.weights, weights.w_out(b), kept, intercept=intercept
+            )
+        else:
+            scores = weights.scores(b, options.importance, seen)
+            keep = np.sort(np.argsort(-scores, kind="stable")[:kept])
+        w_out = weights.w_out(b)
+        weights.set_w_in(b, weights.w_in(b)[:, keep])
+        if b.bias is not None:
+            weights.arrays[b.bias] = np.ascontiguousarray(weights.arrays[b.bias][..., keep])
+        new_out = w_out[keep]
+        if options.reconstruct and seen is not None and original is not None:
+            target = original.of(b.hidden) @ w_out.astype(np.float64)
+            new_out = _refit(weights, b, layer, target, seen, w_out[keep], keep)
+        weights.set_w_out(b, new_out.astype(w_out.dtype))
+        changed.update(b.tensors)
+    weights.write(model, changed)
     return PruneReport(
         method="structured",
-        sparsity=sparsity,
+        sparsity=options.sparsity,
         layers=layers,
         parameters_before=int(before),
-        parameters_after=int(after),
+        parameters_after=int(weights.size()),
         note="whole hidden units removed: smaller matrices, so smaller files and less compute",
+        skipped=skipped,
     )
+
+
+def _refit(
+    weights: _Weights,
+    b: Boundary,
+    layer: dict[str, Any],
+    target: np.ndarray,
+    seen: reconstruct.Activations,
+    removed_only: np.ndarray,
+    keep: np.ndarray,
+) -> np.ndarray:
+    """The consumer's new weights for the kept units, fitted to what it computed before;
+    the offset goes into its bias. Records the fit's error against plain removal."""
+    kept_hidden = seen.of(b.hidden)[:, keep]
+    bias_name = weights.index.output_bias(b.consumer)
+    fitted, offset = reconstruct.refit(
+        kept_hidden, target, seen.weights, intercept=bias_name is not None
+    )
+    before = reconstruct.relative_error(
+        kept_hidden @ removed_only.astype(np.float64), target, seen.weights
+    )
+    after = reconstruct.relative_error(kept_hidden @ fitted + offset, target, seen.weights)
+    layer["error_removed"] = round(before, 5)
+    layer["error_reconstructed"] = round(after, 5)
+    if bias_name is not None:
+        bias = weights.arrays[bias_name]
+        weights.arrays[bias_name] = (bias + offset.reshape(bias.shape)).astype(bias.dtype)
+    return fitted
 
 
 def prune_unstructured(model: onnx.ModelProto, sparsity: float) -> PruneReport:

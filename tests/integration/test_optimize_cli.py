@@ -67,7 +67,8 @@ def test_versions_written_by_the_cli_are_served_side_by_side(
     assert [v["name"] for v in evaluation["variants"]] == ["v1", "v2", "v3"]
     assert evaluation["variants"][0]["description"] == "original"
     assert (out / "evaluation.png").stat().st_size > 0
-    assert "| v3 | pruned structured 25% of hidden units |" in (out / "evaluation.md").read_text()
+    described = "| v3 | pruned structured 25% of hidden units (magnitude importance, layer ranking)"
+    assert described in (out / "evaluation.md").read_text()
 
     x = np.random.default_rng(5).standard_normal((3, 8)).astype(np.float32)
     body = {"inputs": [{"name": "x", "shape": [3, 8], "datatype": "FP32", "data": x.tolist()}]}
@@ -131,3 +132,36 @@ def test_static_int8_digits_keeps_accuracy_within_one_point(tmp_path: Path) -> N
     assert base["accuracy"] == pytest.approx(0.975, abs=0.005)
     assert int8["accuracy_drop_pp"] <= 1.0
     assert int8["size_bytes"] < 0.35 * base["size_bytes"]
+
+
+def test_prune_searches_the_highest_sparsity_within_the_budget(
+    repository: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    """No --sparsity: bisection on --data under --max-drop; the version written is the last
+    step that passed, every step above it that was tried missed, and the report says so."""
+    repo, common = repository
+    calibration = tmp_path / "calibration.npy"
+    np.save(calibration, np.random.default_rng(11).standard_normal((512, 8)).astype(np.float32))
+    assert optimize("prune", "--calibration", str(calibration), "--max-drop", "5", *common) == 0
+    document = json.loads((repo / "mlp" / "2" / "optimize.json").read_text())
+    details = document["variant"]["details"]
+    steps = details["search"]
+    chosen = details["sparsity"]
+    assert len(steps) == 7 and chosen == max(s["sparsity"] for s in steps if s["passed"])
+    assert all(not s["passed"] for s in steps if s["sparsity"] > chosen)
+    assert 0 < chosen < 0.95 and document["guard"]["passed"]
+    assert document["evaluation"]["variants"][1]["accuracy"] >= 0.95 - 1e-9
+    assert "least-squares reconstruction" in document["variant"]["description"]
+    assert all("error_reconstructed" in layer for layer in details["layers"])
+
+
+def test_reconstruction_does_not_let_a_version_past_its_budget(
+    repository: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    repo, common = repository
+    calibration = tmp_path / "calibration.npy"
+    np.save(calibration, np.random.default_rng(11).standard_normal((512, 8)).astype(np.float32))
+    code = optimize("prune", "--sparsity", "0.95", "--calibration", str(calibration),
+                    "--importance", "surgeon", *common)  # fmt: skip
+    assert code == 3
+    assert sorted(p.name for p in (repo / "mlp").iterdir()) == ["1", "config.toml"]
