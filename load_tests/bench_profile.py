@@ -65,8 +65,8 @@ class Subject:
 
 def subjects(only: list[str] | None) -> list[Subject]:
     found = [Subject("digits", 1, (1, 2, 4, 8, 16, 32, 64, 128), 2.0)]
-    if (MODELS / "minilm" / "2" / "model.onnx").exists():
-        found.append(Subject("minilm", 2, (1, 2, 4, 8, 16, 32, 64), 3.0, ("tokenizer.json",)))
+    if (MODELS / "minilm" / "3" / "model.onnx").exists():
+        found.append(Subject("minilm", 3, (1, 2, 4, 8, 16, 32, 64), 3.0, ("tokenizer.json",)))
     else:
         print("minilm is not built (`make text-model`): benching digits only", flush=True)
     return [s for s in found if only is None or s.name in only]

@@ -49,7 +49,7 @@ def fp32() -> ort.InferenceSession:
 
 @pytest.fixture(scope="module")
 def int8() -> ort.InferenceSession:
-    return session(2)
+    return session(3)
 
 
 def embed_alone(
