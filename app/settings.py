@@ -79,6 +79,13 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest request body accepted; above it the answer is 413.",
     )
+    max_image_pixels: int = Field(
+        default=40_000_000,
+        ge=1,
+        description="Largest image (width x height) a model's [image] stage decodes; a "
+        "larger one is answered 400 before it is decoded (Pillow's decompression-bomb "
+        "limit is set to it too).",
+    )
     # -- the HTTP front: timeouts and limits for slow, idle and oversized clients ---------
     header_timeout_s: float = Field(
         default=10.0,

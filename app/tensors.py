@@ -27,6 +27,9 @@ class TensorSpec:
     datatype: str
     shape: tuple[int, ...]
     dim_names: tuple[str | None, ...] = ()
+    #: BYTES elements are opaque bytes (encoded images), not UTF-8 text: decoders keep them
+    #: as `bytes`, and JSON carries them base64-encoded.
+    opaque: bool = False
 
     def metadata(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}

@@ -28,6 +28,11 @@ def _save(
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", outputs])],
         initializer=[numpy_helper.from_array(v, k) for k, v in initializers.items()],
     )
+    return write_graph(graph, path)
+
+
+def write_graph(graph: onnx.GraphProto, path: Path) -> Path:
+    """The graph as a checked opset-17 model file at `path`."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -203,12 +208,7 @@ def write_bert_ffn(path: Path, seed: int = 4) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", CLASSES])],
         initializer=[numpy_helper.from_array(v, k) for k, v in bert_ffn_weights(seed).items()],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return write_graph(graph, path)
 
 
 def write_duplicated_units(path: Path, distinct: int = 12, seed: int = 5) -> Path:

@@ -33,6 +33,9 @@ class InferenceRequest:
     #: Outputs the client wants in the transport's binary form (REST's binary tensor
     #: extension); the data plane passes them through to the transport's encoder.
     binary_outputs: frozenset[str] = frozenset()
+    #: Outputs asked for as their top K classes (Triton's classification extension:
+    #: an output's `parameters.classification = K`), by name.
+    classification: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

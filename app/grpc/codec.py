@@ -20,6 +20,7 @@ from app.protocol.binary import decode_binary_tensor, encode_binary_tensor
 from app.protocol.checks import (
     check_output,
     check_shape,
+    classification_count,
     complete_inputs,
     decode_shape,
     describe_specs,
@@ -93,12 +94,19 @@ def decode_request(
             decoded[spec.name] = decode_binary_tensor(spec, shape, memoryview(raw[index]))
         else:
             decoded[spec.name] = _typed_contents(spec, shape, tensor.contents)
-    wanted = [check_output(o.name, {s.name for s in outputs}) for o in message.outputs]
+    known = {s.name for s in outputs}
+    wanted = [check_output(o.name, known) for o in message.outputs]
+    classification = {
+        o.name: classification_count(o.name, parameters_of(o.parameters)["classification"])
+        for o in message.outputs
+        if "classification" in o.parameters
+    }
     return InferenceRequest(
         inputs=complete_inputs(decoded, inputs, input_sets, reject_nonfinite),
         parameters=parameters_of(message.parameters),
         outputs=wanted or None,
         request_id=message.id or None,
+        classification=classification,
     )
 
 
@@ -116,7 +124,7 @@ def _typed_contents(spec: TensorSpec, shape: tuple[int, ...], contents: Any) -> 
     if spec.datatype == "BYTES":
         array = np.empty(expected, dtype=object)
         try:
-            array[:] = [value.decode("utf-8") for value in values]
+            array[:] = list(values) if spec.opaque else [v.decode("utf-8") for v in values]
         except UnicodeDecodeError as exc:
             raise fail(f"input '{spec.name}': BYTES contents are not UTF-8 ({exc})") from None
         return array.reshape(shape)

@@ -36,7 +36,7 @@ def decode_binary_tensor(spec: TensorSpec, shape: tuple[int, ...], raw: memoryvi
 def _decode_bytes(
     spec: TensorSpec, shape: tuple[int, ...], raw: memoryview, count: int
 ) -> np.ndarray:
-    values: list[str] = []
+    values: list[str | bytes] = []
     offset = 0
     try:
         for _ in range(count):
@@ -44,11 +44,13 @@ def _decode_bytes(
             offset += 4
             if offset + length > len(raw):
                 raise struct.error("element runs past the data")
-            values.append(bytes(raw[offset : offset + length]).decode("utf-8"))
+            element = bytes(raw[offset : offset + length])
+            values.append(element if spec.opaque else element.decode("utf-8"))
             offset += length
     except (struct.error, UnicodeDecodeError) as exc:
+        kind = "elements" if spec.opaque else "UTF-8 strings"
         raise InvalidInputError(
-            f"input '{spec.name}': BYTES data is not {count} length-prefixed UTF-8 strings ({exc})"
+            f"input '{spec.name}': BYTES data is not {count} length-prefixed {kind} ({exc})"
         ) from None
     if offset != len(raw):
         raise InvalidInputError(

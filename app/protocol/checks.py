@@ -117,3 +117,13 @@ def _check_finite(inputs: Mapping[str, np.ndarray]) -> None:
                 f"input '{name}': holds NaN or infinite values, which this model refuses "
                 "(reject_nonfinite in its config)"
             )
+
+
+def classification_count(name: str, value: object) -> int:
+    """An output's `parameters.classification`: a positive number of classes."""
+    if type(value) is not int or value < 1:
+        raise fail(
+            f"output '{name}': parameters.classification must be a positive integer (the "
+            f"number of top classes to return), got {value!r}"
+        )
+    return value

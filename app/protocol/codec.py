@@ -9,6 +9,8 @@ serialise numpy arrays directly; binary inputs are read zero-copy from the reque
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import mmap
 import warnings
@@ -23,6 +25,7 @@ from app.protocol.binary import decode_binary_tensor, encode_binary_tensor
 from app.protocol.checks import (
     check_output,
     check_shape,
+    classification_count,
     complete_inputs,
     decode_shape,
     describe_specs,
@@ -140,6 +143,17 @@ def _decode_json_bytes(spec: TensorSpec, shape: tuple[int, ...], data: list[Any]
         )
     if not all(isinstance(v, str) for v in flat):
         raise fail(f"input '{spec.name}': BYTES 'data' must hold strings")
+    if spec.opaque:  # files (images) travel base64-encoded in JSON
+        try:
+            flat = np.array(
+                [base64.b64decode(v, validate=True) for v in flat.tolist()], dtype=object
+            )
+        except (binascii.Error, ValueError) as exc:
+            raise fail(
+                f"input '{spec.name}': in JSON its elements are files, base64-encoded; "
+                f"one is not valid base64 ({exc}). Or send the bytes with the binary data "
+                "extension"
+            ) from None
     return flat.reshape(shape)
 
 
@@ -244,7 +258,7 @@ def decode_infer_request(
     parameters = doc.get("parameters", {})
     if not isinstance(parameters, dict):
         raise fail("'parameters' must be a JSON object")
-    selected, binary_outputs = _decode_output_selection(
+    selected, binary_outputs, classification = _decode_output_selection(
         doc.get("outputs"), outputs, parameters.get("binary_data_output") is True
     )
     return InferenceRequest(
@@ -253,6 +267,7 @@ def decode_infer_request(
         outputs=selected,
         request_id=request_id,
         binary_outputs=binary_outputs,
+        classification=classification,
     )
 
 
@@ -271,23 +286,30 @@ def _binary_size(name: str, parameters: Any) -> int | None:
 
 def _decode_output_selection(
     raw: Any, outputs: Sequence[TensorSpec], binary_default: bool
-) -> tuple[list[str] | None, frozenset[str]]:
-    """The outputs asked for (None: all) and which of them go back as binary data."""
+) -> tuple[list[str] | None, frozenset[str], dict[str, int]]:
+    """The outputs asked for (None: all), which of them go back as binary data, and which
+    as their top classes."""
     if raw is None:
-        return None, frozenset(s.name for s in outputs) if binary_default else frozenset()
+        every = frozenset(s.name for s in outputs) if binary_default else frozenset()
+        return None, every, {}
     if not isinstance(raw, list):
         raise fail("'outputs' must be an array of {\"name\": ...} objects")
     known = {s.name for s in outputs}
     names: list[str] = []
     binary: set[str] = set()
+    classification: dict[str, int] = {}
     for entry in raw:
         name = check_output(entry.get("name") if isinstance(entry, dict) else None, known)
         names.append(name)
         parameters = entry.get("parameters") or {}
-        wants = parameters.get("binary_data") if isinstance(parameters, dict) else None
+        if not isinstance(parameters, dict):
+            raise fail(f"output '{name}': 'parameters' must be a JSON object")
+        wants = parameters.get("binary_data")
         if wants is True or (wants is None and binary_default):
             binary.add(name)
-    return names, frozenset(binary)
+        if "classification" in parameters:
+            classification[name] = classification_count(name, parameters["classification"])
+    return names, frozenset(binary), classification
 
 
 class EncodedResponse(NamedTuple):

@@ -24,6 +24,7 @@ from app.cores import available_cores
 from app.errors import ModelLoadError
 from app.repository.sections import (
     BatchingConfig,
+    ImageConfig,
     PaddingConfig,
     Strict,
     TokenizerConfig,
@@ -225,6 +226,10 @@ class ModelConfig(Strict):
     version_policy: VersionPolicy = VersionPolicy()
     padding: PaddingConfig | None = None
     tokenizer: TokenizerConfig | None = None
+    image: ImageConfig | None = None
+    #: Class names per output, one per line in index order (a file in the model's directory):
+    #: what Triton's classification extension (`parameters.classification = K`) labels with.
+    labels: dict[str, str] = Field(default_factory=dict)
     #: Refuse (400) requests whose floating-point inputs hold NaN or infinity.
     reject_nonfinite: bool = False
     #: The outputs a request that names none gets (default: all of the model's outputs).

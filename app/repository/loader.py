@@ -12,6 +12,7 @@ from app.batching import Batcher, BatchingPolicy, BatchObserver
 from app.errors import ModelLoadError
 from app.repository.autotune import TuneSettings, tune
 from app.repository.config import AUTO_MAX_BATCH_SIZE, ModelConfig
+from app.repository.image import build_image_stage, load_labels
 from app.repository.instances import build_instances
 from app.repository.model_files import check_model_files
 from app.repository.padding import build_padding_plan
@@ -31,6 +32,7 @@ class ServingDefaults:
     max_queue_size: int = 1024
     max_queue_bytes: int | None = None
     timeout_ms: float | None = None
+    max_image_pixels: int = 40_000_000
     tuning: TuneSettings = field(default_factory=lambda: TuneSettings(enabled=False))
 
 
@@ -113,6 +115,11 @@ def load_version(
             config.tokenizer, version_dir.parent, first.inputs, max_batch_size,
             policy.max_queue_size,
         ),
+        image=build_image_stage(
+            config.image, first.inputs, max_batch_size=max_batch_size,
+            max_queue_size=policy.max_queue_size, max_pixels=defaults.max_image_pixels,
+        ),
+        labels=load_labels(config.labels, version_dir.parent, first.outputs),
     )  # fmt: skip
 
 

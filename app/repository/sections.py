@@ -3,7 +3,7 @@ tokenizer, version policy, warm-up); config.py assembles them into ModelConfig."
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -81,6 +81,34 @@ class TokenizerConfig(Strict):
     file: str = "tokenizer.json"
     input: str = "text"
     max_length: Annotated[int, Field(ge=1, le=1_000_000)] = 512
+
+
+Positive = Annotated[float, Field(gt=0)]
+
+
+class ImageConfig(Strict):
+    """`[image]`: clients may send encoded images (JPEG, PNG, ...) as the BYTES input
+    `input`, one per sample, instead of the model's float input `tensor` (default: its only
+    float input): each is decoded, its short side resized to `resize`, centre-cropped to
+    `crop` x `crop`, scaled to [0, 1] in `channels` order, normalised by `mean` and `std` and
+    laid out as `layout`, in `threads` decoding threads (default: the cores, up to 4)."""
+
+    input: str = "image"
+    tensor: str | None = None
+    resize: Annotated[int, Field(ge=1, le=16384)] = 256
+    crop: Annotated[int, Field(ge=1, le=16384)] = 224
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
+    mean: Annotated[list[float], Field(min_length=3, max_length=3)] = [0.0, 0.0, 0.0]
+    std: Annotated[list[Positive], Field(min_length=3, max_length=3)] = [1.0, 1.0, 1.0]
+    channels: Literal["RGB", "BGR"] = "RGB"
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    threads: Annotated[int, Field(ge=1, le=256)] | None = None
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> ImageConfig:
+        if self.crop > self.resize:
+            raise ValueError(f"image.crop {self.crop} is larger than image.resize {self.resize}")
+        return self
 
 
 class VersionPolicy(Strict):

@@ -9,6 +9,7 @@ from typing import Any
 
 from app.batching import Batcher
 from app.preprocess import TextStage
+from app.preprocess.image import ImageStage
 from app.repository.autotune import Tuning
 from app.repository.config import ModelConfig
 from app.runtime import OnnxInstance
@@ -41,6 +42,10 @@ class LoadedVersion:
     reject_nonfinite: bool = False
     #: The tokenizer step, when clients may send raw text (model config `[tokenizer]`).
     text: TextStage | None = None
+    #: The image decoding step, when clients may send encoded images (config `[image]`).
+    image: ImageStage | None = None
+    #: Class names per output (config `[labels]`), for the classification extension.
+    labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: What a request that names no outputs gets (None: every output).
     default_outputs: tuple[str, ...] | None = None
     #: Where its layout and batch sizes came from (app.repository.autotune).
@@ -58,6 +63,10 @@ class LoadedVersion:
             text = TensorSpec(self.text.input, "BYTES", (-1,))
             self.request_inputs = (text, *self.inputs)
             self.input_sets = ((text.name,), tuple(spec.name for spec in self.inputs))
+        elif self.image is not None:
+            image = TensorSpec(self.image.input, "BYTES", (-1,), opaque=True)
+            self.request_inputs = (image, *self.inputs)
+            self.input_sets = ((image.name,), tuple(spec.name for spec in self.inputs))
 
     def start(self) -> None:
         self.batcher.start()
@@ -69,13 +78,15 @@ class LoadedVersion:
         ids of texts still being tokenized; close() drains it after them."""
         if self.text is not None:
             self.text.batcher.begin_drain()
-        else:
+        elif self.image is None:  # images being decoded still go to the model: close() drains
             self.batcher.begin_drain()
 
     async def close(self) -> None:
         """Serve what is queued (texts first: their ids still go to the model), then stop."""
         if self.text is not None:
             await self.text.batcher.close()
+        if self.image is not None:
+            await self.image.close()
         await self.batcher.close()
 
     def metadata(self, versions: list[int]) -> dict[str, Any]:

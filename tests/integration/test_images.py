@@ -1,0 +1,217 @@
+"""Encoded images in, through a real server: a model with `[image]` takes JPEG and PNG files
+as a BYTES input (binary extension, base64 in JSON, gRPC), answers Triton's classification
+extension with its labels, and refuses hostile files with a 400 that says what is wrong,
+leaving every other request's answer alone (tests/image_models.py's colour model)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from PIL import Image
+
+from load_tests.server_process import ServerProcess
+from tests.image_models import encoded, plain, png_declaring, write_colour_model
+
+pytestmark = pytest.mark.integration
+
+#: The test server's pixel limit (BATCHSERVE_MAX_IMAGE_PIXELS): 1000 x 1000.
+MAX_PIXELS = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    repository = tmp_path_factory.mktemp("images")
+    write_colour_model(repository)
+    process = ServerProcess(
+        repository, env={"BATCHSERVE_MAX_IMAGE_PIXELS": str(MAX_PIXELS)}, grpc=True
+    )
+    yield process
+    process.stop()
+
+
+def binary_body(images: list[bytes], classes: int = 1) -> tuple[bytes, dict[str, str]]:
+    """A v2 request with the images as one BYTES input in the binary data extension."""
+    inputs = [httpclient.InferInput("image", [len(images)], "BYTES")]
+    inputs[0].set_data_from_numpy(np.array(images, dtype=object), binary_data=True)
+    outputs = [httpclient.InferRequestedOutput("logits", binary_data=False, class_count=classes)]
+    body, header_length = httpclient.InferenceServerClient.generate_request_body(
+        inputs, outputs=outputs
+    )
+    headers = {"Content-Type": "application/octet-stream"}
+    if header_length is not None:
+        headers["Inference-Header-Content-Length"] = str(header_length)
+    return body, headers
+
+
+def classify(server: ServerProcess, images: list[bytes]) -> httpx.Response:
+    body, headers = binary_body(images)
+    return httpx.post(
+        f"{server.url}/v2/models/colours/infer", content=body, headers=headers, timeout=30
+    )
+
+
+def top1(response: httpx.Response) -> list[str]:
+    assert response.status_code == 200, response.text
+    (output,) = response.json()["outputs"]
+    assert output["datatype"] == "BYTES"
+    return [entry.split(":")[2] for entry in output["data"]]
+
+
+def test_metadata_offers_the_image_input_beside_the_tensor(server: ServerProcess) -> None:
+    metadata = httpx.get(f"{server.url}/v2/models/colours").json()
+    assert [(i["name"], i["datatype"]) for i in metadata["inputs"]] == [
+        ("image", "BYTES"),
+        ("input", "FP32"),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["PNG", "JPEG", "WEBP", "BMP"])
+def test_encoded_images_are_decoded_as_what_they_show(server: ServerProcess, kind: str) -> None:
+    colours = [(230, 20, 20), (20, 200, 30), (10, 20, 220), (15, 15, 15)]
+    images = [encoded(plain(c), kind) for c in colours]
+    assert top1(classify(server, images)) == ["red", "green", "blue", "dark"]
+
+
+def test_classification_returns_the_top_k_with_scores_and_labels(server: ServerProcess) -> None:
+    body, headers = binary_body([encoded(plain((230, 20, 20)))], classes=3)
+    response = httpx.post(f"{server.url}/v2/models/colours/infer", content=body, headers=headers)
+    (output,) = response.json()["outputs"]
+    assert output["shape"] == [1, 3]
+    scores = [float(entry.split(":")[0]) for entry in output["data"]]
+    assert scores == sorted(scores, reverse=True)
+    assert output["data"][0].endswith(":0:red")
+
+
+def test_json_clients_send_images_base64_encoded(server: ServerProcess) -> None:
+    data = base64.b64encode(encoded(plain((20, 200, 30)))).decode()
+    body = {
+        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [data]}],
+        "outputs": [{"name": "logits", "parameters": {"classification": 1}}],
+    }
+    response = httpx.post(f"{server.url}/v2/models/colours/infer", json=body)
+    assert top1(response) == ["green"]
+    body["inputs"][0]["data"] = ["not base64!"]  # type: ignore[index]
+    refused = httpx.post(f"{server.url}/v2/models/colours/infer", json=body)
+    assert refused.status_code == 400 and "base64" in refused.json()["error"]
+
+
+def test_tritonclient_grpc_sends_images_and_reads_class_count(server: ServerProcess) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_target)
+    image = grpcclient.InferInput("image", [2], "BYTES")
+    image.set_data_from_numpy(
+        np.array([encoded(plain((10, 20, 220))), encoded(plain((230, 20, 20)), "JPEG")], object)
+    )
+    result = client.infer(
+        "colours", [image], outputs=[grpcclient.InferRequestedOutput("logits", class_count=2)]
+    )
+    answer = result.as_numpy("logits")
+    assert answer.shape == (2, 2)
+    assert [bytes(row[0]).decode().split(":")[2] for row in answer] == ["blue", "red"]
+
+
+def truncated_jpeg() -> bytes:
+    whole = encoded(plain((230, 20, 20), (400, 300)), "JPEG", quality=95)
+    return whole[: len(whole) // 2]
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b"this is not an image", "not an image file"),
+        (b"", "empty"),
+        (truncated_jpeg(), "truncated or corrupt"),
+        (png_declaring(40_000, 40_000), "1,600,000,000 pixels"),
+        (encoded(plain((20, 20, 20), (1100, 1000))), "over the limit of 1,000,000 pixels"),
+    ],
+    ids=["not-an-image", "empty", "truncated", "bomb", "over-the-setting"],
+)
+def test_hostile_files_are_a_400_saying_what_is_wrong(
+    server: ServerProcess, data: bytes, says: str
+) -> None:
+    response = classify(server, [encoded(plain((20, 200, 30))), data])
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert says in error and "image 1" in error, error
+
+
+def sixteen_bit_grey() -> bytes:
+    return encoded(Image.fromarray(np.full((40, 50), 3000, dtype=np.uint16)))
+
+
+def rgba_red_on_transparent() -> bytes:
+    image = Image.new("RGBA", (50, 40), (230, 20, 20, 255))
+    return encoded(image)
+
+
+@pytest.mark.parametrize(
+    ("data", "shows"),
+    [
+        (encoded(Image.new("L", (50, 40), 20)), "dark"),
+        (encoded(Image.new("CMYK", (50, 40), (0, 230, 230, 20)), "JPEG"), "red"),
+        (sixteen_bit_grey(), "dark"),  # 3000 of 65535: dark, not clipped to white
+        (rgba_red_on_transparent(), "red"),
+        (encoded(Image.new("P", (50, 40), 0)), "dark"),
+    ],
+    ids=["grey", "cmyk-jpeg", "16-bit-png", "rgba", "palette"],
+)
+def test_unusual_but_valid_images_get_a_correct_answer(
+    server: ServerProcess, data: bytes, shows: str
+) -> None:
+    assert top1(classify(server, [data])) == [shows]
+
+
+def test_a_bad_image_fails_its_request_only(server: ServerProcess) -> None:
+    """Good and hostile requests at once: every good one is answered right, every bad one
+    is a 400, and the server goes on serving."""
+    good = [encoded(plain((230, 20, 20))), encoded(plain((10, 20, 220)), "JPEG")]
+    bad = [b"garbage", truncated_jpeg(), png_declaring(50_000, 50_000)]
+    url = f"{server.url}/v2/models/colours/infer"
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            requests = []
+            for round_index in range(6):
+                for data in [*good, bad[round_index % len(bad)]]:
+                    body, headers = binary_body([data])
+                    requests.append(client.post(url, content=body, headers=headers))
+            return await asyncio.gather(*requests)
+
+    responses = asyncio.run(send_all())
+    for index, response in enumerate(responses):
+        kind = index % 3
+        if kind == 2:
+            assert response.status_code == 400, response.text
+        else:
+            assert top1(response) == [["red", "blue"][kind]]
+    assert top1(classify(server, good)) == ["red", "blue"]
+
+
+def test_clients_that_decode_themselves_still_send_the_tensor(server: ServerProcess) -> None:
+    client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    tensor = httpclient.InferInput("input", [1, 3, 32, 32], "FP32")
+    pixels = np.zeros((1, 3, 32, 32), dtype=np.float32)
+    pixels[:, 2] = 0.9  # blue
+    tensor.set_data_from_numpy(pixels)
+    result = client.infer(
+        "colours", [tensor], outputs=[httpclient.InferRequestedOutput("logits", class_count=1)]
+    )
+    assert result.as_numpy("logits")[0][0].decode().endswith(":2:blue")
+
+
+def test_decoding_is_timed_as_a_stage(server: ServerProcess) -> None:
+    classify(server, [encoded(plain((230, 20, 20)))])
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'stage="decode_image"' in metrics
+
+
+def test_image_path_fixtures_exist(tmp_path: Path) -> None:
+    model_dir = write_colour_model(tmp_path)
+    assert (model_dir / "labels.txt").read_text().split() == ["red", "green", "blue", "dark"]

@@ -1,0 +1,73 @@
+"""The `[image]` transform on images made here: EXIF orientation applied, the short side
+resized and centre-cropped, channels ordered, normalised and laid out as configured, and
+the config checked against the graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.errors import InvalidInputError, ModelLoadError
+from app.preprocess.image import ImageTransform
+from app.repository.image import build_image_stage
+from app.repository.sections import ImageConfig
+from app.tensors import TensorSpec
+from tests.image_models import encoded
+
+
+def halves(size: tuple[int, int] = (80, 40)) -> Image.Image:
+    """Left half red, right half blue."""
+    image = Image.new("RGB", size, (255, 0, 0))
+    image.paste((0, 0, 255), (size[0] // 2, 0, size[0], size[1]))
+    return image
+
+
+def test_exif_orientation_is_applied_before_resizing() -> None:
+    """Orientation 6 (rotate 90 clockwise to view): the red left half ends up on top."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encoded(halves(), "JPEG", exif=exif.tobytes(), quality=95)
+    sample = ImageTransform(resize=32, crop=32, layout="NHWC").decode(data)
+    assert sample.shape == (32, 32, 3)
+    top, bottom = sample[:8].mean(axis=(0, 1)), sample[-8:].mean(axis=(0, 1))
+    assert top[0] > 0.8 and top[2] < 0.25 and bottom[2] > 0.8 and bottom[0] < 0.25
+
+
+def test_short_side_resize_then_centre_crop_then_normalise() -> None:
+    transform = ImageTransform(
+        resize=40, crop=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), channels="BGR"
+    )
+    sample = transform.decode(encoded(halves((160, 80))))
+    assert sample.shape == (3, 32, 32) and sample.dtype == np.float32
+    # BGR: channel 0 is blue. The 80x40 resize keeps both halves; the crop is centred.
+    assert sample[0, :, :10].mean() == pytest.approx(-1.0, abs=0.02)  # red part: no blue
+    assert sample[0, :, -10:].mean() == pytest.approx(1.0, abs=0.02)  # blue part
+    assert sample[2, :, :10].mean() == pytest.approx(1.0, abs=0.02)
+
+
+def test_a_text_string_is_refused_with_how_to_send_images() -> None:
+    with pytest.raises(InvalidInputError, match="base64"):
+        ImageTransform(resize=8, crop=8).decode_all(np.array(["a path.jpg"], dtype=object))
+
+
+@pytest.mark.parametrize(
+    ("shape", "says"),
+    [((-1, 3, 64, 64), "takes [-1, 3, 64, 64]"), ((-1, 32, 32, 3), "takes [-1, 32, 32, 3]")],
+)
+def test_a_config_that_does_not_fit_the_graph_is_refused(shape: tuple[int, ...], says: str) -> None:
+    inputs = (TensorSpec("input", "FP32", shape),)
+    with pytest.raises(ModelLoadError, match=says.replace("[", r"\[")):
+        build_image_stage(
+            ImageConfig(resize=40, crop=32), inputs, max_batch_size=8, max_queue_size=8,
+            max_pixels=1000,
+        )  # fmt: skip
+
+
+def test_the_image_input_must_not_clash_with_a_model_input() -> None:
+    inputs = (TensorSpec("image", "FP32", (-1, 3, 32, 32)),)
+    with pytest.raises(ModelLoadError, match="already a model input"):
+        build_image_stage(
+            ImageConfig(resize=40, crop=32), inputs, max_batch_size=8, max_queue_size=8,
+            max_pixels=1000,
+        )  # fmt: skip
