@@ -74,12 +74,12 @@ class LoadedVersion:
             self.text.batcher.start()
 
     def begin_drain(self) -> None:
-        """Serve what is queued now. With a tokenizer, the model's batcher keeps taking the
-        ids of texts still being tokenized; close() drains it after them."""
+        """Serve what is queued now, without waiting for fuller batches. The model's batcher
+        still takes what the stages hand it (texts being tokenized, images being decoded
+        when the signal came) until close(), which drains it after them."""
         if self.text is not None:
             self.text.batcher.begin_drain()
-        elif self.image is None:  # images being decoded still go to the model: close() drains
-            self.batcher.begin_drain()
+        self.batcher.begin_drain()
 
     async def close(self) -> None:
         """Serve what is queued (texts first: their ids still go to the model), then stop."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -215,3 +216,44 @@ def test_decoding_is_timed_as_a_stage(server: ServerProcess) -> None:
 def test_image_path_fixtures_exist(tmp_path: Path) -> None:
     model_dir = write_colour_model(tmp_path)
     assert (model_dir / "labels.txt").read_text().split() == ["red", "green", "blue", "dark"]
+
+
+def test_sigterm_answers_the_images_still_being_decoded(tmp_path: Path) -> None:
+    """24 requests of large images; SIGTERM once the first are decoded and held in the
+    model's queue (a 20 s batching delay), while later ones are still being decoded: every
+    one is answered at once (not after the delay), decoded after the signal or not, and the
+    process exits 0."""
+    model_dir = write_colour_model(tmp_path)
+    config = (model_dir / "config.toml").read_text()
+    (model_dir / "config.toml").write_text(
+        config.replace("max_batch_size = 8", "max_batch_size = 32")
+        + "threads = 1\n[batching]\nmax_queue_delay_ms = 20000\npreferred_batch_sizes = [32]\n"
+    )
+    server = ServerProcess(tmp_path, env={"BATCHSERVE_DRAIN_TIMEOUT_S": "30"})
+    colours = [(230, 20, 20), (10, 20, 220)]
+    bodies = [binary_body([encoded(plain(colours[i % 2], (3000, 2400)))]) for i in range(24)]
+
+    async def scenario() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=32)
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
+            sent = [
+                asyncio.ensure_future(
+                    client.post("/v2/models/colours/infer", content=body, headers=headers)
+                )
+                for body, headers in bodies
+            ]
+            for _ in range(1000):  # until decoded requests wait in the model's queue
+                if server.metric("batchserve_queue_depth", model="colours") >= 1:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("no request reached the model's queue")
+            signalled = time.monotonic()
+            server.signal_term()
+            answered = await asyncio.gather(*sent)
+            assert time.monotonic() - signalled < 15  # not held for the 20 s delay
+            return answered
+
+    responses = asyncio.run(scenario())
+    assert [top1(r)[0] for r in responses] == ["red", "blue"] * 12
+    assert server.wait(timeout=30) == 0, server.log
