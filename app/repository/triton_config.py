@@ -23,7 +23,8 @@ BACKEND = "onnxruntime"
 def model_config(loaded: LoadedVersion) -> dict[str, Any]:
     """The ModelConfig JSON of `loaded`, as Triton's `GET /v2/models/{m}/config` answers."""
     batching = loaded.max_batch_size > 0
-    optional = {spec.name for spec in loaded.inputs} if loaded.text is not None else set()
+    staged = loaded.text is not None or loaded.image is not None
+    optional = {spec.name for spec in loaded.inputs} if staged else set()  # raw input instead
     config: dict[str, Any] = {
         "name": loaded.model,
         "platform": PLATFORM,
@@ -47,7 +48,7 @@ def model_config(loaded: LoadedVersion) -> dict[str, Any]:
                 "name": spec.name,
                 "data_type": triton_data_type(spec.datatype),
                 "dims": _dims(spec, batching),
-                "label_filename": "",
+                "label_filename": loaded.config.labels.get(spec.name, ""),
                 "is_shape_tensor": False,
             }
             for spec in loaded.outputs

@@ -257,3 +257,11 @@ def test_sigterm_answers_the_images_still_being_decoded(tmp_path: Path) -> None:
     responses = asyncio.run(scenario())
     assert [top1(r)[0] for r in responses] == ["red", "blue"] * 12
     assert server.wait(timeout=30) == 0, server.log
+
+
+def test_triton_config_lists_the_image_input_and_the_labels_file(server: ServerProcess) -> None:
+    config = httpx.get(f"{server.url}/v2/models/colours/config").json()
+    inputs = {i["name"]: i for i in config["input"]}
+    assert inputs["image"]["data_type"] == "TYPE_STRING" and inputs["image"]["dims"] == []
+    assert inputs["input"]["optional"] and inputs["input"]["dims"] == [3, 32, 32]
+    assert config["output"][0]["label_filename"] == "labels.txt"
