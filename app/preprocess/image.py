@@ -22,6 +22,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from app.errors import InvalidInputError, OverloadedError
 
+#: The EXIF tag that says how the camera was held (1: as stored).
+EXIF_ORIENTATION = 0x0112
 #: Pillow's resampling filters by the names a config uses.
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
@@ -64,7 +66,8 @@ class ImageTransform:
             scale = self.resize / short
             image.draft("RGB", (int(width * scale) + 1, int(height * scale) + 1))
         try:
-            image = ImageOps.exif_transpose(image)
+            if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # else it would only copy
+                image = ImageOps.exif_transpose(image)
             rgb = _to_rgb(image)
         except (OSError, ValueError, SyntaxError) as exc:
             raise InvalidInputError(_corrupt(index, exc)) from None
@@ -146,6 +149,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
+    if image.mode == "RGB":
+        image.load()  # decode errors surface here, inside the caller's error handling
+        return image  # convert("RGB") would copy it
     return image.convert("RGB")
 
 
