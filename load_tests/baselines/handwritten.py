@@ -3,8 +3,8 @@
     BASELINE_MODEL=models/digits/1/model.onnx uvicorn load_tests.baselines.handwritten:app
 
 It speaks just enough of the v2 protocol (JSON tensors) for the load generator: model
-metadata, and infer with one input. No batching, no queue: each request runs alone, in
-FastAPI's thread pool (a plain `def` endpoint, as tutorials write it).
+metadata, and infer with its inputs and the outputs asked for. No batching, no queue: each
+request runs alone, in FastAPI's thread pool (a plain `def` endpoint, as tutorials write it).
 """
 
 from __future__ import annotations
@@ -34,9 +34,14 @@ class Tensor(BaseModel):
     data: list[Any]
 
 
+class Requested(BaseModel):
+    name: str
+
+
 class InferRequest(BaseModel):
     id: str | None = None
     inputs: list[Tensor]
+    outputs: list[Requested] | None = None
 
 
 def _spec(arg: Any) -> dict[str, Any]:
@@ -55,9 +60,12 @@ def metadata(name: str) -> dict[str, Any]:
 
 @app.post("/v2/models/{name}/infer")
 def infer(name: str, request: InferRequest) -> dict[str, Any]:
-    tensor = request.inputs[0]
-    x = np.array(tensor.data, dtype=NUMPY[tensor.datatype]).reshape(tensor.shape)
-    outputs = session.run(None, {tensor.name: x})
+    feeds = {
+        t.name: np.array(t.data, dtype=NUMPY[t.datatype]).reshape(t.shape) for t in request.inputs
+    }
+    wanted = [o.name for o in request.outputs] if request.outputs else None
+    chosen = [o for o in session.get_outputs() if wanted is None or o.name in wanted]
+    outputs = session.run([o.name for o in chosen], feeds)
     return {
         "model_name": name,
         "id": request.id,
@@ -68,6 +76,6 @@ def infer(name: str, request: InferRequest) -> dict[str, Any]:
                 "shape": list(v.shape),
                 "data": v.ravel().tolist(),
             }
-            for o, v in zip(session.get_outputs(), outputs, strict=True)
+            for o, v in zip(chosen, outputs, strict=True)
         ],
     }

@@ -11,7 +11,6 @@ import gc
 import json
 import os
 import re
-import shutil
 import signal
 import threading
 import time
@@ -23,8 +22,7 @@ import pytest
 
 from load_tests.loadgen import LoadGenerator, PreparedRequest, client_session
 from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import write_cnn_model
-from tests.conftest import DIGITS_ONNX
+from load_tests.synthetic_models import write_cnn_model, write_heavy_model
 
 pytestmark = pytest.mark.integration
 
@@ -137,22 +135,23 @@ def test_a_stalled_server_computes_no_request_past_its_deadline(tmp_path: Path) 
     deadline passed meanwhile are answered 504, uncomputed, so no computed request has
     waited longer than its deadline in the queue (the timer that should have expired them
     ran late; the batcher checks deadlines again when it forms a batch)."""
-    (tmp_path / "digits" / "1").mkdir(parents=True)
-    shutil.copy(DIGITS_ONNX, tmp_path / "digits" / "1" / "model.onnx")
-    # Batches held to 8 samples and a 2 ms wait, so that requests queue while it runs.
-    (tmp_path / "digits" / "config.toml").write_text(
-        "max_batch_size = 8\n[batching]\nmax_queue_delay_ms = 2\npreferred_batch_sizes = [8]\n"
-        "max_queue_size = 4096\n"
+    # A model a few ms a batch of 8, so the server, not this process's client, is the
+    # bottleneck and requests are queued at any moment (with digits the client was the
+    # slower side, and the stall could catch an empty queue); far under the deadline.
+    write_heavy_model(tmp_path / "heavy" / "1" / "model.onnx")
+    (tmp_path / "heavy" / "config.toml").write_text(
+        "max_batch_size = 8\nautotune = false\n[batching]\nmax_queue_delay_ms = 2\n"
+        "preferred_batch_sizes = [8]\nmax_queue_size = 4096\n"
     )
     buckets = (0.05, 0.1, 0.2, 0.25, 1.0, 5.0)
     server = ServerProcess(tmp_path, env={"BATCHSERVE_LATENCY_BUCKETS": json.dumps(buckets)})
     try:
-        body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
-                            "data": [0.0] * 64}], "parameters": {"timeout": 200_000}}  # fmt: skip
+        body = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32",
+                            "data": [0.5] * 16}], "parameters": {"timeout": 200_000}}  # fmt: skip
         request = PreparedRequest(
             json.dumps(body).encode(), {"Content-Type": "application/json"}, 1, False
         )
-        generator = LoadGenerator(server.url, "digits", request)
+        generator = LoadGenerator(server.url, "heavy", request)
         stall = threading.Timer(1.0, stop_for, args=(server.pid, 3.0))
 
         async def load() -> object:
@@ -163,7 +162,7 @@ def test_a_stalled_server_computes_no_request_past_its_deadline(tmp_path: Path) 
         result = asyncio.run(load())
         stall.join()
         waits = histogram(server, "batchserve_queue_duration_seconds")
-        expired = server.metric("batchserve_requests_total", model="digits", outcome="timeout")
+        expired = server.metric("batchserve_requests_total", model="heavy", outcome="timeout")
     finally:
         server.stop()
     assert set(result.statuses) <= {200, 504}, result.statuses  # type: ignore[attr-defined]
