@@ -1,13 +1,14 @@
 """Measure a model's compute per batch size and instance layout, as the server would run it.
 
 Sessions are app.runtime.OnnxInstance, made exactly as the server makes them (providers,
-intra-op threads, one inter-op thread, spinning off, full graph optimization), so a layout
-of `count` x `threads` here is `[[instances]] count, threads` there. The instances of a layout
-run at once, each from its own thread, as the server's workers do at saturation, and the
-aggregate throughput is what they compute together (app.timing.time_concurrent). Each
-(layout, batch size) is warmed up, then timed in windows until the last three throughputs
-agree within 5% or its time is up (app.timing.until_stable). Every point is measured twice
-by default, the second time in the reverse order, and keeps its faster pass (see `profile`).
+intra-op threads, one inter-op thread, spinning off unless asked, full graph optimization),
+so a layout of `count` x `threads` here is `[[instances]] count, threads` there. The
+instances of a layout run at once, each from its own thread, as the server's workers do at
+saturation, and the aggregate throughput is what they compute together
+(app.timing.time_concurrent). Each (layout, batch size) is warmed up, then timed in windows
+until the last three throughputs agree within 5% or its time is up (app.timing.until_stable).
+Every point is measured twice by default, the second time in the reverse order, and keeps
+its faster pass (see `profile`).
 
 Blocking (ORT sessions): run it from a command or a thread, never from an event loop.
 """
@@ -27,7 +28,7 @@ from app.cores import available_cores
 from app.errors import ModelLoadError
 from app.profile.errors import ProfileError
 from app.profile.recommend import DEFAULT_TARGET_FACTOR, DEFAULT_TARGET_FLOOR_MS, Layout, Point
-from app.runtime import OnnxInstance
+from app.runtime import InstanceOptions, OnnxInstance
 from app.tensors import TensorSpec, numpy_dtype
 from app.timing import Feeds, Stability, Window, time_concurrent, until_stable, warm_up
 
@@ -49,6 +50,8 @@ class ProfileSettings:
     #: Seconds a pass may take, shared equally by the layouts: a layout stops growing its
     #: batch size once its share is spent (each measures its smallest batch at least).
     budget_s: float | None = None
+    #: Sessions with spinning intra-op threads (InstanceOptions.spinning).
+    spinning: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,11 +113,15 @@ def synthetic_feeds(
     return feeds
 
 
-def open_instances(path: Path, device: str, layout: Layout) -> list[OnnxInstance]:
+def open_instances(
+    path: Path, device: str, layout: Layout, spinning: bool = False
+) -> list[OnnxInstance]:
     """The layout's sessions, as the server would make them."""
+    options = InstanceOptions(spinning=spinning)
     try:
         return [
-            OnnxInstance(path, device, threads=layout.threads, index=i) for i in range(layout.count)
+            OnnxInstance(path, device, threads=layout.threads, index=i, options=options)
+            for i in range(layout.count)
         ]
     except ModelLoadError as exc:
         raise ProfileError(str(exc)) from None
@@ -204,7 +211,7 @@ def _measure_pass(
         share_ends = None
         if settings.budget_s is not None:
             share_ends = started + settings.budget_s * number / len(layouts)
-        instances = open_instances(path, settings.device, layout)
+        instances = open_instances(path, settings.device, layout, settings.spinning)
         providers = list(instances[0].providers)
         if order is None:
             sizes = list(settings.batch_sizes)

@@ -128,6 +128,10 @@ class InstanceConfig(Strict):
     #: "cpu": serve on the CPU (with a warning) where the device or provider is missing,
     #: instead of failing the load.
     fallback: Literal["cpu"] | None = None
+    #: Intra-op threads spin between operators (ONNX Runtime's default) instead of
+    #: sleeping: a lone batch computes sooner, but the spinning takes core time the event
+    #: loop could use. Off by default; tuning turns it on where it measured faster.
+    spinning: bool = False
 
     @field_validator("device")
     @classmethod

@@ -100,6 +100,7 @@ def instance_options(
         cuda_options=to_option_strings(line.cuda.provider_options() if line.cuda else {}),
         fallback_cpu=line.fallback == "cpu",
         fixed_batch_sizes=tuple(config.batching.preferred_batch_sizes) if graphs else (),
+        spinning=line.spinning,
     )
 
 

@@ -53,20 +53,24 @@ class InstanceOptions:
     #: Run through I/O binding (inputs bound once per batch, outputs bound to host memory);
     #: None: on every device but the CPU, where plain session.run measured fastest.
     io_binding: bool | None = None
+    #: Intra-op threads spin between operators instead of sleeping: lower latency for a
+    #: lone batch, at the cost of the core time the event loop could have had.
+    spinning: bool = False
 
 
 class ProviderUnavailableError(ModelLoadError):
     """The device or provider an instance asks for is not usable here (fallback applies)."""
 
 
-def _session_options(threads: int) -> ort.SessionOptions:
+def _session_options(threads: int, spinning: bool) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Spinning threads would take the core the event loop needs between batches.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Off unless asked (or tuned): spinning threads take the core the event loop needs
+    # between batches; a tuned model turns it on where it shortens a lone batch.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.log_severity_level = 3
     return options
@@ -247,7 +251,9 @@ def _open(
         preload_cuda_libraries()
     chain = provider_chain(device, provider, options.provider_options, options.cuda_options)
     try:
-        session = ort.InferenceSession(str(model_path), _session_options(threads), providers=chain)
+        session = ort.InferenceSession(
+            str(model_path), _session_options(threads, options.spinning), providers=chain
+        )
     except Exception as exc:  # ORT raises its own exception types for bad graphs
         if provider != CPU:
             # Maybe the provider's fault (a bad option, out of GPU memory): fallback applies;

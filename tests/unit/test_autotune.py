@@ -126,7 +126,7 @@ def test_an_entry_for_another_onnxruntime_is_not_used(model: Path, settings: Tun
     key = _cache_key(model, ModelConfig(), tuning_inputs(ModelConfig(), model.parent.parent))
     stored = {"source": "tuned", "count": 3, "threads": 5, "max_batch_size": 64,
               "batch_size": 64, "seconds": 1.0, "inputs": "synthetic inputs",
-              "reason": ""}  # fmt: skip
+              "reason": "", "spinning": False}  # fmt: skip
     cache.write({**key, "onnxruntime": "1.0.0"}, stored)
     assert key["onnxruntime"] == ort.__version__
     assert run_tune(model, settings).count != 3
@@ -274,3 +274,23 @@ def test_the_served_batch_is_the_largest_near_the_best_with_the_cost_of_a_batch(
     # A tiny model: the cost of a batch is most of its time; the largest batch wins.
     tiny = points({1: 0.02, 4: 0.04, 16: 0.09, 64: 0.3})
     assert serving_batch_size(tiny) == 64
+
+
+def test_spinning_reaches_the_sessions_from_the_config_or_a_tuning(tmp_path: Path) -> None:
+    """`spinning = true` on an [[instances]] line (or chosen by tuning) makes sessions
+    whose intra-op threads spin; every other session sleeps between operators."""
+    from app.runtime import InstanceOptions, OnnxInstance
+
+    def spins(options: InstanceOptions) -> str:
+        instance = OnnxInstance(MODELS / "digits" / "1" / "model.onnx", "cpu", threads=2,
+                                index=0, options=options)  # fmt: skip
+        chosen = instance._session.get_session_options()
+        return str(chosen.get_session_config_entry("session.intra_op.allow_spinning"))
+
+    assert (spins(InstanceOptions()), spins(InstanceOptions(spinning=True))) == ("0", "1")
+    config_file = tmp_path / "config.toml"
+    config_file.write_text('[[instances]]\ndevice = "cpu"\nthreads = 2\nspinning = true\n')
+    assert load_model_config(tmp_path).instances[0].spinning is True
+    tuned = Tuning("tuned", count=1, threads=2, max_batch_size=32, batch_size=8, spinning=True)
+    assert tuned.apply(ModelConfig()).instances[0].spinning is True
+    assert "spinning" in tuned.describe() and tuned.metadata()["spinning"] is True
