@@ -16,11 +16,6 @@ explained in a few lines (README "Profile a model"):
   so layouts above it tie, and a tie goes to fewer instances (fewer threads competing with
   the event loop). Measured on digits, whose 2x1 layout computes twice what 1x2 does but
   whose served throughput was 10% lower with it.
-- **Low load.** A layout within LAYOUT_TOLERANCE (10%) of that throughput is chosen instead
-  when it computes a lone request (its smallest batch) markedly faster (by 15% and 1 ms at
-  least): at low load every request is a lone one. On 2 cores the text model at 128 tokens
-  computes 5-15% more in 2x1 than in 1x2, but a lone sentence takes 45% longer on one
-  thread, and the server answered it later than a hand-written endpoint did.
 - **Preferred sizes.** The batch sizes within that bound whose throughput is within
   `tolerance` (3%) of the layout's best: a free worker forms the largest of them the queue
   allows, so batches avoid the sizes that compute less efficiently.
@@ -44,12 +39,6 @@ DEFAULT_TARGET_FACTOR = 10.0
 DEFAULT_TARGET_FLOOR_MS = 5.0
 #: Share of the best throughput within which a batch size counts as preferred.
 PREFERRED_TOLERANCE = 0.03
-#: Share of the best layout's throughput within which a layout quicker alone is preferred ...
-LAYOUT_TOLERANCE = 0.10
-#: ... when its smallest batch computes faster by this share of the best layout's time ...
-QUICKER_ALONE_SHARE = 0.15
-#: ... and by this many ms: under it, the HTTP path's share of a request dominates anyway.
-QUICKER_ALONE_MS = 1.0
 #: Samples/s beyond which compute no longer limits a server: one server process's HTTP path
 #: carries about 10,000 requests/s (a constant endpoint on the same stack, README "Speed"),
 #: and this leaves room for clients sending a few samples per request.
@@ -117,27 +106,6 @@ def default_target_ms(points: Sequence[Point]) -> float:
     return max(DEFAULT_TARGET_FACTOR * best, DEFAULT_TARGET_FLOOR_MS)
 
 
-def alone_ms(points: Sequence[Point], layout: Layout) -> float:
-    """The layout's compute latency at its smallest measured batch (a lone request)."""
-    own = [p for p in points if p.layout == layout]
-    smallest = min(p.batch_size for p in own)
-    return min(p.latency_ms_p50 for p in own if p.batch_size == smallest)
-
-
-def quicker_alone(
-    points: Sequence[Point], chosen: Layout, alternatives: Sequence[Layout]
-) -> Layout | None:
-    """Of `alternatives` (layouts close to `chosen` in throughput), the one computing a lone
-    request fastest, if it beats `chosen` by QUICKER_ALONE_SHARE and QUICKER_ALONE_MS."""
-    if not alternatives:
-        return None
-    quickest = min(alternatives, key=lambda c: (alone_ms(points, c), c.count))
-    gain = alone_ms(points, chosen) - alone_ms(points, quickest)
-    if gain >= max(QUICKER_ALONE_SHARE * alone_ms(points, chosen), QUICKER_ALONE_MS):
-        return quickest
-    return None
-
-
 def recommend(
     points: Sequence[Point],
     target_ms: float | None = None,
@@ -187,25 +155,9 @@ def recommend(
     def best_of(layout: Layout) -> Point:
         return max(within[layout], key=lambda p: p.throughput_sps)
 
-    def capped(c: Layout) -> float:
-        return min(best_of(c).throughput_sps, ceiling_sps)
-
     # Highest throughput up to the ceiling wins; on a tie, fewer instances (less contention
     # with the event loop, less memory).
-    layout = max(candidates, key=lambda c: (capped(c), -c.count))
-    notes = []
-    quicker = quicker_alone(
-        points,
-        layout,
-        [c for c in candidates if capped(c) >= (1 - LAYOUT_TOLERANCE) * capped(layout)],
-    )
-    if quicker is not None:
-        notes.append(
-            f"{quicker.label} computes a lone request in {alone_ms(points, quicker):.3g} ms "
-            f"against {alone_ms(points, layout):.3g} in {layout.label}, for "
-            f"{1 - capped(quicker) / capped(layout):.0%} less throughput: chosen for low load"
-        )
-        layout = quicker
+    layout = max(candidates, key=lambda c: (min(best_of(c).throughput_sps, ceiling_sps), -c.count))
     best = best_of(layout)
     largest = max(p.batch_size for p in within[layout])
     preferred = sorted(
@@ -213,6 +165,7 @@ def recommend(
         for p in within[layout]
         if p.throughput_sps >= (1 - tolerance) * best.throughput_sps
     )
+    notes = []
     # Only the points the recommendation rests on: an unsettled batch 1 does not matter
     # when batch 64 is chosen.
     unstable = [

@@ -42,23 +42,9 @@ def test_a_looser_target_lets_the_higher_throughput_layout_win() -> None:
     rec = recommend(COMPUTE_BOUND, target_ms=40.0)  # batches may take 20 ms
     # 1x2 best within 20 ms: batch 16, 941/s; 2x1: batch 8, 941/s -> tie, fewer instances.
     assert rec.layout == ONE_BY_TWO and rec.max_batch_size == 16
-    wider = table(TWO_BY_ONE, {1: (4.0, 500), 4: (9.5, 842), 8: (17.0, 941), 16: (33.0, 1200)})
-    rec = recommend(table(ONE_BY_TWO, {1: (2.0, 500), 16: (17.0, 941)}) + wider, target_ms=70.0)
-    # 2x1 batch 16 (33 ms, 1200/s) now fits, 28% over 1x2's best: worth a slower lone request.
-    assert rec.layout == TWO_BY_ONE and rec.max_batch_size == 16 and not rec.notes
-    assert rec.preferred_batch_sizes == [16]
-
-
-def test_a_layout_close_in_throughput_wins_when_it_computes_a_lone_request_faster() -> None:
-    """At low load every request is computed alone: 1x2 takes 2 ms for it, 2x1 4 ms; 2x1's
-    970/s at batch 16 is only 3% over 1x2's 941, so 1x2 is chosen, and the note says why."""
-    rec = recommend(COMPUTE_BOUND, target_ms=70.0)
-    assert rec.layout == ONE_BY_TWO and rec.max_batch_size == 16
-    assert "chosen for low load" in rec.notes[0] and "2x1" in rec.notes[0]
-    # Where the lone request gains under 1 ms, throughput decides (tiny models: HTTP dominates).
-    fast = table(ONE_BY_TWO, {1: (0.2, 5000), 16: (1.7, 9410)})
-    fast += table(TWO_BY_ONE, {1: (0.4, 5000), 16: (3.3, 9700)})
-    assert recommend(fast, target_ms=7.0).layout == TWO_BY_ONE
+    rec = recommend(COMPUTE_BOUND, target_ms=70.0)  # 2x1 batch 16 (33 ms, 970/s) now fits
+    assert rec.layout == TWO_BY_ONE and rec.max_batch_size == 16
+    assert rec.preferred_batch_sizes == [8, 16]  # 941 is within 3% of 970
 
 
 def test_preferred_sizes_are_those_within_three_percent_of_the_best() -> None:
