@@ -312,7 +312,7 @@ def _spinning_helps(
     }  # fmt: skip
     off, on = timed[False], timed[True]
     alone, served = sizes[0], sizes[-1]
-    if alone not in on or alone not in off or served not in on or served not in off:
+    if not {alone, served} <= on.keys() & off.keys():  # a pass stopped early
         return False
     quicker = on[alone].latency_ms_p50 <= (1 - SPINNING_GAIN) * off[alone].latency_ms_p50
     kept = on[served].throughput_sps >= (1 - SPINNING_TOLERANCE) * off[served].throughput_sps
