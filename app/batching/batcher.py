@@ -11,6 +11,8 @@ Semantics (DESIGN.md, "Batching semantics"):
   answered at once with DeadlineExceededError and never computed (queue.py). A request whose
   caller went away (cancelled) leaves the queue at once, uncomputed.
 - Every worker pulls from the same queue, so a faster worker simply takes more batches.
+  Workers marked low-load-only take a batch only while no other worker computes: at low
+  load they answer every request, under load they stand aside.
 - One thread hand-off per batch: concatenation, execution and splitting all happen in the
   worker's thread (execution.py); the event loop only resolves futures.
 - Fault isolation: a failing batch is bisected so only the failing requests get the error.
@@ -21,8 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -34,14 +35,10 @@ from app.batching.policy import BatchingPolicy
 from app.batching.queue import Outputs, Pending, RequestQueue
 from app.batching.runner import BatchRunner
 from app.batching.strategy import LatencyTarget, QueueDelay
+from app.batching.wakeups import Workers
 from app.errors import InferenceFailedError, UnavailableError
 
 log = logging.getLogger(__name__)
-
-#: Weight of the newest batch in a worker's moving average of compute time per sample.
-COST_WEIGHT = 0.2
-#: A worker leaves queued work to an idle one this much faster per sample (or more).
-FASTER_BY = 0.7
 
 
 class Batcher:
@@ -54,9 +51,15 @@ class Batcher:
         runners: Sequence[BatchRunner],
         *,
         observer: BatchObserver | None = None,
+        low_load_only: Collection[str] = (),
     ) -> None:
         if not runners:
             raise ValueError("a batcher needs at least one runner")
+        labels = {r.label for r in runners}
+        if not set(low_load_only) <= labels:
+            raise ValueError(
+                f"low_load_only {sorted(low_load_only)} names no runner of {sorted(labels)}"
+            )
         self.name = name
         self.policy = policy
         self._runners = list(runners)
@@ -69,13 +72,8 @@ class Batcher:
                 name, policy, workers=[r.label for r in self._runners], observer=self._observer
             )
         )
-        #: Idle workers' wake-ups (with their runner's label), in the order they went idle.
-        self._idle: deque[tuple[asyncio.Future[None], str]] = deque()
-        #: Each worker's recent compute time per sample (a moving average): the fastest
-        #: idle one is woken for new work.
-        self._cost: dict[str, float] = {}
-        #: Workers woken that have not run yet: the work they were woken for is theirs.
-        self._woken: set[str] = set()
+        #: Which idle worker is woken for new work, and which may take it.
+        self._workers = Workers(labels, low_load_only)
         self._tasks: list[asyncio.Task[None]] = []
         self._executors: list[ThreadPoolExecutor] = []
         #: Draining: serve what is queued without waiting for fuller batches (SIGTERM).
@@ -103,12 +101,12 @@ class Batcher:
         arriving (their bodies were on the way when the server began to drain; the API
         refuses new ones) are still taken, until close()."""
         self._draining = True
-        self._wake_all()
+        self._workers.wake_all()
 
     async def close(self) -> None:
         """Refuse new requests, serve every queued one, then stop the workers."""
         self._draining = self._closing = True
-        self._wake_all()
+        self._workers.wake_all()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._queue.close()
@@ -163,7 +161,7 @@ class Batcher:
         )
         if self._strategy.per_request:
             self._strategy.queued(samples, pending.enqueued)
-        self._wake_one()
+        self._workers.wake_one()
         return pending.future
 
     async def infer(
@@ -196,15 +194,19 @@ class Batcher:
             if group is None:
                 if self._closing:
                     return None
-                await self._sleep(runner.label)
+                await self._workers.sleep(runner.label)
                 continue
-            if self._leave_to_faster(runner.label):
-                await self._sleep(runner.label)
+            if not self._workers.may_take(runner.label):
+                self._workers.wake_one()  # pass the work on to a worker that may take it
+                await self._workers.sleep(runner.label)
+                continue
+            if self._workers.leave_to_faster(runner.label):
+                await self._workers.sleep(runner.label)
                 continue
             cap, hold_until = self._strategy.plan(group, runner.label, self._draining)
             if hold_until is not None:
                 waited = True
-                await self._sleep(runner.label, until=hold_until)
+                await self._workers.sleep(runner.label, until=hold_until)
                 continue
             batch = take_batch(
                 queue, group, take_limit(self.policy, group, cap), self.policy.padding
@@ -214,61 +216,10 @@ class Batcher:
             )
             if not batch:
                 continue
+            self._workers.taken(runner.label)  # before another worker is woken to look
             if queue.depth:
-                self._wake_one()  # more is queued: let another idle worker look at it
+                self._workers.wake_one()  # more is queued: let another idle worker look at it
             return batch, now
-
-    async def _sleep(self, label: str, until: float | None = None) -> None:
-        """Wait to be woken by an arrival (or close), or until `until` in loop time."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        self._idle.append((waiter, label))
-        timer = None if until is None else loop.call_at(until, _resolve, waiter)
-        try:
-            await waiter
-        finally:
-            self._woken.discard(label)
-            if timer is not None:
-                timer.cancel()
-            if not waiter.done():
-                waiter.cancel()
-
-    def _wake_one(self) -> None:
-        """Wake the idle worker that computes a sample fastest, so that at low load a slow
-        CPU worker beside a GPU does not take every other request. Among equals (and
-        workers not measured yet, which count as fastest so each gets measured), the one
-        idle longest."""
-        # Wake-ups already resolved (a timer's) or cancelled are dropped on the way.
-        idle = [entry for entry in self._idle if not entry[0].done()]
-        if not idle:
-            self._idle.clear()
-            return
-        chosen = min(range(len(idle)), key=lambda i: self._cost.get(idle[i][1], 0.0))
-        waiter, label = idle.pop(chosen)
-        self._idle = deque(idle)
-        self._woken.add(label)
-        waiter.set_result(None)
-
-    def _leave_to_faster(self, label: str) -> bool:
-        """Whether a worker much faster per sample than `label` is idle or already woken for
-        the queued work (then it is woken if need be, and `label` goes back to sleep): a
-        slow worker back from its batch would otherwise take the next request before the
-        fast one it was meant for runs. A busy fast worker leaves the work to `label`."""
-        mine = self._cost.get(label)
-        if mine is None:
-            return False
-        faster = FASTER_BY * mine
-        if any(self._cost.get(other, 0.0) < faster for other in self._woken):
-            return True
-        for waiter, other in self._idle:
-            if not waiter.done() and self._cost.get(other, 0.0) < faster:
-                self._wake_one()
-                return True
-        return False
-
-    def _wake_all(self) -> None:
-        while self._idle:
-            _resolve(self._idle.popleft()[0])
 
     # -- running them ---------------------------------------------------------------------
 
@@ -319,13 +270,7 @@ class Batcher:
             )
             self._strategy.observe(runner.label, samples, occupied, failed=bool(failed_samples))
             if not failed_samples and occupied > 0:
-                self._observe_cost(runner.label, occupied / samples)
-
-    def _observe_cost(self, label: str, per_sample_s: float) -> None:
-        previous = self._cost.get(label)
-        self._cost[label] = (
-            per_sample_s if previous is None else previous + COST_WEIGHT * (per_sample_s - previous)
-        )
+                self._workers.observe_cost(runner.label, occupied / samples)
 
     def _run_batch(
         self,
@@ -363,7 +308,9 @@ class Batcher:
             finished.set_result(result)
 
     def _deliver(self, batch: list[Pending], result: BatchResult, runner: BatchRunner) -> None:
-        """Answer each request of the batch with its outputs or its failure."""
+        """Answer each request of the batch with its outputs or its failure; the worker
+        counts as free from here (a request its answer sets off may go to another)."""
+        self._workers.freed(runner.label)
         now = asyncio.get_running_loop().time()
         answered = self._strategy.answered if self._strategy.per_request else None
         for pending, outcome in zip(batch, result.outputs, strict=True):
@@ -380,8 +327,3 @@ class Batcher:
             if answered is not None:
                 answered(pending, now)
             pending.future.set_result(outcome)
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)

@@ -132,6 +132,10 @@ class InstanceConfig(Strict):
     #: sleeping: a lone batch computes sooner, but the spinning takes core time the event
     #: loop could use. Off by default; tuning turns it on where it measured faster.
     spinning: bool = False
+    #: These workers take a batch only while no other worker of the version computes: one
+    #: instance with every core's threads answers lone requests fast, beside 1-thread
+    #: instances that compute more under load (see README "Tune").
+    low_load_only: bool = False
 
     @field_validator("device")
     @classmethod

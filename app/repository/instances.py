@@ -101,6 +101,7 @@ def instance_options(
         fallback_cpu=line.fallback == "cpu",
         fixed_batch_sizes=tuple(config.batching.preferred_batch_sizes) if graphs else (),
         spinning=line.spinning,
+        low_load_only=line.low_load_only,
     )
 
 

@@ -106,7 +106,10 @@ def load_version(
         inputs=first.inputs,
         outputs=first.outputs,
         instances=instances,
-        batcher=Batcher(f"{model}/{version}", policy, instances, observer=observer),
+        batcher=Batcher(
+            f"{model}/{version}", policy, instances, observer=observer,
+            low_load_only=[i.label for i in instances if i.low_load_only],
+        ),
         default_timeout_s=_seconds(batching.default_timeout_ms or defaults.timeout_ms),
         reject_nonfinite=config.reject_nonfinite,
         default_outputs=_default_outputs(config.default_outputs, first.outputs),

@@ -56,6 +56,9 @@ class InstanceOptions:
     #: Intra-op threads spin between operators instead of sleeping: lower latency for a
     #: lone batch, at the cost of the core time the event loop could have had.
     spinning: bool = False
+    #: The batcher gives this worker a batch only while no other worker is computing
+    #: (Batcher's `low_load_only`): a session with every core's threads for lone requests.
+    low_load_only: bool = False
 
 
 class ProviderUnavailableError(ModelLoadError):
@@ -104,6 +107,7 @@ class OnnxInstance:
         options = options or InstanceOptions()
         self.requested = device
         self.threads = threads
+        self.low_load_only = options.low_load_only
         self.fallback_reason: str | None = None
         gpu = parse_cuda_device(device)
         self.requested_provider = options.provider or (CUDA if gpu is not None else CPU)

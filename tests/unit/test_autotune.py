@@ -294,3 +294,23 @@ def test_spinning_reaches_the_sessions_from_the_config_or_a_tuning(tmp_path: Pat
     tuned = Tuning("tuned", count=1, threads=2, max_batch_size=32, batch_size=8, spinning=True)
     assert tuned.apply(ModelConfig()).instances[0].spinning is True
     assert "spinning" in tuned.describe() and tuned.metadata()["spinning"] is True
+
+
+def test_a_low_load_only_line_reaches_the_batcher(tmp_path: Path, settings: TuneSettings) -> None:
+    """`low_load_only = true` on an [[instances]] line marks exactly its workers."""
+    version_dir = tmp_path / "mlp" / "1"
+    version_dir.mkdir(parents=True)
+    shutil.copy(MODELS / "digits" / "1" / "model.onnx", version_dir / "model.onnx")
+    (tmp_path / "mlp" / "config.toml").write_text(
+        "[[instances]]\ncount = 2\nthreads = 1\n"
+        "[[instances]]\ncount = 1\nthreads = 2\nlow_load_only = true\n"
+    )
+    config = load_model_config(tmp_path / "mlp")
+    loaded = load_version("mlp", 1, version_dir, config=config,
+                          defaults=ServingDefaults(tuning=settings))  # fmt: skip
+    assert [(i.label, i.threads, i.low_load_only) for i in loaded.instances] == [
+        ("cpu/0", 1, False),
+        ("cpu/1", 1, False),
+        ("cpu/2", 2, True),
+    ]
+    assert loaded.batcher._workers.low_load_only == {"cpu/2"}

@@ -214,7 +214,7 @@ def test_unknown_key_in_instances_lists_instance_keys(tmp_path: Path, index: int
 
     assert f"unknown key 'instances.{index}.gpu'" in message
     allowed = "device, gpus, count, threads, execution_provider, provider_options, cuda, "
-    allowed += "tensorrt, fallback, spinning"
+    allowed += "tensorrt, fallback, spinning, low_load_only"
     assert f"(allowed here: {allowed})" in message
 
 

@@ -130,3 +130,49 @@ def test_at_low_load_the_fast_worker_takes_nearly_every_request() -> None:
         await batcher.close()
 
     run(scenario)
+
+
+def test_a_low_load_only_worker_stands_aside_while_another_computes() -> None:
+    """`low_load_only` workers (one session with every core's threads beside 1-thread ones)
+    take a batch only while no other worker computes: with both others busy, queued work
+    waits for them rather than oversubscribing the cores; at low load the fast low-load
+    worker answers nearly every request."""
+
+    async def scenario() -> None:
+        a, b = Runner("cpu/0", gated=True), Runner("cpu/1", gated=True)
+        solo = Runner("cpu/2", compute_s=0.001)
+        batcher = Batcher(
+            "m/1", BatchingPolicy(max_batch_size=4, max_queue_size=100), [a, b, solo],
+            low_load_only=["cpu/2"],
+        )  # fmt: skip
+        batcher.start()
+        first = asyncio.ensure_future(batcher.infer(rows(0)))
+        await a.wait_started()
+        second = asyncio.ensure_future(batcher.infer(rows(1)))
+        await b.wait_started()  # the idle low-load worker passed it on to b
+        rest = [asyncio.ensure_future(batcher.infer(rows(100 + i))) for i in range(10)]
+        await asyncio.sleep(0)
+        assert batcher.depth == 10 and solo.batches == []
+        for runner in (a, b):
+            runner.gated = False
+            runner.gate.set()
+        results = await asyncio.gather(first, second, *rest)
+        assert [r["y"][0, 0] for r in results] == [1.0, 2.0] + [101.0 + i for i in range(10)]
+
+        a.compute_s = b.compute_s = 0.01
+        before = len(solo.batches)
+        for i in range(40):
+            assert (await batcher.infer(rows(i)))["y"][0, 0] == i + 1.0
+        assert len(solo.batches) - before >= 38, (a.batches, b.batches, solo.batches)
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_low_load_only_must_name_a_worker() -> None:
+    try:
+        Batcher("m/1", BatchingPolicy(4, 10), [Runner("cpu/0")], low_load_only=["x"])
+    except ValueError as exc:
+        assert "names no runner" in str(exc)
+    else:
+        raise AssertionError("an unknown low-load worker was accepted")

@@ -1,0 +1,121 @@
+"""Which worker of a batcher takes new work: the idle ones' wake-ups, each worker's speed,
+and which workers may take a batch now.
+
+At low load the idle worker that computes a sample fastest is woken (not the one idle
+longest), so a slow CPU worker beside a GPU does not take every other request; a worker
+back from its batch leaves queued work to a much faster idle one. Low-load-only workers
+take a batch only while no other worker computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Collection
+
+#: Weight of the newest batch in a worker's moving average of compute time per sample.
+COST_WEIGHT = 0.2
+#: A worker leaves queued work to an idle one this much faster per sample (or more).
+FASTER_BY = 0.7
+
+
+class Workers:
+    """The wake-up state of one batcher's workers, named by their runners' labels."""
+
+    def __init__(self, labels: Collection[str], low_load_only: Collection[str] = ()) -> None:
+        if not set(low_load_only) <= set(labels):
+            raise ValueError(
+                f"low_load_only {sorted(low_load_only)} names no runner of {sorted(labels)}"
+            )
+        #: Idle workers' wake-ups (with their runner's label), in the order they went idle.
+        self.idle_waiters: deque[tuple[asyncio.Future[None], str]] = deque()
+        #: Each worker's recent compute time per sample (a moving average): the fastest
+        #: idle one is woken for new work.
+        self.cost: dict[str, float] = {}
+        #: Workers woken that have not run yet: the work they were woken for is theirs.
+        self.woken: set[str] = set()
+        #: Workers that take a batch only while every other worker is idle (none if all
+        #: are: then the distinction means nothing).
+        self.low_load_only = set(low_load_only) if set(low_load_only) != set(labels) else set()
+        #: Workers computing a batch now.
+        self.busy: set[str] = set()
+
+    def taken(self, label: str) -> None:
+        """`label` took a batch: it computes until `freed`."""
+        self.busy.add(label)
+
+    def freed(self, label: str) -> None:
+        """`label`'s batch is answered: it counts as free from here."""
+        self.busy.discard(label)
+
+    async def sleep(self, label: str, until: float | None = None) -> None:
+        """Wait to be woken by an arrival (or close), or until `until` in loop time."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self.idle_waiters.append((waiter, label))
+        timer = None if until is None else loop.call_at(until, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            self.woken.discard(label)
+            if timer is not None:
+                timer.cancel()
+            if not waiter.done():
+                waiter.cancel()
+
+    def wake_one(self) -> None:
+        """Wake the idle worker that computes a sample fastest, so that at low load a slow
+        CPU worker beside a GPU does not take every other request. Among equals (and
+        workers not measured yet, which count as fastest so each gets measured), the one
+        idle longest."""
+        # Wake-ups already resolved (a timer's) or cancelled are dropped on the way.
+        idle = [entry for entry in self.idle_waiters if not entry[0].done()]
+        if not idle:
+            self.idle_waiters.clear()
+            return
+        eligible = [i for i in range(len(idle)) if self.may_take(idle[i][1])]
+        if not eligible:  # only low-load workers idle: a busy worker takes the work next
+            self.idle_waiters = deque(idle)
+            return
+        chosen = min(eligible, key=lambda i: self.cost.get(idle[i][1], 0.0))
+        waiter, label = idle.pop(chosen)
+        self.idle_waiters = deque(idle)
+        self.woken.add(label)
+        waiter.set_result(None)
+
+    def leave_to_faster(self, label: str) -> bool:
+        """Whether a worker much faster per sample than `label` is idle or already woken for
+        the queued work (then it is woken if need be, and `label` goes back to sleep): a
+        slow worker back from its batch would otherwise take the next request before the
+        fast one it was meant for runs. A busy fast worker leaves the work to `label`."""
+        mine = self.cost.get(label)
+        if mine is None:
+            return False
+        faster = FASTER_BY * mine
+        if any(self.cost.get(other, 0.0) < faster for other in self.woken):
+            return True
+        for waiter, other in self.idle_waiters:
+            if not waiter.done() and self.cost.get(other, 0.0) < faster and self.may_take(other):
+                self.wake_one()
+                return True
+        return False
+
+    def may_take(self, label: str) -> bool:
+        """Whether `label` may take a batch now: a low-load-only worker only while no
+        other worker computes (one woken for the work leaves it to the faster)."""
+        return label not in self.low_load_only or not self.busy - self.low_load_only
+
+    def wake_all(self) -> None:
+        while self.idle_waiters:
+            _resolve(self.idle_waiters.popleft()[0])
+
+    def observe_cost(self, label: str, per_sample_s: float) -> None:
+        previous = self.cost.get(label)
+        self.cost[label] = (
+            per_sample_s if previous is None else previous + COST_WEIGHT * (per_sample_s - previous)
+        )
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
