@@ -1,9 +1,10 @@
-"""Low-load latency on the text model: at concurrency 1, one 128-token sentence a request,
-batchserve (minilm v1 as shipped, tuned at load; and the same with one 2-thread spinning
-instance fixed in its config) against the hand-written FastAPI endpoint and raw ONNX Runtime
-at batch 1 with its default session options, in alternating rounds of one run
-(load_tests/report/TEXT_LATENCY.md). The servers get the same JSON request with token ids
-and answer the sentence embedding only.
+"""Low-load latency against saturation on the text model, one 128-token sentence a request:
+C=1 p50 and C=32 throughput of batchserve (minilm v1 as shipped, tuned at load; and with
+layouts fixed in its config: one 2-thread spinning instance, and two 1-thread instances
+beside one 2-thread low-load-only instance) against the hand-written FastAPI endpoint and
+raw ONNX Runtime at batch 1 with its default session options (C=1 only), in alternating
+rounds of one run (load_tests/report/TEXT_LATENCY.md). The servers get the same JSON
+request with token ids and answer the sentence embedding only.
 
     python -m load_tests.bench_text_latency --out load_tests/report
 """
@@ -55,14 +56,31 @@ def request(inputs: dict[str, np.ndarray]) -> PreparedRequest:
     )
 
 
-def fixed_layout_copy(repository: Path) -> None:
-    """models/minilm v1 copied as `minilm_1x2`, its config plus one 2-thread spinning
-    instance (copied: the server refuses a tokenizer file linked from outside the model)."""
-    target = repository / "minilm_1x2"
-    shutil.copytree(MINILM, target, ignore=shutil.ignore_patterns("2", "3", "config.toml"))
+#: Layouts fixed in a copy of minilm's config: name -> (what the report calls it, lines).
+FIXED = {
+    "minilm_1x2": ("1x2, spinning", "[[instances]]\ncount = 1\nthreads = 2\nspinning = true\n"),
+    "minilm_low_load": (
+        "2x1 + a low-load-only 1x2",
+        "[[instances]]\ncount = 2\nthreads = 1\n"
+        "[[instances]]\ncount = 1\nthreads = 2\nlow_load_only = true\n",
+    ),
+    "minilm_low_load_spin": (
+        "2x1 + a low-load-only 1x2, spinning",
+        "[[instances]]\ncount = 2\nthreads = 1\n"
+        "[[instances]]\ncount = 1\nthreads = 2\nlow_load_only = true\nspinning = true\n",
+    ),
+}
+SATURATION = 32
+
+
+def fixed_layout_copies(repository: Path) -> None:
+    """models/minilm v1 copied once per FIXED layout, its config plus that layout (copied:
+    the server refuses a tokenizer file linked from outside the model)."""
     config = (MINILM / "config.toml").read_text(encoding="utf-8")
-    instance = '\n[[instances]]\ndevice = "cpu"\ncount = 1\nthreads = 2\nspinning = true\n'
-    (target / "config.toml").write_text(config + instance, encoding="utf-8")
+    for name, (_, instances) in FIXED.items():
+        target = repository / name
+        shutil.copytree(MINILM, target, ignore=shutil.ignore_patterns("2", "3", "config.toml"))
+        (target / "config.toml").write_text(config + "\n" + instances, encoding="utf-8")
 
 
 def raw_p50_ms(inputs: dict[str, np.ndarray], seconds: float) -> float:
@@ -80,12 +98,15 @@ def raw_p50_ms(inputs: dict[str, np.ndarray], seconds: float) -> float:
     return statistics.median(times) * 1000
 
 
-async def served_p50_ms(url: str, model: str, body: PreparedRequest, seconds: float) -> float:
+async def served(
+    url: str, model: str, body: PreparedRequest, concurrency: int, seconds: float
+) -> tuple[float, float]:
+    """(p50 ms, requests/s) of a closed loop at `concurrency`."""
     load = LoadGenerator(url, model, body)
-    async with client_session(1) as http:
-        result = await load.closed_loop(http, 1, seconds)
+    async with client_session(concurrency) as http:
+        result = await load.closed_loop(http, concurrency, seconds)
     assert set(result.statuses) == {200}, result.statuses
-    return statistics.median(result.ok_latencies_s) * 1000
+    return statistics.median(result.ok_latencies_s) * 1000, result.statuses[200] / result.seconds
 
 
 def served_tuning(url: str) -> str:
@@ -93,7 +114,7 @@ def served_tuning(url: str) -> str:
     import httpx
 
     tuning = httpx.get(f"{url}/v2/models/minilm/versions/1").json()["parameters"]["tuning"]
-    spinning = " spinning" if tuning.get("spinning") else ""
+    spinning = ", spinning" if tuning.get("spinning") else ""
     return f"{tuning.get('layout') or tuning['source']}{spinning}"
 
 
@@ -101,19 +122,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "load_tests" / "report")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     if not (MINILM / "1" / "model.onnx").exists():
         raise SystemExit("models/minilm is not built: make text-model")
     inputs = feeds()
     body = request(inputs)
-    paths = ("raw", "batchserve", "batchserve_1x2", "handwritten")
-    results: dict[str, list[float]] = {name: [] for name in paths}
+    paths = ("raw", "minilm", *FIXED, "handwritten")
+    p50: dict[str, list[float]] = {name: [] for name in paths}
+    rate: dict[str, list[float]] = {
+        name: [] for name in paths if name not in ("raw", "handwritten")
+    }
     with tempfile.TemporaryDirectory() as work:
         repository = Path(work) / "models"
         repository.mkdir()
         (repository / "minilm").symlink_to(MINILM.resolve(), target_is_directory=True)
-        fixed_layout_copy(repository)
+        fixed_layout_copies(repository)
         server = ServerProcess(repository, env={"BATCHSERVE_CACHE_DIR": str(Path(work) / "c")})
         env = {"BASELINE_MODEL": str(MINILM / "1" / "model.onnx")}
         app = "load_tests.baselines.handwritten:app"
@@ -123,42 +147,55 @@ def main() -> None:
                     shift = index % len(paths)
                     for name in paths[shift:] + paths[:shift]:
                         if name == "raw":
-                            value = raw_p50_ms(inputs, args.seconds)
+                            p50[name].append(raw_p50_ms(inputs, args.seconds))
+                        elif name == "handwritten":
+                            once = served(handwritten, "minilm", body, 1, args.seconds)
+                            p50[name].append(asyncio.run(once)[0])
                         else:
-                            url, model = {
-                                "batchserve": (server.url, "minilm/versions/1"),
-                                "batchserve_1x2": (server.url, "minilm_1x2/versions/1"),
-                                "handwritten": (handwritten, "minilm"),
-                            }[name]
-                            value = asyncio.run(served_p50_ms(url, model, body, args.seconds))
-                        results[name].append(value)
-                        print(f"round {index + 1} {name}: p50 {value:.2f} ms", flush=True)
+                            model = f"{name}/versions/1"
+                            once = served(server.url, model, body, 1, args.seconds)
+                            p50[name].append(asyncio.run(once)[0])
+                            full = served(server.url, model, body, SATURATION, args.seconds)
+                            rate[name].append(asyncio.run(full)[1])
+                        print(f"round {index + 1} {name}: p50 {p50[name][-1]:.2f} ms", flush=True)
             tuning = served_tuning(server.url)
         finally:
             server.stop()
-    median = {name: statistics.median(values) for name, values in results.items()}
+    write_report(args, p50, rate, tuning)
+
+
+def write_report(
+    args: argparse.Namespace, p50: dict[str, list[float]], rate: dict[str, list[float]],
+    tuning: str,
+) -> None:  # fmt: skip
+    median = {name: statistics.median(values) for name, values in p50.items()}
+    throughput = {name: statistics.median(values) for name, values in rate.items()}
     data: dict[str, Any] = {
-        "rounds": results,
-        "median_p50_ms": median,
-        "tuning": tuning,
-        "python": sys.version,
-    }
+        "rounds_p50_ms": p50, "rounds_req_per_s": rate, "median_p50_ms": median,
+        "median_req_per_s": throughput, "tuning": tuning, "python": sys.version,
+    }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "text_latency.json").write_text(json.dumps(data, indent=2) + "\n")
+    labels = {
+        "raw": "raw ONNX Runtime, batch 1, default session options",
+        "minilm": f"batchserve, shipped config, tuned at load to {tuning}",
+        **{name: f"batchserve, config fixing {label}" for name, (label, _) in FIXED.items()},
+        "handwritten": "hand-written FastAPI endpoint (JSON)",
+    }
     lines = [
-        "# Text model at concurrency 1, 128 tokens (load_tests/bench_text_latency.py)",
+        "# Text model: concurrency 1 against saturation, 128 tokens "
+        "(load_tests/bench_text_latency.py)",
         "",
-        f"p50 latency, median of {args.rounds} alternating rounds of {args.seconds:g} s:",
+        f"Medians of {args.rounds} alternating rounds of {args.seconds:g} s per measurement, "
+        f"one run; C={SATURATION} closed loop for req/s.",
         "",
-        "| path | p50 ms | vs raw ONNX Runtime |",
-        "|---|---:|---:|",
+        f"| path | C=1 p50 ms | vs raw ONNX Runtime | C={SATURATION} req/s |",
+        "|---|---:|---:|---:|",
     ]
-    for name, label in (("raw", "raw ONNX Runtime, batch 1, default session options"),
-                        ("batchserve", f"batchserve, shipped config, tuned at load to {tuning}"),
-                        ("batchserve_1x2", "batchserve, config fixing 1x2 with spinning"),
-                        ("handwritten", "hand-written FastAPI endpoint (JSON)")):  # fmt: skip
+    for name, label in labels.items():
         delta = median[name] - median["raw"]
-        lines.append(f"| {label} | {median[name]:.2f} | {delta:+.2f} ms |")
+        served_rate = f"{throughput[name]:.1f}" if name in throughput else ""
+        lines.append(f"| {label} | {median[name]:.2f} | {delta:+.2f} ms | {served_rate} |")
     text = "\n".join(lines) + "\n"
     (args.out / "TEXT_LATENCY.md").write_text(text, encoding="utf-8")
     print(text)

@@ -73,7 +73,7 @@ class Batcher:
             )
         )
         #: Which idle worker is woken for new work, and which may take it.
-        self._workers = Workers(labels, low_load_only)
+        self._workers = Workers(labels, low_load_only, depth=lambda: self._queue.depth)
         self._tasks: list[asyncio.Task[None]] = []
         self._executors: list[ThreadPoolExecutor] = []
         #: Draining: serve what is queued without waiting for fuller batches (SIGTERM).

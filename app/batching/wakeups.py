@@ -4,14 +4,14 @@ and which workers may take a batch now.
 At low load the idle worker that computes a sample fastest is woken (not the one idle
 longest), so a slow CPU worker beside a GPU does not take every other request; a worker
 back from its batch leaves queued work to a much faster idle one. Low-load-only workers
-take a batch only while no other worker computes.
+take a lone request only, while no other worker computes.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 #: Weight of the newest batch in a worker's moving average of compute time per sample.
 COST_WEIGHT = 0.2
@@ -22,7 +22,12 @@ FASTER_BY = 0.7
 class Workers:
     """The wake-up state of one batcher's workers, named by their runners' labels."""
 
-    def __init__(self, labels: Collection[str], low_load_only: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        labels: Collection[str],
+        low_load_only: Collection[str] = (),
+        depth: Callable[[], int] = lambda: 0,
+    ) -> None:
         if not set(low_load_only) <= set(labels):
             raise ValueError(
                 f"low_load_only {sorted(low_load_only)} names no runner of {sorted(labels)}"
@@ -39,6 +44,8 @@ class Workers:
         self.low_load_only = set(low_load_only) if set(low_load_only) != set(labels) else set()
         #: Workers computing a batch now.
         self.busy: set[str] = set()
+        #: Requests queued now: low-load-only workers take only a lone one.
+        self._depth = depth
 
     def taken(self, label: str) -> None:
         """`label` took a batch: it computes until `freed`."""
@@ -101,9 +108,13 @@ class Workers:
         return False
 
     def may_take(self, label: str) -> bool:
-        """Whether `label` may take a batch now: a low-load-only worker only while no
-        other worker computes (one woken for the work leaves it to the faster)."""
-        return label not in self.low_load_only or not self.busy - self.low_load_only
+        """Whether `label` may take a batch now: a low-load-only worker only a lone request
+        while no other worker computes (one woken for the work leaves it to the faster).
+        A burst (a closed-loop client's answers coming back together) goes to the others:
+        taken by the all-cores session, it left their cores oversubscribed after."""
+        if label not in self.low_load_only:
+            return True
+        return self._depth() <= 1 and not self.busy - self.low_load_only
 
     def wake_all(self) -> None:
         while self.idle_waiters:
