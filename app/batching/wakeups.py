@@ -4,7 +4,7 @@ and which workers may take a batch now.
 At low load the idle worker that computes a sample fastest is woken (not the one idle
 longest), so a slow CPU worker beside a GPU does not take every other request; a worker
 back from its batch leaves queued work to a much faster idle one. Low-load-only workers
-take a lone request only, while no other worker computes.
+take a lone request only, while no other worker computes, and are woken first for it.
 """
 
 from __future__ import annotations
@@ -84,7 +84,11 @@ class Workers:
         if not eligible:  # only low-load workers idle: a busy worker takes the work next
             self.idle_waiters = deque(idle)
             return
-        chosen = min(eligible, key=lambda i: self.cost.get(idle[i][1], 0.0))
+        # A low-load-only worker that may take it is there for exactly this request; the
+        # others' cost per sample, learnt from batches under load, says nothing about a
+        # lone request (it kept the text model's 2x1 workers on lone sentences).
+        alone = [i for i in eligible if idle[i][1] in self.low_load_only]
+        chosen = alone[0] if alone else min(eligible, key=lambda i: self.cost.get(idle[i][1], 0.0))
         waiter, label = idle.pop(chosen)
         self.idle_waiters = deque(idle)
         self.woken.add(label)
@@ -95,17 +99,23 @@ class Workers:
         the queued work (then it is woken if need be, and `label` goes back to sleep): a
         slow worker back from its batch would otherwise take the next request before the
         fast one it was meant for runs. A busy fast worker leaves the work to `label`."""
-        mine = self.cost.get(label)
-        if mine is None:
-            return False
-        faster = FASTER_BY * mine
-        if any(self.cost.get(other, 0.0) < faster for other in self.woken):
+        if any(self._better(other, label) and self.may_take(other) for other in self.woken):
             return True
         for waiter, other in self.idle_waiters:
-            if not waiter.done() and self.cost.get(other, 0.0) < faster and self.may_take(other):
+            if not waiter.done() and self._better(other, label) and self.may_take(other):
                 self.wake_one()
                 return True
         return False
+
+    def _better(self, other: str, label: str) -> bool:
+        """Whether `other` should have the work `label` found: a low-load-only worker
+        (which takes only what it may) over any other, and never the other way round (an
+        unmeasured worker counts as fastest: the two would pass it back and forth), else
+        one much faster per sample."""
+        if other in self.low_load_only or label in self.low_load_only:
+            return other in self.low_load_only and label not in self.low_load_only
+        mine = self.cost.get(label)
+        return mine is not None and self.cost.get(other, 0.0) < FASTER_BY * mine
 
     def may_take(self, label: str) -> bool:
         """Whether `label` may take a batch now: a low-load-only worker only a lone request

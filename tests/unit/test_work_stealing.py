@@ -142,22 +142,23 @@ def test_a_low_load_only_worker_stands_aside_while_another_computes() -> None:
         a, b = Runner("cpu/0", gated=True), Runner("cpu/1", gated=True)
         solo = Runner("cpu/2", compute_s=0.001)
         batcher = Batcher(
-            "m/1", BatchingPolicy(max_batch_size=4, max_queue_size=100), [a, b, solo],
+            "m/1", BatchingPolicy(max_batch_size=1, max_queue_size=100), [a, b, solo],
             low_load_only=["cpu/2"],
         )  # fmt: skip
         batcher.start()
-        first = asyncio.ensure_future(batcher.infer(rows(0)))
+        # A burst of three: the low-load worker, woken for the first, finds three queued and
+        # passes them on; a and b take one each, and the third waits for them.
+        burst = [asyncio.ensure_future(batcher.infer(rows(i))) for i in range(3)]
         await a.wait_started()
-        second = asyncio.ensure_future(batcher.infer(rows(1)))
-        await b.wait_started()  # the idle low-load worker passed it on to b
+        await b.wait_started()
         rest = [asyncio.ensure_future(batcher.infer(rows(100 + i))) for i in range(10)]
         await asyncio.sleep(0)
-        assert batcher.depth == 10 and solo.batches == []
+        assert batcher.depth == 11 and solo.batches == []
         for runner in (a, b):
             runner.gated = False
             runner.gate.set()
-        results = await asyncio.gather(first, second, *rest)
-        assert [r["y"][0, 0] for r in results] == [1.0, 2.0] + [101.0 + i for i in range(10)]
+        results = await asyncio.gather(*burst, *rest)
+        assert [r["y"][0, 0] for r in results] == [1.0, 2.0, 3.0] + [101.0 + i for i in range(10)]
 
         a.compute_s = b.compute_s = 0.01
         before = len(solo.batches)
@@ -165,6 +166,43 @@ def test_a_low_load_only_worker_stands_aside_while_another_computes() -> None:
             assert (await batcher.infer(rows(i)))["y"][0, 0] == i + 1.0
         assert len(solo.batches) - before >= 38, (a.batches, b.batches, solo.batches)
         await batcher.close()
+
+    run(scenario)
+
+
+def test_a_lone_request_wakes_the_low_load_worker_whatever_the_others_cost() -> None:
+    """The 2x1 workers' cost per sample, learnt from batches of 4 under load, reads lower
+    than the low-load worker's from lone requests; a lone request still goes to the
+    low-load worker, and a 1-thread worker back from its batch leaves one to it. With two
+    queued it may not take them: the cheapest other worker is woken."""
+    from app.batching.wakeups import Workers
+
+    async def scenario() -> None:
+        depth = 1
+        workers = Workers(["cpu/0", "cpu/1", "cpu/2"], low_load_only=["cpu/2"],
+                          depth=lambda: depth)  # fmt: skip
+        for label, cost in (("cpu/0", 0.005), ("cpu/1", 0.004), ("cpu/2", 0.012)):
+            workers.observe_cost(label, cost)
+
+        async def woken_of(labels: list[str]) -> str:
+            sleeping = {label: asyncio.ensure_future(workers.sleep(label)) for label in labels}
+            await asyncio.sleep(0)  # each sleeper has queued its wake-up
+            workers.wake_one()
+            done, _ = await asyncio.wait(sleeping.values(), return_when=asyncio.FIRST_COMPLETED)
+            (woken,) = [label for label, task in sleeping.items() if task in done]
+            for task in sleeping.values():
+                task.cancel()
+            await asyncio.gather(*sleeping.values(), return_exceptions=True)
+            return woken
+
+        assert await woken_of(["cpu/0", "cpu/1", "cpu/2"]) == "cpu/2"
+        sleeping = asyncio.ensure_future(workers.sleep("cpu/2"))
+        await asyncio.sleep(0)
+        assert workers.leave_to_faster("cpu/0")  # and cpu/2 is woken for it
+        await asyncio.wait_for(sleeping, WAIT_S)
+        depth = 2
+        assert await woken_of(["cpu/0", "cpu/1", "cpu/2"]) == "cpu/1"
+        assert not workers.leave_to_faster("cpu/0")
 
     run(scenario)
 
