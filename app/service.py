@@ -209,10 +209,12 @@ def _tuning_info(loaded: LoadedVersion) -> TuningInfo | None:
 
 
 def _layout(loaded: LoadedVersion) -> str:
-    """`2x1` (count x threads) for workers alike on the CPU, else per device and threads:
-    `cuda:0 1x2+cpu 2x1`."""
-    groups = Counter((i.device, i.threads) for i in loaded.instances)
-    if len(groups) == 1 and next(iter(groups))[0] == "cpu":
-        (_, threads), count = next(iter(groups.items()))
-        return f"{count}x{threads}"
-    return "+".join(f"{device} {count}x{threads}" for (device, threads), count in groups.items())
+    """`2x1` (count x threads) for workers alike on the CPU, else per device and threads,
+    low-load-only workers marked: `2x1 + low-load 1x2`, `cuda:0 1x2 + cpu 2x1`."""
+    groups = Counter((i.device, i.threads, i.low_load_only) for i in loaded.instances)
+    on_cpu_only = {device for device, _, _ in groups} == {"cpu"}
+    parts = []
+    for (device, threads, low_load_only), count in groups.items():
+        part = f"{count}x{threads}" if on_cpu_only else f"{device} {count}x{threads}"
+        parts.append(f"low-load {part}" if low_load_only else part)
+    return " + ".join(parts)

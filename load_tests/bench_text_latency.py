@@ -1,10 +1,10 @@
 """Low-load latency against saturation on the text model, one 128-token sentence a request:
 C=1 p50 and C=32 throughput of batchserve (minilm v1 as shipped, tuned at load; and with
-layouts fixed in its config: one 2-thread spinning instance, and two 1-thread instances
-beside one 2-thread low-load-only instance) against the hand-written FastAPI endpoint and
-raw ONNX Runtime at batch 1 with its default session options (C=1 only), in alternating
-rounds of one run (load_tests/report/TEXT_LATENCY.md). The servers get the same JSON
-request with token ids and answer the sentence embedding only.
+layouts fixed in its config: two 1-thread instances, one 2-thread spinning instance, and
+two 1-thread instances beside one 2-thread spinning low-load-only instance) against the
+hand-written FastAPI endpoint and raw ONNX Runtime at batch 1 with its default session
+options (C=1 only), in alternating rounds of one run (load_tests/report/TEXT_LATENCY.md).
+The servers get the same JSON request with token ids and answer the sentence embedding.
 
     python -m load_tests.bench_text_latency --out load_tests/report
 """
@@ -58,18 +58,15 @@ def request(inputs: dict[str, np.ndarray]) -> PreparedRequest:
 
 #: Layouts fixed in a copy of minilm's config: name -> (what the report calls it, lines).
 FIXED = {
+    "minilm_2x1": ("2x1 (what tuning chose before low-load instances)",
+                   "[[instances]]\ncount = 2\nthreads = 1\n"),
     "minilm_1x2": ("1x2, spinning", "[[instances]]\ncount = 1\nthreads = 2\nspinning = true\n"),
-    "minilm_low_load": (
-        "2x1 + a low-load-only 1x2",
-        "[[instances]]\ncount = 2\nthreads = 1\n"
-        "[[instances]]\ncount = 1\nthreads = 2\nlow_load_only = true\n",
-    ),
     "minilm_low_load_spin": (
         "2x1 + a low-load-only 1x2, spinning",
         "[[instances]]\ncount = 2\nthreads = 1\n"
         "[[instances]]\ncount = 1\nthreads = 2\nlow_load_only = true\nspinning = true\n",
     ),
-}
+}  # fmt: skip
 SATURATION = 32
 
 
@@ -110,12 +107,14 @@ async def served(
 
 
 def served_tuning(url: str) -> str:
-    """What tuning chose for minilm v1, as its metadata says."""
+    """What tuning chose for minilm v1, as its metadata says: `2x1 + low-load 1x2, spinning`
+    (the spinning of the low-load instance), `1x2, spinning`, `2x1`."""
     import httpx
 
     tuning = httpx.get(f"{url}/v2/models/minilm/versions/1").json()["parameters"]["tuning"]
-    spinning = ", spinning" if tuning.get("spinning") else ""
-    return f"{tuning.get('layout') or tuning['source']}{spinning}"
+    spins = tuning.get("low_load_spinning") if tuning.get("low_load_threads") else None
+    spins = tuning.get("spinning") if spins is None else spins
+    return f"{tuning.get('layout') or tuning['source']}{', spinning' if spins else ''}"
 
 
 def main() -> None:

@@ -218,6 +218,12 @@ def _profile(args: argparse.Namespace) -> int:
 
     result = measure.profile(path, settings, feeds_for, progress, pass_started)
     recommendation = recommend(result.points, args.latency_target_ms, batching)
+    if args.device == "cpu":
+        from app.repository.low_load import for_lone_requests
+
+        print(" lone requests: spinning, and a low-load-only instance", file=sys.stderr)
+        recommendation = for_lone_requests(path, recommendation, result.points, feeds_for,
+                                           settings)  # fmt: skip
     context = report.Context(
         model=args.model,
         version=version,

@@ -97,6 +97,11 @@ class Recommendation:
     latency_ms_p50: float
     meets_target: bool
     notes: list[str] = field(default_factory=list)
+    #: The lone-request checks (app.repository.low_load), CPU only: the layout's sessions
+    #: spin, and a low-load-only instance of this many threads (None: none) joins them.
+    spinning: bool = False
+    low_load_threads: int | None = None
+    low_load_spinning: bool = False
 
 
 def default_target_ms(points: Sequence[Point]) -> float:

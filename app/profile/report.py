@@ -68,6 +68,18 @@ def config_snippet(recommendation: Recommendation, device: str) -> str:
         f"count = {layout.count}",
         f"threads = {layout.threads}",
     ]
+    if recommendation.spinning:
+        lines.append("spinning = true")
+    if recommendation.low_load_threads is not None:
+        lines += [
+            "",
+            "[[instances]]",
+            f'device = "{device}"',
+            "count = 1",
+            f"threads = {recommendation.low_load_threads}",
+            *(["spinning = true"] if recommendation.low_load_spinning else []),
+            "low_load_only = true",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -104,6 +116,13 @@ def to_markdown(context: Context, result: Profile, recommendation: Recommendatio
         f"a batch may compute for T/2 = {bound:.3g} ms. * = preferred sizes.",
         "",
         f"Recommended: {layout.count} instance(s) x {layout.threads} thread(s)"
+        + (" (spinning)" if recommendation.spinning else "")
+        + (
+            f", and a low-load-only instance of {recommendation.low_load_threads} threads"
+            f"{' (spinning)' if recommendation.low_load_spinning else ''} for lone requests"
+            if recommendation.low_load_threads is not None
+            else ""
+        )
         + (
             f", max_batch_size {recommendation.max_batch_size}, preferred_batch_sizes "
             f"{recommendation.preferred_batch_sizes}"

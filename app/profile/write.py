@@ -44,21 +44,32 @@ def apply(text: str, recommendation: Recommendation, device: str) -> str:
         batching: Any = document["batching"]
         _set(batching, "preferred_batch_sizes", list(recommendation.preferred_batch_sizes))
     layout = recommendation.layout
-    line = {"device": device, "count": layout.count, "threads": layout.threads}
+    line: dict[str, Any] = {"device": device, "count": layout.count, "threads": layout.threads}
+    if recommendation.spinning:
+        line["spinning"] = True
     if "instances" not in document:
-        lines = tomlkit.aot()
-        lines.append(tomlkit.item(line))
-        document.add("instances", lines)
+        document.add("instances", tomlkit.aot())
+    instances: Any = document["instances"]
+    mine = [i for i, table in enumerate(instances) if table.get("device", "cpu") == device]
+    if not mine:
+        instances.append(tomlkit.item(line))
     else:
-        instances: Any = document["instances"]
-        mine = [i for i, table in enumerate(instances) if table.get("device", "cpu") == device]
-        if not mine:
-            instances.append(tomlkit.item(line))
-        else:
-            for key, value in line.items():
-                _set(instances[mine[0]], key, value)
-            for index in reversed(mine[1:]):
-                del instances[index]
+        first = instances[mine[0]]
+        for key, value in line.items():
+            _set(first, key, value)
+        if not recommendation.spinning and "spinning" in first:
+            first["spinning"] = False
+        if "low_load_only" in first:  # the line becomes the layout's, for any request
+            del first["low_load_only"]
+        for index in reversed(mine[1:]):
+            del instances[index]
+    if recommendation.low_load_threads is not None:
+        low_load: dict[str, Any] = {"device": device, "count": 1,
+                                    "threads": recommendation.low_load_threads}  # fmt: skip
+        if recommendation.low_load_spinning:
+            low_load["spinning"] = True
+        low_load["low_load_only"] = True
+        instances.append(tomlkit.item(low_load))
     return tomlkit.dumps(document)
 
 

@@ -33,6 +33,7 @@ from app.profile.recommend import (
     recommend,
 )
 from app.repository.config import AUTO_MAX_BATCH_SIZE, InstanceConfig, ModelConfig
+from app.repository.low_load import LowLoad, low_load_instance, spinning_helps
 from app.repository.tuning_cache import RULE_VERSION, TuningCache, default_cache_dir, file_sha256
 from app.repository.tuning_inputs import TuningInputs
 from app.runtime.session import repeat_rows
@@ -50,11 +51,8 @@ SOURCES = ("config", "off", "tuned", "cache", "failed")
 SERVING_COST_PER_BATCH_MS = 0.3
 #: Share of the best served throughput within which the largest batch is chosen.
 BATCH_TOLERANCE = 0.05
-#: Spinning threads are chosen when a lone request computes this share faster with them ...
-SPINNING_GAIN = 0.05
-#: ... and the served batch loses at most this share of its throughput.
-SPINNING_TOLERANCE = 0.03
-#: Share of the tuning budget kept for that check (four points, a fraction of a second each).
+#: Share of the tuning budget kept for the lone-request checks (app.repository.low_load:
+#: spinning and the low-load instance, a fraction of a second a point).
 SPINNING_SHARE = 0.2
 #: A served batch may compute this long even where the default latency target is tighter
 #: (ten times batch 1's latency, 5 ms at least): the small CNNs' 2.5 ms bound kept their
@@ -91,6 +89,10 @@ class Tuning:
     inputs: str = ""
     #: Intra-op threads spin (measured faster for a lone request, no slower in batches).
     spinning: bool = False
+    #: The low-load-only instance beside them (app.repository.low_load): its threads, or
+    #: None for none, and whether they spin.
+    low_load_threads: int | None = None
+    low_load_spinning: bool = False
 
     @property
     def chosen(self) -> bool:
@@ -98,19 +100,35 @@ class Tuning:
 
     @property
     def layout(self) -> str:
-        return f"{self.count}x{self.threads}" if self.chosen else ""
+        """`2x1`, or `2x1 + low-load 1x2` with a low-load-only instance, as
+        batchserve_tuning_info names it; empty where nothing was chosen."""
+        return self._layout(spinning=False)
+
+    def _layout(self, spinning: bool) -> str:
+        if not self.chosen:
+            return ""
+        main = f"{self.count}x{self.threads}{' spinning' if spinning and self.spinning else ''}"
+        if self.low_load_threads is None:
+            return main
+        spin = " spinning" if spinning and self.low_load_spinning else ""
+        return f"{main} + low-load 1x{self.low_load_threads}{spin}"
 
     def apply(self, config: ModelConfig) -> ModelConfig:
         """`config` with what tuning chose where the config is silent."""
         if not self.chosen or self.count is None or self.threads is None:
             return config
-        update: dict[str, Any] = {
-            "instances": [
-                InstanceConfig(
-                    device="cpu", count=self.count, threads=self.threads, spinning=self.spinning
-                )
-            ]
-        }
+        instances = [
+            InstanceConfig(
+                device="cpu", count=self.count, threads=self.threads, spinning=self.spinning
+            )
+        ]
+        if self.low_load_threads is not None:
+            low_load = InstanceConfig(
+                device="cpu", count=1, threads=self.low_load_threads,
+                spinning=self.low_load_spinning, low_load_only=True,
+            )  # fmt: skip
+            instances.append(low_load)
+        update: dict[str, Any] = {"instances": instances}
         if config.max_batch_size is None and self.max_batch_size is not None:
             update["max_batch_size"] = self.max_batch_size
         served = update.get("max_batch_size", config.max_batch_size)
@@ -129,7 +147,7 @@ class Tuning:
             return f"not tuned ({self.reason})"
         where = f"tuned in {self.seconds:.1f} s" if self.source == "tuned" else "tuned (cached)"
         return (
-            f"{where} on {self.inputs}: {self.layout}{' spinning' if self.spinning else ''}, "
+            f"{where} on {self.inputs}: {self._layout(spinning=True)}, "
             f"batches of {self.batch_size}, max_batch_size {self.max_batch_size}"
         )
 
@@ -146,6 +164,8 @@ class Tuning:
                 seconds=round(self.seconds, 2),
                 inputs=self.inputs,
                 spinning=self.spinning,
+                low_load_threads=self.low_load_threads,
+                low_load_spinning=self.low_load_spinning,
             )
         return entry
 
@@ -253,13 +273,16 @@ def _measure(
     profile = measure.profile(model_path, profile_settings, feeds_for)
     chosen = recommend(profile.points, None, batching)
     if not batching:
-        spinning = _spinning_helps(
+        spinning = spinning_helps(
             model_path, chosen.layout, profile.points, 1, feeds_for, profile_settings
+        )
+        low_load = low_load_instance(
+            model_path, chosen.layout, profile.points, feeds_for, profile_settings
         )
         return Tuning(
             source="tuned", count=chosen.layout.count, threads=chosen.layout.threads,
             max_batch_size=config.max_batch_size, seconds=time.monotonic() - started,
-            inputs=inputs.label, spinning=spinning,
+            inputs=inputs.label, spinning=spinning, **_low_load_fields(low_load),
         )  # fmt: skip
     bound = max(chosen.target_ms / 2, BATCH_LATENCY_FLOOR_MS)
     within = [p for p in profile.points if p.layout == chosen.layout and p.latency_ms_p50 <= bound]
@@ -267,8 +290,11 @@ def _measure(
     # Never below the auto-complete default: requests it took stay accepted.
     max_batch_size = config.max_batch_size or max(batch_size, AUTO_MAX_BATCH_SIZE)
     batch_size = min(batch_size, max_batch_size)
-    spinning = _spinning_helps(
+    spinning = spinning_helps(
         model_path, chosen.layout, profile.points, batch_size, feeds_for, profile_settings
+    )
+    low_load = low_load_instance(
+        model_path, chosen.layout, profile.points, feeds_for, profile_settings
     )
     return Tuning(
         source="tuned",
@@ -279,44 +305,14 @@ def _measure(
         seconds=time.monotonic() - started,
         inputs=inputs.label,
         spinning=spinning,
+        **_low_load_fields(low_load),
     )
 
 
-def _spinning_helps(
-    model_path: Path,
-    layout: Layout,
-    points: list[Point],
-    batch_size: int,
-    feeds_for: measure.FeedsFor,
-    settings: measure.ProfileSettings,
-) -> bool:
-    """Whether the chosen layout's sessions should spin: its smallest batch (a lone
-    request) and the served batch measured without spinning and with it, back to back.
-    Spinning shortened a lone sentence of the text model by about 15%; it changes nothing
-    where one thread does all the work."""
-    if layout.threads < 2:
-        return False
-    measured = {p.batch_size for p in points if p.layout == layout}
-    sizes = tuple(sorted({min(measured), batch_size} & measured))
-    timed = {
-        spinning: {
-            p.batch_size: p
-            for p in measure.profile(
-                model_path,
-                replace(settings, layouts=(layout,), batch_sizes=sizes, budget_s=None,
-                        spinning=spinning),
-                feeds_for,
-            ).points
-        }
-        for spinning in (False, True)
-    }  # fmt: skip
-    off, on = timed[False], timed[True]
-    alone, served = sizes[0], sizes[-1]
-    if not {alone, served} <= on.keys() & off.keys():  # a pass stopped early
-        return False
-    quicker = on[alone].latency_ms_p50 <= (1 - SPINNING_GAIN) * off[alone].latency_ms_p50
-    kept = on[served].throughput_sps >= (1 - SPINNING_TOLERANCE) * off[served].throughput_sps
-    return quicker and kept
+def _low_load_fields(low_load: LowLoad | None) -> dict[str, Any]:
+    if low_load is None:
+        return {}
+    return {"low_load_threads": low_load.threads, "low_load_spinning": low_load.spinning}
 
 
 def serving_batch_size(points: list[Point]) -> int:
@@ -340,10 +336,13 @@ def _to_dict(tuning: Tuning) -> dict[str, Any]:
 
 def _from_dict(entry: dict[str, Any]) -> Tuning:
     """A cached result, checked as strictly as a config (a bad entry is measured again)."""
-    layout = Layout(int(entry["count"]), int(entry["threads"]))
+    layout = Layout.parse(f"{int(entry['count'])}x{int(entry['threads'])}")
     max_batch_size = entry["max_batch_size"]
     if max_batch_size is not None and int(max_batch_size) < 0:
         raise ValueError(f"cached tuning {entry} has an impossible max_batch_size")
+    low_load_threads = entry["low_load_threads"]
+    if low_load_threads is not None:
+        low_load_threads = Layout.parse(f"1x{int(low_load_threads)}").threads
     return Tuning(
         source=str(entry["source"]),
         count=layout.count,
@@ -353,4 +352,6 @@ def _from_dict(entry: dict[str, Any]) -> Tuning:
         seconds=float(entry["seconds"]),
         inputs=str(entry["inputs"]),
         spinning=bool(entry["spinning"]),
+        low_load_threads=low_load_threads,
+        low_load_spinning=bool(entry["low_load_spinning"]),
     )

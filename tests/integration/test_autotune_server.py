@@ -34,11 +34,16 @@ def test_a_bare_model_is_tuned_at_load_and_a_restart_hits_the_cache(tmp_path: Pa
             metadata = httpx.get(f"{server.url}/v2/models/cnn").json()["parameters"]
             tuning = metadata["tuning"]
             sources.append(tuning["source"])
-            count, threads = (int(n) for n in tuning["layout"].split("x"))
-            assert [w["threads"] for w in metadata["instances"]] == [threads] * count
+            main, _, low_load = tuning["layout"].partition(" + low-load ")
+            count, threads = (int(n) for n in main.split("x"))
+            workers = [threads] * count
+            if low_load:  # one session with every core, for lone requests
+                assert low_load == f"1x{tuning['low_load_threads']}"
+                workers.append(tuning["low_load_threads"])
+            assert [w["threads"] for w in metadata["instances"]] == workers
             assert metadata["max_batch_size"] == tuning["max_batch_size"]
             config = httpx.get(f"{server.url}/v2/models/cnn/config").json()
-            assert sum(group["count"] for group in config["instance_group"]) == count
+            assert sum(group["count"] for group in config["instance_group"]) == len(workers)
             assert config["max_batch_size"] == tuning["max_batch_size"] >= 32
             assert server.metric(
                 "batchserve_tuning_info", model="cnn", source=tuning["source"],

@@ -22,6 +22,7 @@ from app.repository.config import ModelConfig, load_model_config
 from app.repository.loader import ServingDefaults, load_version
 from app.repository.tuning_cache import TuningCache
 from app.repository.tuning_inputs import tuning_inputs
+from app.service import _layout
 from load_tests.synthetic_models import _save, write_heavy_model
 from tests.conftest import MODELS
 
@@ -126,7 +127,8 @@ def test_an_entry_for_another_onnxruntime_is_not_used(model: Path, settings: Tun
     key = _cache_key(model, ModelConfig(), tuning_inputs(ModelConfig(), model.parent.parent))
     stored = {"source": "tuned", "count": 3, "threads": 5, "max_batch_size": 64,
               "batch_size": 64, "seconds": 1.0, "inputs": "synthetic inputs",
-              "reason": "", "spinning": False}  # fmt: skip
+              "reason": "", "spinning": False, "low_load_threads": None,
+              "low_load_spinning": False}  # fmt: skip
     cache.write({**key, "onnxruntime": "1.0.0"}, stored)
     assert key["onnxruntime"] == ort.__version__
     assert run_tune(model, settings).count != 3
@@ -314,3 +316,4 @@ def test_a_low_load_only_line_reaches_the_batcher(tmp_path: Path, settings: Tune
         ("cpu/2", 2, True),
     ]
     assert loaded.batcher._workers.low_load_only == {"cpu/2"}
+    assert _layout(loaded) == "2x1 + low-load 1x2"  # batchserve_tuning_info's layout

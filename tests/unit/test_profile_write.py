@@ -53,6 +53,24 @@ def test_the_digits_config_keeps_its_comments_and_other_keys() -> None:
     assert written == apply(written, recommendation(), "cpu")  # idempotent
 
 
+def test_spinning_and_a_low_load_instance_are_written_and_taken_back() -> None:
+    """What tuning at load chooses for lone requests, fixed in the config: the layout's
+    line spins, a low-load-only line follows; a later plain recommendation removes both."""
+    from dataclasses import replace
+
+    lone = replace(recommendation(), spinning=True, low_load_threads=2, low_load_spinning=True)
+    written = apply("", lone, "cpu")
+    assert tomllib.loads(written)["instances"] == [
+        {"device": "cpu", "count": 2, "threads": 1, "spinning": True},
+        {"device": "cpu", "count": 1, "threads": 2, "spinning": True, "low_load_only": True},
+    ]
+    assert written == apply(written, lone, "cpu")  # idempotent
+    lines = ModelConfig.model_validate(tomllib.loads(written)).instances
+    assert [line.low_load_only for line in lines] == [False, True]
+    plain = tomllib.loads(apply(written, recommendation(), "cpu"))
+    assert plain["instances"] == [{"device": "cpu", "count": 2, "threads": 1, "spinning": False}]
+
+
 def test_other_devices_lines_stay_and_the_devices_lines_become_one() -> None:
     original = """max_batch_size = 8  # small
 [[instances]]

@@ -1,0 +1,89 @@
+"""Tuning for lone requests (app.repository.low_load): when a low-load-only instance joins
+the tuned layout, measured on real models, and how it reaches the config, the metadata and
+the cache."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.profile import measure
+from app.profile.recommend import Layout, Point
+from app.repository.autotune import Tuning, _from_dict
+from app.repository.config import ModelConfig
+from app.repository.low_load import LowLoad, low_load_instance
+from app.timing import Stability
+from load_tests.synthetic_models import write_heavy_model
+from tests.conftest import MODELS
+
+DIGITS = MODELS / "digits" / "1" / "model.onnx"
+SETTINGS = measure.ProfileSettings(
+    device="cpu", layouts=(), batch_sizes=(), window_s=0.05,
+    stability=Stability(max_seconds=0.3), passes=1,
+)  # fmt: skip
+two_cores = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+
+
+def zeros(width: int, name: str) -> measure.FeedsFor:
+    def feeds(size: int) -> dict[str, np.ndarray]:
+        return {name: np.zeros((size, width), np.float32)}
+
+    return feeds
+
+
+def profiled(layout: Layout) -> list[Point]:
+    """What the profile holds for the chosen layout: its lone request was measured."""
+    return [Point(layout, 1, 1.0, 1.0, 1000.0)]
+
+
+@two_cores
+def test_a_compute_bound_model_gets_a_low_load_instance_of_every_core(tmp_path: Path) -> None:
+    # ~270 MFLOP a sample in 2048-wide MatMuls: two threads compute a lone one in about
+    # 0.55 of one thread's time, milliseconds apart.
+    model = tmp_path / "mlp.onnx"
+    write_heavy_model(model, width=16, hidden=2048, blocks=32)
+    chosen = low_load_instance(model, Layout(2, 1), profiled(Layout(2, 1)), zeros(16, "x"),
+                               SETTINGS)  # fmt: skip
+    assert isinstance(chosen, LowLoad) and chosen.threads == 2
+
+
+def test_a_tiny_model_or_a_single_instance_gets_none() -> None:
+    # digits computes a lone request in tens of microseconds: no thread count saves 1 ms.
+    digits = zeros(64, "input")
+    assert low_load_instance(DIGITS, Layout(2, 1), profiled(Layout(2, 1)), digits,
+                             SETTINGS) is None  # fmt: skip
+    # One instance already runs a lone request on all its threads; an empty profile (its
+    # budget spent before the layout) measures nothing.
+    assert low_load_instance(DIGITS, Layout(1, 2), profiled(Layout(1, 2)), digits,
+                             SETTINGS) is None  # fmt: skip
+    assert low_load_instance(DIGITS, Layout(2, 1), [], digits, SETTINGS) is None
+
+
+def test_a_tuned_low_load_instance_reaches_the_config_metadata_and_cache() -> None:
+    tuned = Tuning("tuned", count=2, threads=1, max_batch_size=32, batch_size=4,
+                   low_load_threads=2, low_load_spinning=True)  # fmt: skip
+    instances = tuned.apply(ModelConfig()).instances
+    assert [(i.count, i.threads, i.spinning, i.low_load_only) for i in instances] == [
+        (2, 1, False, False),
+        (1, 2, True, True),
+    ]
+    assert tuned.layout == "2x1 + low-load 1x2"  # as batchserve_tuning_info names it
+    assert "2x1 + low-load 1x2 spinning" in tuned.describe()
+    meta = tuned.metadata()
+    assert (meta["low_load_threads"], meta["low_load_spinning"]) == (2, True)
+    assert _from_dict(asdict(tuned)) == tuned
+    # Without one: a single [[instances]] line, and the plain layout.
+    plain = Tuning("tuned", count=2, threads=1, max_batch_size=32, batch_size=4)
+    assert len(plain.apply(ModelConfig()).instances) == 1
+    assert plain.layout == "2x1"
+
+
+def test_a_cached_low_load_instance_of_no_threads_is_not_trusted() -> None:
+    entry = asdict(Tuning("tuned", count=2, threads=1, max_batch_size=32, batch_size=4,
+                          low_load_threads=0))  # fmt: skip
+    with pytest.raises(ValueError, match="at least 1"):
+        _from_dict(entry)
