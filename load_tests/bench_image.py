@@ -11,7 +11,7 @@ image-model`): `make bench-image` writes load_tests/report/IMAGE.md and image.js
 3. Speed of the versions at batch 8, raw ONNX Runtime, interleaved rounds; file sizes.
 4. Served images/s, one run, alternating rounds at the same concurrency: raw JPEG files
    (the server decodes them) against pre-decoded float tensors, beside raw ONNX Runtime at
-   its best batch size.
+   its best batch size; and the same with decoding on a core of its own.
 
     python -m load_tests.bench_image --out load_tests/report
 """
@@ -22,9 +22,12 @@ import argparse
 import asyncio
 import io
 import json
+import re
+import shutil
 import statistics
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from PIL import Image
 
 from app.cores import available_cores
 from app.preprocess.image import ImageTransform
+from app.repository.config import ModelConfig
 from load_tests.loadgen import BINARY_HEADER, LoadGenerator, PreparedRequest, client_session
 from load_tests.server_process import ServerProcess
 
@@ -180,15 +184,30 @@ def tensor_request(tensor: np.ndarray) -> PreparedRequest:
     return PreparedRequest(header + raw, headers, 1, True)
 
 
+def own_core_copy(repository: Path) -> None:
+    """effnet v1 with decoding on a core of its own: one 1-thread instance and one decoding
+    thread, so the two never compete for a core."""
+    config = (MODEL_DIR / "config.toml").read_text(encoding="utf-8")
+    config = re.sub(r"\[version_policy\][^\[]*", "", config)  # v1 only
+    assert "[image]\n" in config
+    config = config.replace("[image]\n", "[image]\nthreads = 1\n", 1)
+    config += "\n[[instances]]\ncount = 1\nthreads = 1\n"
+    ModelConfig.model_validate(tomllib.loads(config))
+    target = repository / "effnet_own_core"
+    # Copied: the server refuses files linked from outside the model directory.
+    shutil.copytree(MODEL_DIR, target, ignore=shutil.ignore_patterns("2", "config.toml"))
+    (target / "config.toml").write_text(config, encoding="utf-8")
+
+
 async def served(
     server: ServerProcess, images: dict[str, Image.Image], concurrency: int, rounds: int
 ) -> dict[str, list[float]]:
     jpegs = [image_request(encode(image, "JPEG")) for image in images.values()]
     tensors = [tensor_request(TRANSFORM.decode(encode(image, "PNG"))) for image in images.values()]
-    loads = {
-        "jpeg": LoadGenerator(server.url, "effnet/versions/1", jpegs),
-        "tensor": LoadGenerator(server.url, "effnet/versions/1", tensors),
-    }
+    loads = {}
+    for suffix, model in (("", "effnet"), ("_own_core", "effnet_own_core")):
+        loads[f"jpeg{suffix}"] = LoadGenerator(server.url, f"{model}/versions/1", jpegs)
+        loads[f"tensor{suffix}"] = LoadGenerator(server.url, f"{model}/versions/1", tensors)
     results: dict[str, list[float]] = {name: [] for name in loads}
     async with client_session(concurrency) as http:
         for load in loads.values():  # warm-up
@@ -237,6 +256,15 @@ def report(data: dict[str, Any]) -> str:
               f"x{jpeg / best:.2f} |",
               f"| pre-decoded FP32 tensor | {tensor:.1f} | x1.00 | x{tensor / best:.2f} |",
               f"| raw ONNX Runtime, best batch | {best:.1f} | | x1.00 |"]  # fmt: skip
+    own_jpeg, own_tensor = (
+        statistics.median(v["jpeg_own_core"]),
+        statistics.median(v["tensor_own_core"]),
+    )
+    lines += ["", "Decoding on a core of its own (one 1-thread instance, one decoding thread; "
+              "above, decoding and the model share every core):", "",
+              "| input | images/s | x tensors |", "|---|---:|---:|",
+              f"| raw JPEG | {own_jpeg:.1f} | x{own_jpeg / own_tensor:.2f} |",
+              f"| pre-decoded FP32 tensor | {own_tensor:.1f} | x1.00 |"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -258,6 +286,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         repository = Path(work)
         (repository / "effnet").symlink_to(MODEL_DIR.resolve(), target_is_directory=True)
+        own_core_copy(repository)
         server = ServerProcess(repository, env={"BATCHSERVE_CACHE_DIR": str(repository / ".cache")})
         try:
             data["top5"] = served_top5(server, images)

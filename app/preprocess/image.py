@@ -16,6 +16,7 @@ import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -71,15 +72,36 @@ class ImageTransform:
             rgb = _to_rgb(image)
         except (OSError, ValueError, SyntaxError) as exc:
             raise InvalidInputError(_corrupt(index, exc)) from None
-        pixels = np.array(self.resized(rgb), dtype=np.float32)
-        if self.channels == "BGR":
-            pixels = pixels[..., ::-1]
-        std = np.asarray(self.std, dtype=np.float32)
-        pixels *= 1.0 / (255.0 * std)  # in place: (x / 255 - mean) / std
-        pixels -= np.asarray(self.mean, dtype=np.float32) / std
+        return self.normalized(np.asarray(self.resized(rgb)))
+
+    @cached_property
+    def _tables(self) -> np.ndarray:
+        """(x / 255 - mean) / std for every 8-bit value x, one row per model channel,
+        computed as x * (1 / (255 std)) - mean / std in float32: the same values, to the
+        bit, as scaling and shifting a float32 image."""
+        x = np.arange(256, dtype=np.float32)[None, :]
+        std = np.asarray(self.std, dtype=np.float32)[:, None]
+        tables: np.ndarray = (
+            x * (1.0 / (255.0 * std)) - np.asarray(self.mean, np.float32)[:, None] / std
+        )
+        return tables
+
+    def normalized(self, pixels: np.ndarray) -> np.ndarray:
+        """8-bit RGB [h, w, 3] -> the float32 sample, each channel looked up in its table
+        (a lookup per pixel: less than half the time of converting, scaling and shifting
+        the whole image, then transposing it)."""
+        tables = self._tables
+        sources = (2, 1, 0) if self.channels == "BGR" else (0, 1, 2)
+        height, width = pixels.shape[:2]
         if self.layout == "NCHW":
-            pixels = pixels.transpose(2, 0, 1)
-        return np.ascontiguousarray(pixels)
+            out = np.empty((3, height, width), dtype=np.float32)
+            for channel, source in enumerate(sources):
+                np.take(tables[channel], pixels[..., source], out=out[channel])
+            return out
+        out = np.empty((height, width, 3), dtype=np.float32)
+        for channel, source in enumerate(sources):
+            out[..., channel] = tables[channel][pixels[..., source]]
+        return out
 
     def resized(self, image: Image.Image) -> Image.Image:
         """The short side resized to `resize`, then the centre `crop` x `crop`. Only the

@@ -46,6 +46,30 @@ def test_short_side_resize_then_centre_crop_then_normalise() -> None:
     assert sample[2, :, :10].mean() == pytest.approx(1.0, abs=0.02)
 
 
+@pytest.mark.parametrize("channels", ["RGB", "BGR"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_the_lookup_tables_give_the_float_arithmetic_to_the_bit(channels: str, layout: str) -> None:
+    """Every 8-bit value in every channel, looked up: exactly what scaling and shifting a
+    float32 image gives, (x / 255 - mean) / std, reordered and laid out as configured."""
+    transform = ImageTransform(
+        resize=16, crop=16, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+        channels=channels, layout=layout,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    values = np.stack([rng.permutation(256) for _ in range(3)], axis=-1)  # each channel: all
+    pixels = values.reshape(16, 16, 3).astype(np.uint8)
+    floats = (
+        pixels.astype(np.float32)[..., ::-1] if channels == "BGR" else pixels.astype(np.float32)
+    )
+    std = np.asarray(transform.std, dtype=np.float32)
+    wanted = floats * (1.0 / (255.0 * std)) - np.asarray(transform.mean, np.float32) / std
+    if layout == "NCHW":
+        wanted = wanted.transpose(2, 0, 1)
+    got = transform.normalized(pixels)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, wanted)
+
+
 def test_a_text_string_is_refused_with_how_to_send_images() -> None:
     with pytest.raises(InvalidInputError, match="base64"):
         ImageTransform(resize=8, crop=8).decode_all(np.array(["a path.jpg"], dtype=object))
