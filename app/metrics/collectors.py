@@ -33,7 +33,7 @@ class VersionGauges:
     inflight: int
     queue_bytes: int = 0
     workers: tuple[WorkerInfo, ...] = ()
-    #: Where its layout came from and what it is (app.repository.autotune.Tuning), if known.
+    #: Where its layout came from and what it is (app.repository.tuning_result.Tuning), if known.
     tuning: TuningInfo | None = None
 
 

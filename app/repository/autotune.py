@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +30,21 @@ from app.profile.recommend import (
     DEFAULT_SEQUENCE_LENGTH,
     Layout,
     Point,
+    Recommendation,
     recommend,
 )
-from app.repository.config import AUTO_MAX_BATCH_SIZE, InstanceConfig, ModelConfig
+from app.repository.config import AUTO_MAX_BATCH_SIZE, ModelConfig
+from app.repository.gpu_tuning import CUDA_PROVIDER, gpu_identity, gpu_layouts, tuning_device
 from app.repository.low_load import LowLoad, low_load_instance, spinning_helps
 from app.repository.tuning_cache import RULE_VERSION, TuningCache, default_cache_dir, file_sha256
 from app.repository.tuning_inputs import TuningInputs
+from app.repository.tuning_result import Tuning, from_dict, to_dict
 from app.runtime.session import repeat_rows
 from app.timing import Stability
 
 log = logging.getLogger(__name__)
 
 
-#: Where the serving layout came from: the config, tuning turned off, measured at this
-#: load, read from the cache, or the defaults because profiling failed.
-SOURCES = ("config", "off", "tuned", "cache", "failed")
 #: The server's own cost of one batch (hand-off, concatenation, answering its requests):
 #: digits on 2 cores, C=32, served 185 us a request in batches of 4 and 118 in batches of
 #: 16, about 0.36 ms a batch; a small CNN about 0.26 ms.
@@ -72,104 +72,6 @@ class TuneSettings:
     point_s: float = 0.6
 
 
-@dataclass(frozen=True)
-class Tuning:
-    """What a version serves with where its config is silent, and where that came from."""
-
-    source: str
-    reason: str = ""
-    count: int | None = None
-    threads: int | None = None
-    max_batch_size: int | None = None
-    #: The batch the server forms when that many wait (its preferred batch size).
-    batch_size: int | None = None
-    #: Seconds the profile took (source "tuned"), or the one the cache entry holds.
-    seconds: float = 0.0
-    #: What it was measured on: the [warmup] sample, or synthetic inputs.
-    inputs: str = ""
-    #: Intra-op threads spin (measured faster for a lone request, no slower in batches).
-    spinning: bool = False
-    #: The low-load-only instance beside them (app.repository.low_load): its threads, or
-    #: None for none, and whether they spin.
-    low_load_threads: int | None = None
-    low_load_spinning: bool = False
-
-    @property
-    def chosen(self) -> bool:
-        return self.source in ("tuned", "cache")
-
-    @property
-    def layout(self) -> str:
-        """`2x1`, or `2x1 + low-load 1x2` with a low-load-only instance, as
-        batchserve_tuning_info names it; empty where nothing was chosen."""
-        return self._layout(spinning=False)
-
-    def _layout(self, spinning: bool) -> str:
-        if not self.chosen:
-            return ""
-        main = f"{self.count}x{self.threads}{' spinning' if spinning and self.spinning else ''}"
-        if self.low_load_threads is None:
-            return main
-        spin = " spinning" if spinning and self.low_load_spinning else ""
-        return f"{main} + low-load 1x{self.low_load_threads}{spin}"
-
-    def apply(self, config: ModelConfig) -> ModelConfig:
-        """`config` with what tuning chose where the config is silent."""
-        if not self.chosen or self.count is None or self.threads is None:
-            return config
-        instances = [
-            InstanceConfig(
-                device="cpu", count=self.count, threads=self.threads, spinning=self.spinning
-            )
-        ]
-        if self.low_load_threads is not None:
-            low_load = InstanceConfig(
-                device="cpu", count=1, threads=self.low_load_threads,
-                spinning=self.low_load_spinning, low_load_only=True,
-            )  # fmt: skip
-            instances.append(low_load)
-        update: dict[str, Any] = {"instances": instances}
-        if config.max_batch_size is None and self.max_batch_size is not None:
-            update["max_batch_size"] = self.max_batch_size
-        served = update.get("max_batch_size", config.max_batch_size)
-        preferred = self.batch_size
-        if not config.batching.preferred_batch_sizes and preferred and preferred < (served or 0):
-            update["batching"] = config.batching.model_copy(
-                update={"preferred_batch_sizes": [preferred]}
-            )
-        return config.model_copy(update=update)
-
-    def describe(self) -> str:
-        """One phrase for the load log: `tuned in 8.1 s: 2x1, max_batch_size 32, ...`."""
-        if self.source == "config":
-            return "layout from config.toml"
-        if not self.chosen:
-            return f"not tuned ({self.reason})"
-        where = f"tuned in {self.seconds:.1f} s" if self.source == "tuned" else "tuned (cached)"
-        return (
-            f"{where} on {self.inputs}: {self._layout(spinning=True)}, "
-            f"batches of {self.batch_size}, max_batch_size {self.max_batch_size}"
-        )
-
-    def metadata(self) -> dict[str, Any]:
-        """The model metadata's `parameters.tuning`."""
-        entry: dict[str, Any] = {"source": self.source}
-        if self.reason:
-            entry["reason"] = self.reason
-        if self.chosen:
-            entry.update(
-                layout=self.layout,
-                max_batch_size=self.max_batch_size,
-                batch_size=self.batch_size,
-                seconds=round(self.seconds, 2),
-                inputs=self.inputs,
-                spinning=self.spinning,
-                low_load_threads=self.low_load_threads,
-                low_load_spinning=self.low_load_spinning,
-            )
-        return entry
-
-
 def tune(
     model_path: Path,
     config: ModelConfig,
@@ -188,16 +90,19 @@ def tune(
         return Tuning("off", "BATCHSERVE_AUTOTUNE is off")
     cache = TuningCache(settings.cache_dir or default_cache_dir())
     try:
-        key = _cache_key(model_path, config, inputs)
+        device = tuning_device()
+        key = _cache_key(model_path, config, inputs, device)
         cached = _cached(cache.read(key))
         if cached is not None:
             return cached
-        tuning = _measure(model_path, config, settings=settings, inputs=inputs)
+        tuning = _measure(model_path, config, settings=settings, inputs=inputs, device=device)
+        if tuning.device == "cpu" and device != "cpu":  # CUDA did not really run: the CPU's
+            key = _cache_key(model_path, config, inputs, "cpu")
     except Exception as exc:  # a model that profiles badly still serves, on the defaults
         reason = f"profiling failed: {exc}"
         log.warning("%s: %s; it serves with the default layout", label, reason)
         return Tuning("failed", reason)
-    cache.write(key, _to_dict(tuning))
+    cache.write(key, to_dict(tuning))
     return tuning
 
 
@@ -205,19 +110,22 @@ def _cached(entry: dict[str, Any] | None) -> Tuning | None:
     if entry is None:
         return None
     try:
-        return replace(_from_dict(entry), source="cache")
+        return replace(from_dict(entry), source="cache")
     except (KeyError, TypeError, ValueError) as exc:
         log.warning("tuning cache entry %s is not a tuning (%s): measuring again", entry, exc)
         return None
 
 
-def _cache_key(model_path: Path, config: ModelConfig, inputs: TuningInputs) -> dict[str, Any]:
+def _cache_key(
+    model_path: Path, config: ModelConfig, inputs: TuningInputs, device: str = "cpu"
+) -> dict[str, Any]:
     """Everything that decides the result (see app.repository.tuning_cache)."""
+    on_gpu = device != "cpu"
     return {
         "rule": RULE_VERSION,
         "model_sha256": file_sha256(model_path),
-        "device": "cpu",
-        "provider": "CPUExecutionProvider",
+        "device": gpu_identity() if on_gpu else "cpu",
+        "provider": CUDA_PROVIDER if on_gpu else "CPUExecutionProvider",
         "cores": available_cores(),
         "onnxruntime": ort.__version__,
         "max_batch_size": config.max_batch_size,
@@ -240,9 +148,15 @@ def _measure(
     *,
     settings: TuneSettings,
     inputs: TuningInputs,
+    device: str = "cpu",
 ) -> Tuning:
     started = time.monotonic()
-    probe = measure.open_instances(model_path, "cpu", Layout(1, 1))[0]
+    probe = measure.open_instances(model_path, device, Layout(1, 1))[0]
+    if device != "cpu" and probe.providers[0] != CUDA_PROVIDER:
+        log.warning("a session on %s got %s, not CUDA: tuning for the CPU", device,
+                    probe.providers)  # fmt: skip
+        device = "cpu"
+    on_gpu = device != "cpu"
     specs = probe.inputs
     sample = inputs.read(specs, probe.outputs)
     del probe
@@ -261,17 +175,20 @@ def _measure(
             return repeat_rows(sample, rows)
         return measure.synthetic_feeds(specs, rows, length)
 
+    cores = available_cores()
     profile_settings = measure.ProfileSettings(
-        device="cpu",
-        layouts=measure.default_layouts("cpu", available_cores()),
+        device=device,
+        layouts=gpu_layouts(cores) if on_gpu else measure.default_layouts("cpu", cores),
         batch_sizes=sizes,
         window_s=settings.window_s,
         stability=Stability(max_seconds=settings.point_s),
         passes=1,
-        budget_s=settings.budget_s * (1 - SPINNING_SHARE),
+        budget_s=settings.budget_s * (1 if on_gpu else 1 - SPINNING_SHARE),
     )
     profile = measure.profile(model_path, profile_settings, feeds_for)
     chosen = recommend(profile.points, None, batching)
+    if on_gpu:
+        return _on_gpu(chosen, profile.points, config, batching, inputs.label, started)
     if not batching:
         spinning = spinning_helps(
             model_path, chosen.layout, profile.points, 1, feeds_for, profile_settings
@@ -309,6 +226,31 @@ def _measure(
     )
 
 
+def _on_gpu(
+    chosen: Recommendation,
+    points: list[Point],
+    config: ModelConfig,
+    batching: bool,
+    inputs: str,
+    started: float,
+) -> Tuning:
+    """The GPU's tuning: its layout, max_batch_size the largest batch computing within half
+    the latency target (a GPU's throughput grows with the batch far past a CPU's), and the
+    batch the server forms by the CPU's rule; no lone-request checks (no threads to spin)."""
+    max_batch_size = config.max_batch_size
+    batch_size = None
+    if batching:
+        largest = chosen.max_batch_size or 1
+        within = [p for p in points if p.layout == chosen.layout and p.batch_size <= largest]
+        max_batch_size = config.max_batch_size or max(largest, AUTO_MAX_BATCH_SIZE)
+        batch_size = min(serving_batch_size(within) if within else largest, max_batch_size)
+    return Tuning(
+        source="tuned", count=chosen.layout.count, threads=chosen.layout.threads,
+        max_batch_size=max_batch_size, batch_size=batch_size,
+        seconds=time.monotonic() - started, inputs=inputs, device="cuda",
+    )  # fmt: skip
+
+
 def _low_load_fields(low_load: LowLoad | None) -> dict[str, Any]:
     if low_load is None:
         return {}
@@ -328,30 +270,3 @@ def serving_batch_size(points: list[Point]) -> int:
 
     best = max(served(p) for p in points)
     return max(p.batch_size for p in points if served(p) >= (1 - BATCH_TOLERANCE) * best)
-
-
-def _to_dict(tuning: Tuning) -> dict[str, Any]:
-    return asdict(tuning)
-
-
-def _from_dict(entry: dict[str, Any]) -> Tuning:
-    """A cached result, checked as strictly as a config (a bad entry is measured again)."""
-    layout = Layout.parse(f"{int(entry['count'])}x{int(entry['threads'])}")
-    max_batch_size = entry["max_batch_size"]
-    if max_batch_size is not None and int(max_batch_size) < 0:
-        raise ValueError(f"cached tuning {entry} has an impossible max_batch_size")
-    low_load_threads = entry["low_load_threads"]
-    if low_load_threads is not None:
-        low_load_threads = Layout.parse(f"1x{int(low_load_threads)}").threads
-    return Tuning(
-        source=str(entry["source"]),
-        count=layout.count,
-        threads=layout.threads,
-        max_batch_size=None if max_batch_size is None else int(max_batch_size),
-        batch_size=None if entry["batch_size"] is None else int(entry["batch_size"]),
-        seconds=float(entry["seconds"]),
-        inputs=str(entry["inputs"]),
-        spinning=bool(entry["spinning"]),
-        low_load_threads=low_load_threads,
-        low_load_spinning=bool(entry["low_load_spinning"]),
-    )

@@ -10,8 +10,8 @@ from typing import Any
 from app.batching import Batcher
 from app.preprocess import TextStage
 from app.preprocess.image import ImageStage
-from app.repository.autotune import Tuning
 from app.repository.config import ModelConfig
+from app.repository.tuning_result import Tuning
 from app.runtime import OnnxInstance
 from app.tensors import TensorSpec
 

@@ -159,3 +159,30 @@ def test_the_server_serves_on_the_gpu_and_says_so(server: ServerProcess, rows: n
     labels = {"model": "digits", "device": "cuda:0", "provider": CUDA, "requested": "cuda:0"}
     assert server.metric("batchserve_worker_info", **labels) == 1.0
     assert server.metric("batchserve_gpu_memory_total_bytes") > 0
+
+
+def test_a_bare_model_is_tuned_on_the_gpu_and_served_on_every_gpu(tmp_path: Path) -> None:
+    """A model.onnx alone, tuning on: measured on the first GPU, it serves `count` CUDA
+    sessions on every visible GPU, with CPU-equal answers, and says so in its metadata."""
+    write_heavy_model(tmp_path / "bare" / "1" / "model.onnx")
+    env = {"BATCHSERVE_AUTOTUNE": "on", "BATCHSERVE_AUTOTUNE_SECONDS": "5",
+           "BATCHSERVE_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
+    server = ServerProcess(tmp_path, env=env)
+    try:
+        meta = httpx.get(f"{server.url}/v2/models/bare").json()["parameters"]
+        tuning = meta["tuning"]
+        assert (tuning["source"], tuning["device"]) == ("tuned", "cuda"), tuning
+        count = int(tuning["layout"].split("x")[0])
+        devices = [w["device"] for w in meta["instances"]]
+        assert devices == [f"cuda:{g}" for g in visible_gpus() for _ in range(count)], devices
+        assert all(w["providers"][0] == CUDA for w in meta["instances"])
+        x = np.random.default_rng(0).random((4, 16), dtype=np.float32)
+        body = {"inputs": [{"name": "x", "shape": [4, 16], "datatype": "FP32",
+                            "data": x.ravel().tolist()}]}  # fmt: skip
+        answer = httpx.post(f"{server.url}/v2/models/bare/infer", json=body).json()
+        got = np.array(answer["outputs"][0]["data"], dtype=np.float32).reshape(4, 16)
+        want = OnnxInstance(tmp_path / "bare" / "1" / "model.onnx", "cpu", threads=1,
+                            index=0).run({"x": x})["y"]  # fmt: skip
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+    finally:
+        server.stop()

@@ -17,11 +17,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from app.cores import available_cores
 from app.profile.recommend import Layout, Point
-from app.repository.autotune import TuneSettings, Tuning, _cache_key, serving_batch_size, tune
+from app.repository.autotune import TuneSettings, _cache_key, serving_batch_size, tune
 from app.repository.config import ModelConfig, load_model_config
 from app.repository.loader import ServingDefaults, load_version
 from app.repository.tuning_cache import TuningCache
 from app.repository.tuning_inputs import tuning_inputs
+from app.repository.tuning_result import Tuning
 from app.service import _layout
 from load_tests.synthetic_models import _save, write_heavy_model
 from tests.conftest import MODELS
@@ -128,7 +129,7 @@ def test_an_entry_for_another_onnxruntime_is_not_used(model: Path, settings: Tun
     stored = {"source": "tuned", "count": 3, "threads": 5, "max_batch_size": 64,
               "batch_size": 64, "seconds": 1.0, "inputs": "synthetic inputs",
               "reason": "", "spinning": False, "low_load_threads": None,
-              "low_load_spinning": False}  # fmt: skip
+              "low_load_spinning": False, "device": "cpu"}  # fmt: skip
     cache.write({**key, "onnxruntime": "1.0.0"}, stored)
     assert key["onnxruntime"] == ort.__version__
     assert run_tune(model, settings).count != 3

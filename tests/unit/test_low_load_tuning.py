@@ -13,9 +13,9 @@ import pytest
 
 from app.profile import measure
 from app.profile.recommend import Layout, Point
-from app.repository.autotune import Tuning, _from_dict
 from app.repository.config import ModelConfig
 from app.repository.low_load import LowLoad, low_load_instance
+from app.repository.tuning_result import Tuning, from_dict
 from app.timing import Stability
 from load_tests.synthetic_models import write_heavy_model
 from tests.conftest import MODELS
@@ -44,10 +44,16 @@ def profiled(layout: Layout) -> list[Point]:
 def test_a_compute_bound_model_gets_a_low_load_instance_of_every_core(tmp_path: Path) -> None:
     # ~270 MFLOP a sample in 2048-wide MatMuls: two threads compute a lone one in about
     # 0.55 of one thread's time, milliseconds apart.
+    # A measurement, so up to three tries: another process on the cores (the CI machine is
+    # shared) can slow the 2-thread session more than the 1-thread one.
     model = tmp_path / "mlp.onnx"
     write_heavy_model(model, width=16, hidden=2048, blocks=32)
-    chosen = low_load_instance(model, Layout(2, 1), profiled(Layout(2, 1)), zeros(16, "x"),
-                               SETTINGS)  # fmt: skip
+    chosen = None
+    for _ in range(3):
+        chosen = low_load_instance(model, Layout(2, 1), profiled(Layout(2, 1)), zeros(16, "x"),
+                                   SETTINGS)  # fmt: skip
+        if chosen is not None:
+            break
     assert isinstance(chosen, LowLoad) and chosen.threads == 2
 
 
@@ -75,7 +81,7 @@ def test_a_tuned_low_load_instance_reaches_the_config_metadata_and_cache() -> No
     assert "2x1 + low-load 1x2 spinning" in tuned.describe()
     meta = tuned.metadata()
     assert (meta["low_load_threads"], meta["low_load_spinning"]) == (2, True)
-    assert _from_dict(asdict(tuned)) == tuned
+    assert from_dict(asdict(tuned)) == tuned
     # Without one: a single [[instances]] line, and the plain layout.
     plain = Tuning("tuned", count=2, threads=1, max_batch_size=32, batch_size=4)
     assert len(plain.apply(ModelConfig()).instances) == 1
@@ -86,4 +92,4 @@ def test_a_cached_low_load_instance_of_no_threads_is_not_trusted() -> None:
     entry = asdict(Tuning("tuned", count=2, threads=1, max_batch_size=32, batch_size=4,
                           low_load_threads=0))  # fmt: skip
     with pytest.raises(ValueError, match="at least 1"):
-        _from_dict(entry)
+        from_dict(entry)
