@@ -108,7 +108,8 @@ models: $(BIN)/batchserve
 # ships the weights), and the script, offline. Order-only on the venv: a pyproject.toml edit
 # does not rebuild the model; an edit of the script does.
 text-model: $(TEXT_MODEL)
-$(TEXT_MODEL): models/build_minilm.py models/text_calibration.py | $(BIN)/batchserve
+$(TEXT_MODEL): models/build_minilm.py models/minilm_data.py models/minilm_checks.py \
+		models/text_calibration.py | $(BIN)/batchserve
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) torch==2.13.0
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[text-build]'
 	HF_HUB_OFFLINE=1 $(BIN)/python models/build_minilm.py
@@ -118,7 +119,7 @@ $(TEXT_MODEL): models/build_minilm.py models/text_calibration.py | $(BIN)/batchs
 # model code, the package that ships the checkpoint, the class names, the test and calibration
 # images), and the script. Order-only on the venv, as text-model.
 image-model: $(IMAGE_MODEL)
-$(IMAGE_MODEL): models/build_effnet.py | $(BIN)/batchserve
+$(IMAGE_MODEL): models/build_effnet.py models/effnet_data.py models/effnet_checks.py | $(BIN)/batchserve
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) torch==2.13.0
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[image-build]'
 	$(BIN)/python models/build_effnet.py

