@@ -25,6 +25,7 @@ import onnxruntime as ort
 
 from app.cores import available_cores
 from app.profile import measure
+from app.profile.errors import ProfileError
 from app.profile.recommend import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_SEQUENCE_LENGTH,
@@ -151,7 +152,14 @@ def _measure(
     device: str = "cpu",
 ) -> Tuning:
     started = time.monotonic()
-    probe = measure.open_instances(model_path, device, Layout(1, 1))[0]
+    try:
+        probe = measure.open_instances(model_path, device, Layout(1, 1))[0]
+    except ProfileError as exc:
+        if device == "cpu":
+            raise
+        log.warning("no CUDA session on %s (%s): tuning for the CPU", device, exc)
+        device = "cpu"
+        probe = measure.open_instances(model_path, device, Layout(1, 1))[0]
     if device != "cpu" and probe.providers[0] != CUDA_PROVIDER:
         log.warning("a session on %s got %s, not CUDA: tuning for the CPU", device,
                     probe.providers)  # fmt: skip

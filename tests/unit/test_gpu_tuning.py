@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,27 @@ def test_a_gpu_tuning_serves_on_every_gpu_and_is_cached_as_such() -> None:
     assert from_dict(asdict(tuned)) == tuned
     with pytest.raises(ValueError, match="neither 'cpu' nor 'cuda'"):
         from_dict({**asdict(tuned), "device": "tpu"})
+
+
+def test_a_gpu_without_a_cuda_session_tunes_the_cpu(tmp_path: Path) -> None:
+    """Tuning asked to measure cuda:0 where no session gets CUDA (here: onnxruntime-gpu
+    without the driver) measures the CPU instead, rather than failing the tuning."""
+    from app.repository.autotune import TuneSettings, _measure
+    from app.repository.tuning_inputs import tuning_inputs
+    from app.runtime import OnnxInstance
+    from app.runtime.session import ProviderUnavailableError
+    from load_tests.synthetic_models import write_heavy_model
+
+    model = tmp_path / "mlp" / "1" / "model.onnx"
+    write_heavy_model(model, width=16, hidden=64, blocks=1)
+    try:
+        OnnxInstance(model, "cuda:0", threads=1, index=0)
+    except ProviderUnavailableError:
+        pass
+    else:
+        pytest.skip("CUDA runs here: tests/gpu/test_cuda.py tunes on the GPU")
+    settings = TuneSettings(budget_s=1.0, window_s=0.02, point_s=0.1)
+    inputs = tuning_inputs(ModelConfig(), model.parent.parent)
+    tuned = _measure(model, ModelConfig(), settings=settings, inputs=inputs, device="cuda:0")
+    assert (tuned.source, tuned.device) == ("tuned", "cpu")
+    assert tuned.apply(ModelConfig()).instances[0].device == "cpu"
