@@ -35,11 +35,13 @@ from app.profile.recommend import (
     recommend,
 )
 from app.repository.config import AUTO_MAX_BATCH_SIZE, ModelConfig
-from app.repository.gpu_tuning import CUDA_PROVIDER, gpu_identity, gpu_layouts, tuning_device
-from app.repository.low_load import LowLoad, low_load_instance, spinning_helps
+from app.repository.gpu_tuning import gpu_identity, gpu_layouts, tuning_device
+from app.repository.low_load import lone_request_fields
 from app.repository.tuning_cache import RULE_VERSION, TuningCache, default_cache_dir, file_sha256
 from app.repository.tuning_inputs import TuningInputs
 from app.repository.tuning_result import Tuning, from_dict, to_dict
+from app.runtime import OnnxInstance
+from app.runtime.providers import CPU, CUDA
 from app.runtime.session import repeat_rows
 from app.timing import Stability
 
@@ -126,7 +128,7 @@ def _cache_key(
         "rule": RULE_VERSION,
         "model_sha256": file_sha256(model_path),
         "device": gpu_identity() if on_gpu else "cpu",
-        "provider": CUDA_PROVIDER if on_gpu else "CPUExecutionProvider",
+        "provider": CUDA if on_gpu else CPU,
         "cores": available_cores(),
         "onnxruntime": ort.__version__,
         "max_batch_size": config.max_batch_size,
@@ -152,18 +154,7 @@ def _measure(
     device: str = "cpu",
 ) -> Tuning:
     started = time.monotonic()
-    try:
-        probe = measure.open_instances(model_path, device, Layout(1, 1))[0]
-    except ProfileError as exc:
-        if device == "cpu":
-            raise
-        log.warning("no CUDA session on %s (%s): tuning for the CPU", device, exc)
-        device = "cpu"
-        probe = measure.open_instances(model_path, device, Layout(1, 1))[0]
-    if device != "cpu" and probe.providers[0] != CUDA_PROVIDER:
-        log.warning("a session on %s got %s, not CUDA: tuning for the CPU", device,
-                    probe.providers)  # fmt: skip
-        device = "cpu"
+    probe, device = _probe(model_path, device)
     on_gpu = device != "cpu"
     specs = probe.inputs
     sample = inputs.read(specs, probe.outputs)
@@ -195,74 +186,62 @@ def _measure(
     )
     profile = measure.profile(model_path, profile_settings, feeds_for)
     chosen = recommend(profile.points, None, batching)
-    if on_gpu:
-        return _on_gpu(chosen, profile.points, config, batching, inputs.label, started)
-    if not batching:
-        spinning = spinning_helps(
-            model_path, chosen.layout, profile.points, 1, feeds_for, profile_settings
-        )
-        low_load = low_load_instance(
-            model_path, chosen.layout, profile.points, feeds_for, profile_settings
-        )
-        return Tuning(
-            source="tuned", count=chosen.layout.count, threads=chosen.layout.threads,
-            max_batch_size=config.max_batch_size, seconds=time.monotonic() - started,
-            inputs=inputs.label, spinning=spinning, **_low_load_fields(low_load),
+    tuning = _chosen_tuning(chosen, profile.points, config, batching=batching,
+                            inputs=inputs.label, device="cuda" if on_gpu else "cpu")  # fmt: skip
+    if not on_gpu:  # a GPU session has no threads to spin, nor a low-load twin
+        fields = lone_request_fields(
+            model_path, chosen.layout, profile.points, tuning.batch_size or 1, feeds_for,
+            profile_settings,
         )  # fmt: skip
-    bound = max(chosen.target_ms / 2, BATCH_LATENCY_FLOOR_MS)
-    within = [p for p in profile.points if p.layout == chosen.layout and p.latency_ms_p50 <= bound]
-    batch_size = serving_batch_size(within) if within else chosen.max_batch_size or 1
-    # Never below the auto-complete default: requests it took stay accepted.
-    max_batch_size = config.max_batch_size or max(batch_size, AUTO_MAX_BATCH_SIZE)
-    batch_size = min(batch_size, max_batch_size)
-    spinning = spinning_helps(
-        model_path, chosen.layout, profile.points, batch_size, feeds_for, profile_settings
-    )
-    low_load = low_load_instance(
-        model_path, chosen.layout, profile.points, feeds_for, profile_settings
-    )
-    return Tuning(
-        source="tuned",
-        count=chosen.layout.count,
-        threads=chosen.layout.threads,
-        max_batch_size=max_batch_size,
-        batch_size=batch_size,
-        seconds=time.monotonic() - started,
-        inputs=inputs.label,
-        spinning=spinning,
-        **_low_load_fields(low_load),
-    )
+        tuning = replace(tuning, **fields)
+    return replace(tuning, seconds=time.monotonic() - started)
 
 
-def _on_gpu(
+def _probe(model_path: Path, device: str) -> tuple[OnnxInstance, str]:
+    """A session on `device` to read the model's inputs from, and the device tuning measures:
+    the CPU where a GPU session cannot be had or does not really get CUDA."""
+    try:
+        probe = measure.open_instances(model_path, device, Layout(1, 1))[0]
+    except ProfileError as exc:
+        if device == "cpu":
+            raise
+        log.warning("no CUDA session on %s (%s): tuning for the CPU", device, exc)
+        return measure.open_instances(model_path, "cpu", Layout(1, 1))[0], "cpu"
+    if device != "cpu" and probe.providers[0] != CUDA:
+        log.warning("a session on %s got %s, not CUDA: tuning for the CPU", device,
+                    probe.providers)  # fmt: skip
+        device = "cpu"
+    return probe, device
+
+
+def _chosen_tuning(
     chosen: Recommendation,
     points: list[Point],
     config: ModelConfig,
+    *,
     batching: bool,
     inputs: str,
-    started: float,
+    device: str,
 ) -> Tuning:
-    """The GPU's tuning: its layout, max_batch_size the largest batch computing within half
-    the latency target (a GPU's throughput grows with the batch far past a CPU's), and the
-    batch the server forms by the CPU's rule; no lone-request checks (no threads to spin)."""
-    max_batch_size = config.max_batch_size
-    batch_size = None
+    """The recommendation as a tuning: its layout, the batch the server forms (the largest
+    within BATCH_TOLERANCE of the best served throughput, computing within half the target,
+    or BATCH_LATENCY_FLOOR_MS on a CPU) and max_batch_size (on a GPU the largest batch within
+    half the target: its throughput grows with the batch far past a CPU's; never below the
+    auto-complete default, so requests it took stay accepted)."""
+    layout = chosen.layout
+    max_batch_size, batch_size = config.max_batch_size, None
     if batching:
-        largest = chosen.max_batch_size or 1
-        within = [p for p in points if p.layout == chosen.layout and p.batch_size <= largest]
+        floor = 0.0 if device == "cuda" else BATCH_LATENCY_FLOOR_MS
+        bound = max(chosen.target_ms / 2, floor)
+        within = [p for p in points if p.layout == layout and p.latency_ms_p50 <= bound]
+        batch_size = serving_batch_size(within) if within else chosen.max_batch_size or 1
+        largest = (chosen.max_batch_size or 1) if device == "cuda" else batch_size
         max_batch_size = config.max_batch_size or max(largest, AUTO_MAX_BATCH_SIZE)
-        batch_size = min(serving_batch_size(within) if within else largest, max_batch_size)
+        batch_size = min(batch_size, max_batch_size)
     return Tuning(
-        source="tuned", count=chosen.layout.count, threads=chosen.layout.threads,
-        max_batch_size=max_batch_size, batch_size=batch_size,
-        seconds=time.monotonic() - started, inputs=inputs, device="cuda",
+        source="tuned", count=layout.count, threads=layout.threads,
+        max_batch_size=max_batch_size, batch_size=batch_size, inputs=inputs, device=device,
     )  # fmt: skip
-
-
-def _low_load_fields(low_load: LowLoad | None) -> dict[str, Any]:
-    if low_load is None:
-        return {}
-    return {"low_load_threads": low_load.threads, "low_load_spinning": low_load.spinning}
 
 
 def serving_batch_size(points: list[Point]) -> int:

@@ -17,11 +17,10 @@ import os
 import onnxruntime as ort
 
 from app.profile.recommend import Layout
-from app.runtime.providers import visible_gpus
+from app.runtime.providers import CUDA, visible_gpus
 
 log = logging.getLogger(__name__)
 
-CUDA_PROVIDER = "CUDAExecutionProvider"
 #: Sessions per GPU that tuning compares.
 GPU_COUNTS = (1, 2)
 
@@ -29,7 +28,7 @@ GPU_COUNTS = (1, 2)
 def tuning_device() -> str:
     """ "cuda:0" where a GPU is visible and this ONNX Runtime has CUDA, else "cpu" (the
     probe session in app.repository.autotune still checks that CUDA really runs)."""
-    if not visible_gpus() or CUDA_PROVIDER not in ort.get_available_providers():
+    if not visible_gpus() or CUDA not in ort.get_available_providers():
         return "cpu"
     return "cuda:0"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from app.profile import measure
 from app.profile.recommend import Layout, Point, Recommendation
@@ -124,6 +125,25 @@ def low_load_instance(
     return LowLoad(threads=wide.threads, spinning=spinning)
 
 
+def lone_request_fields(
+    model_path: Path,
+    layout: Layout,
+    points: list[Point],
+    served: int,
+    feeds_for: measure.FeedsFor,
+    settings: measure.ProfileSettings,
+) -> dict[str, Any]:
+    """The lone-request checks for `layout` served in batches of `served`, as the fields
+    tuning's result and `batchserve profile`'s recommendation both carry: `spinning`,
+    `low_load_threads` (None: no low-load-only instance) and `low_load_spinning`."""
+    low_load = low_load_instance(model_path, layout, points, feeds_for, settings)
+    return {
+        "spinning": spinning_helps(model_path, layout, points, served, feeds_for, settings),
+        "low_load_threads": None if low_load is None else low_load.threads,
+        "low_load_spinning": low_load is not None and low_load.spinning,
+    }
+
+
 def for_lone_requests(
     model_path: Path,
     recommendation: Recommendation,
@@ -131,15 +151,9 @@ def for_lone_requests(
     feeds_for: measure.FeedsFor,
     settings: measure.ProfileSettings,
 ) -> Recommendation:
-    """`batchserve profile`'s recommendation with the checks tuning at load makes: spinning
-    for its layout, and the low-load-only instance beside it."""
-    layout = recommendation.layout
+    """`batchserve profile`'s recommendation with the checks tuning at load makes."""
     served = max(recommendation.preferred_batch_sizes, default=1)
-    spinning = spinning_helps(model_path, layout, points, served, feeds_for, settings)
-    low_load = low_load_instance(model_path, layout, points, feeds_for, settings)
-    return replace(
-        recommendation,
-        spinning=spinning,
-        low_load_threads=None if low_load is None else low_load.threads,
-        low_load_spinning=low_load is not None and low_load.spinning,
+    fields = lone_request_fields(
+        model_path, recommendation.layout, points, served, feeds_for, settings
     )
+    return replace(recommendation, **fields)
