@@ -50,6 +50,23 @@ def to_json(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
+def instance_tables(recommendation: Recommendation, device: str) -> list[dict[str, Any]]:
+    """The recommendation's `[[instances]]` lines for `device`: its layout (spinning where
+    chosen), then the low-load-only instance where there is one."""
+    layout = recommendation.layout
+    main: dict[str, Any] = {"device": device, "count": layout.count, "threads": layout.threads}
+    if recommendation.spinning:
+        main["spinning"] = True
+    if recommendation.low_load_threads is None:
+        return [main]
+    low_load: dict[str, Any] = {"device": device, "count": 1,
+                                "threads": recommendation.low_load_threads}  # fmt: skip
+    if recommendation.low_load_spinning:
+        low_load["spinning"] = True
+    low_load["low_load_only"] = True
+    return [main, low_load]
+
+
 def config_snippet(recommendation: Recommendation, device: str) -> str:
     """The recommendation as the config.toml lines it stands for."""
     lines = []
@@ -61,25 +78,10 @@ def config_snippet(recommendation: Recommendation, device: str) -> str:
             f"preferred_batch_sizes = {recommendation.preferred_batch_sizes}",
             "",
         ]
-    layout = recommendation.layout
-    lines += [
-        "[[instances]]",
-        f'device = "{device}"',
-        f"count = {layout.count}",
-        f"threads = {layout.threads}",
-    ]
-    if recommendation.spinning:
-        lines.append("spinning = true")
-    if recommendation.low_load_threads is not None:
-        lines += [
-            "",
-            "[[instances]]",
-            f'device = "{device}"',
-            "count = 1",
-            f"threads = {recommendation.low_load_threads}",
-            *(["spinning = true"] if recommendation.low_load_spinning else []),
-            "low_load_only = true",
-        ]
+    for index, table in enumerate(instance_tables(recommendation, device)):
+        lines += [*([""] if index else []), "[[instances]]"]
+        # JSON writes these values (strings, integers, booleans) as TOML does.
+        lines += [f"{key} = {json.dumps(value)}" for key, value in table.items()]
     return "\n".join(lines) + "\n"
 
 

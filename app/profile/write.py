@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from app.optimize.errors import require
 from app.profile.errors import ProfileError
 from app.profile.recommend import Recommendation
+from app.profile.report import instance_tables
 from app.repository.config import CONFIG_FILE, ModelConfig
 
 #: Inline comment on keys that --write adds (keys it replaces keep their own comments).
@@ -43,10 +44,7 @@ def apply(text: str, recommendation: Recommendation, device: str) -> str:
             document.add("batching", tomlkit.table())
         batching: Any = document["batching"]
         _set(batching, "preferred_batch_sizes", list(recommendation.preferred_batch_sizes))
-    layout = recommendation.layout
-    line: dict[str, Any] = {"device": device, "count": layout.count, "threads": layout.threads}
-    if recommendation.spinning:
-        line["spinning"] = True
+    line, *low_load = instance_tables(recommendation, device)
     if "instances" not in document:
         document.add("instances", tomlkit.aot())
     instances: Any = document["instances"]
@@ -63,13 +61,8 @@ def apply(text: str, recommendation: Recommendation, device: str) -> str:
             del first["low_load_only"]
         for index in reversed(mine[1:]):
             del instances[index]
-    if recommendation.low_load_threads is not None:
-        low_load: dict[str, Any] = {"device": device, "count": 1,
-                                    "threads": recommendation.low_load_threads}  # fmt: skip
-        if recommendation.low_load_spinning:
-            low_load["spinning"] = True
-        low_load["low_load_only"] = True
-        instances.append(tomlkit.item(low_load))
+    for table in low_load:
+        instances.append(tomlkit.item(table))
     return tomlkit.dumps(document)
 
 
