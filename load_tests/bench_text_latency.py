@@ -112,8 +112,7 @@ def served_tuning(url: str) -> str:
     import httpx
 
     tuning = httpx.get(f"{url}/v2/models/minilm/versions/1").json()["parameters"]["tuning"]
-    spins = tuning.get("low_load_spinning") if tuning.get("low_load_threads") else None
-    spins = tuning.get("spinning") if spins is None else spins
+    spins = tuning.get("low_load_spinning" if tuning.get("low_load_threads") else "spinning")
     return f"{tuning.get('layout') or tuning['source']}{', spinning' if spins else ''}"
 
 
