@@ -42,10 +42,7 @@ def encoded(kind: str, image: Image.Image) -> bytes:
 
 def with_pillow_draft(data: bytes) -> np.ndarray:
     """What the stage does before its float math: draft-mode decode, RGB, resize, crop."""
-    image = Image.open(io.BytesIO(data))
-    if image.format == "JPEG" and min(image.size) > 256:
-        scale = 256 / min(image.size)
-        image.draft("RGB", (int(image.width * scale) + 1, int(image.height * scale) + 1))
+    image = TRANSFORM.drafted(Image.open(io.BytesIO(data)))
     return np.asarray(TRANSFORM.resized(image.convert("RGB")))
 
 

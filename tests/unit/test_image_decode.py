@@ -4,6 +4,8 @@ the config checked against the graph."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -48,9 +50,10 @@ def test_short_side_resize_then_centre_crop_then_normalise() -> None:
 
 @pytest.mark.parametrize("channels", ["RGB", "BGR"])
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-def test_the_lookup_tables_give_the_float_arithmetic_to_the_bit(channels: str, layout: str) -> None:
-    """Every 8-bit value in every channel, looked up: exactly what scaling and shifting a
-    float32 image gives, (x / 255 - mean) / std, reordered and laid out as configured."""
+def test_scale_and_shift_give_the_float_arithmetic_to_the_bit(channels: str, layout: str) -> None:
+    """Every 8-bit value in every channel, scaled and shifted in place: exactly what
+    normalising a float32 image gives, (x / 255 - mean) / std, reordered and laid out as
+    configured."""
     transform = ImageTransform(
         resize=16, crop=16, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
         channels=channels, layout=layout,
@@ -95,3 +98,19 @@ def test_the_image_input_must_not_clash_with_a_model_input() -> None:
             ImageConfig(resize=40, crop=32), inputs, max_batch_size=8, max_queue_size=8,
             max_pixels=1000,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("size", "decoded"),
+    [((512, 768), (256, 384)), ((511, 768), (511, 768)), ((1100, 2000), (275, 500))],
+)
+def test_jpegs_twice_the_target_or_more_decode_at_a_dct_scale(
+    size: tuple[int, int], decoded: tuple[int, int]
+) -> None:
+    """The smallest 1/2, 1/4, 1/8 scale whose short side is still at least `resize`:
+    exactly twice the target is decoded at half, just under twice it in full."""
+    transform = ImageTransform(resize=256, crop=224)
+    data = encoded(halves(size), "JPEG")
+    image = transform.drafted(Image.open(io.BytesIO(data)))
+    assert image.size == decoded
+    assert transform.decode(data).shape == (3, 224, 224)
