@@ -5,7 +5,7 @@ its ENTRYPOINT/CMD, with `batchserve` resolved in this virtual environment (the 
 /opt/venv), and its ENV, except that the server listens on 127.0.0.1, on port 0 (gRPC: on a
 free port), and serves this checkout's models/ (the directory the image copies to /models).
 The environment is the image's too: `make` installs it with the versions of requirements/
-(test_container.py checks).
+(test_container_locks.py checks).
 """
 
 from __future__ import annotations

@@ -87,9 +87,9 @@ def test_the_schema_check_can_fail(compose: dict[str, Any]) -> None:
 def test_mounts_the_monitoring_files_the_observability_tests_check(
     compose: dict[str, Any],
 ) -> None:
-    """tests/integration/test_observability.py runs deploy/prometheus's config and rules and
-    every query of deploy/grafana's dashboard against a real Prometheus: compose must serve
-    exactly those files, and they must fit the compose network."""
+    """tests/integration/test_observability_prometheus.py runs deploy/prometheus's config and
+    rules and every query of deploy/grafana's dashboard against a real Prometheus: compose must
+    serve exactly those files, and they must fit the compose network."""
     prometheus = compose["services"]["prometheus"]
     mounted = binds(prometheus)
     config_dir = ROOT / mounted["/etc/prometheus"]

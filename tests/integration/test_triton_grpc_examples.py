@@ -1,7 +1,7 @@
 """What Triton's example gRPC clients (triton-inference-server/client, src/python/examples:
 simple_grpc_{infer,async_infer,aio_infer,string_infer}_client, simple_grpc_health_metadata,
 simple_grpc_custom_args_client, simple_grpc_keepalive_client; the grpc_explicit_*_content
-clients are in test_grpc.py) call and check, made with tritonclient.grpc against
+clients are in test_grpc_inference.py) call and check, made with tritonclient.grpc against
 `batchserve serve` on the ONNX builds of their models. Written here from what they do; none
 of their code."""
 

@@ -1,7 +1,7 @@
 """Metrics as the operator sees them: a real Prometheus (Debian's package, started here on
-127.0.0.1 with deploy/prometheus's config and rules) scrapes a real `batchserve serve`; every
-query of the Grafana dashboard and of the rules must return data, and the figures must match
-the load the test sent."""
+127.0.0.1 with deploy/prometheus's config and rules) scrapes a real `batchserve serve`; promtool
+accepts the config and rules, every query of the Grafana dashboard and of the rules must
+return data, and the figures must match the load the test sent."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,16 +22,12 @@ import pytest
 import yaml
 
 from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import (
-    write_heavy_model,
-    write_token_model,
-    write_word_tokenizer,
-)
-from tests.conftest import DIGITS_ONNX, MODELS, ROOT
+from tests.observability_helpers import DEPLOY, WORDS, heavy_body, poll
+from tests.observability_helpers import repository as repository  # fixture
+from tests.observability_helpers import server as server  # fixture: a server per test module
 
 pytestmark = pytest.mark.integration
 
-DEPLOY = ROOT / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "batchserve.json"
 RULES = sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))
 PROMETHEUS = shutil.which("prometheus")
@@ -42,8 +36,6 @@ needs_prometheus = pytest.mark.skipif(
     (PROMETHEUS is None or PROMTOOL is None) and not os.environ.get("CI"),  # CI must run them
     reason="Prometheus is not installed (.ci/run installs Debian's prometheus package)",
 )
-WAIT_S = 60.0
-WORDS = ["alpha", "beta", "gamma", "delta"]
 COMPARISON = re.compile(r"\s*(>|<|==|!=|>=|<=)\s*[0-9.]+\s*$")
 
 
@@ -53,55 +45,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def poll(condition: Any, what: str, timeout: float = WAIT_S) -> Any:
-    """Call `condition` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 # -- fixtures ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("observed")
-    (root / "digits" / "1").mkdir(parents=True)
-    shutil.copy(DIGITS_ONNX, root / "digits" / "1" / "model.onnx")
-    # digits batched to a latency target, so the dashboard's latency-target panels have data.
-    config = (MODELS / "digits" / "config.toml").read_text()
-    assert "max_queue_delay_ms = 0" in config
-    config = config.replace("max_queue_delay_ms = 0", "latency_target_ms = 1000")
-    (root / "digits" / "config.toml").write_text(config)
-    write_heavy_model(root / "heavy" / "1" / "model.onnx")
-    (root / "heavy" / "config.toml").write_text(
-        # One 8-sample request per batch, so a closed loop of 3 clients keeps it always busy.
-        "max_batch_size = 8\n[batching]\nmax_queue_size = 2\n"
-        '[[instances]]\ndevice = "cpu"\ncount = 1\nthreads = 1\n'
-    )
-    # A text model, so the tokenizer stage's panel has data.
-    write_token_model(root / "embed" / "1" / "model.onnx")
-    write_word_tokenizer(root / "embed" / "tokenizer.json", WORDS)
-    (root / "embed" / "config.toml").write_text(
-        "max_batch_size = 8\n[padding]\ninputs = { input_ids = 0, attention_mask = 0 }\n"
-        '[tokenizer]\ninput = "text"\nmax_length = 16\n'
-        '[[instances]]\ndevice = "cpu"\ncount = 1\nthreads = 1\n'
-    )
-    (root / "broken" / "1").mkdir(parents=True)
-    shutil.copy(DIGITS_ONNX, root / "broken" / "1" / "model.onnx")
-    (root / "broken" / "config.toml").write_text("[batching]\nmax_queue_size = 0\n")
-    return root
-
-
-@pytest.fixture(scope="module")
-def server(repository: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(repository, extra_args=["--metrics-port", "0"])
-    yield process
-    process.stop()
 
 
 @pytest.fixture(scope="module")
@@ -155,77 +99,12 @@ def scalar(prometheus: str, expr: str) -> float:
     return float(result[0]["value"][1]) if result else float("nan")
 
 
-# -- utilization ------------------------------------------------------------------------
-
-
-def busy_seconds(server: ServerProcess, model: str) -> float:
-    text = httpx.get(f"{server.url}/metrics").text
-    return sum(
-        float(m[1])
-        for m in re.finditer(
-            rf'^batchserve_worker_busy_seconds_total\{{[^}}]*model="{model}"[^}}]*\}} (\S+)$',
-            text,
-            re.MULTILINE,
-        )
-    )
-
-
-@pytest.fixture
-def heavy_server(repository: Path, tmp_path: Path) -> Iterator[ServerProcess]:
-    """The heavy model alone, on a server of its own, before Prometheus starts (this test
-    must come first in the module), so nothing else competes for the two cores. Four times
-    as deep as the module's: each batch computes ~30 ms, so the hand-offs between batches
-    (a fraction of a millisecond, more while the client shares the cores) stay a few percent
-    of the window."""
-    shutil.copytree(repository / "heavy", tmp_path / "heavy")
-    write_heavy_model(tmp_path / "heavy" / "1" / "model.onnx", blocks=64)
-    process = ServerProcess(tmp_path)
-    yield process
-    process.stop()
-
-
-def test_a_saturated_worker_reads_near_1_and_an_idle_one_near_0(
-    heavy_server: ServerProcess,
-) -> None:
-    server = heavy_server
-
-    async def saturate(seconds: float) -> tuple[float, float]:
-        stop = time.monotonic() + seconds
-        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-
-            async def client_loop() -> None:
-                while time.monotonic() < stop:
-                    r = await client.post("/v2/models/heavy/infer", json=heavy_body(8))
-                    assert r.status_code in (200, 429)
-
-            # Three clients: one request computing, two queued (the queue's limit), so the
-            # single worker never waits; the window starts once the first batch has run.
-            await client.post("/v2/models/heavy/infer", json=heavy_body(8))
-            busy_before, started = busy_seconds(server, "heavy"), time.monotonic()
-            await asyncio.gather(*(client_loop() for _ in range(3)))
-            return busy_seconds(server, "heavy") - busy_before, time.monotonic() - started
-
-    busy, wall = asyncio.run(saturate(3.0))
-    assert busy / wall > 0.9, f"saturated worker busy {busy:.2f}s of {wall:.2f}s"
-
-    idle_before, started = busy_seconds(server, "heavy"), time.monotonic()
-    time.sleep(1.0)  # the measurement window of an idle worker, not a synchronisation
-    idle = (busy_seconds(server, "heavy") - idle_before) / (time.monotonic() - started)
-    assert idle < 0.05
-
-
 # -- the load ---------------------------------------------------------------------------
 
 
 def digits_body(rows: int, width: int = 64) -> dict[str, Any]:
     x = np.zeros((rows, width), np.float32)
     return {"inputs": [{"name": "input", "shape": [rows, width], "datatype": "FP32",
-                        "data": x.ravel().tolist()}]}  # fmt: skip
-
-
-def heavy_body(rows: int) -> dict[str, Any]:
-    x = np.random.default_rng(rows).random((rows, 16), dtype=np.float32)
-    return {"inputs": [{"name": "x", "shape": [rows, 16], "datatype": "FP32",
                         "data": x.ravel().tolist()}]}  # fmt: skip
 
 
@@ -386,49 +265,3 @@ def test_counts_in_prometheus_match_the_load_sent(
     assert all(0.0 <= float(r["value"][1]) <= 1.0 for r in utilization)
     failed = query(prometheus, 'batchserve_model_state{model="broken", state="failed"}')
     assert [float(r["value"][1]) for r in failed] == [1.0]
-
-
-def test_metrics_are_also_served_on_their_own_port(server: ServerProcess) -> None:
-    match = re.search(r"metrics on (http://127\.0\.0\.1:\d+)/metrics", server.log)
-    assert match, server.log
-    text = httpx.get(f"{match[1]}/metrics").text
-    assert "batchserve_requests_total" in text
-    assert "process_resident_memory_bytes" in text
-
-
-def test_gpu_metrics_are_absent_not_zero_without_a_gpu(server: ServerProcess) -> None:
-    text = httpx.get(f"{server.url}/metrics").text
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        has_gpu = pynvml.nvmlDeviceGetCount() > 0
-    except Exception:
-        has_gpu = False
-    assert ("batchserve_gpu_utilization_ratio" in text) == has_gpu
-
-
-def test_triton_statistics_extension_works_with_tritonclient(server: ServerProcess) -> None:
-    import tritonclient.http as triton
-
-    client = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
-    before = client.get_inference_statistics(model_name="digits")["model_stats"][0]
-    x = np.zeros((3, 64), np.float32)
-    request = triton.InferInput("input", [3, 64], "FP32")
-    request.set_data_from_numpy(x, binary_data=False)
-    result = client.infer(
-        "digits", [request], outputs=[triton.InferRequestedOutput("label", binary_data=False)]
-    )
-    assert result.as_numpy("label").shape == (3,)
-    after = client.get_inference_statistics(model_name="digits", model_version="1")
-    stats = after["model_stats"][0]
-    assert (stats["name"], stats["version"]) == ("digits", "1")
-    assert stats["inference_count"] == before["inference_count"] + 3
-    assert stats["execution_count"] == before["execution_count"] + 1
-    success = stats["inference_stats"]["success"]
-    assert success["count"] == before["inference_stats"]["success"]["count"] + 1
-    assert success["ns"] > before["inference_stats"]["success"]["ns"]
-    assert stats["inference_stats"]["compute_infer"]["ns"] > 0
-    assert any(b["batch_size"] == 3 for b in stats["batch_stats"])
-    everything = client.get_inference_statistics()["model_stats"]
-    assert {s["name"] for s in everything} == {"digits", "embed", "heavy"}
