@@ -55,7 +55,7 @@ $(VENV)/.bench-deps: $(VENV)/.test-deps
 
 # The benchmark report (load_tests/report/): raw ONNX Runtime, a hand-written endpoint, the
 # HTTP ceiling and batchserve with and without batching, measured in one run (~15 min);
-# then the zero-config table, bare directories tuned at load against a sweep (~12 min).
+# then the zero-config table, bare directories tuned at load against a sweep (~15 min).
 bench: $(VENV)/.bench-deps
 	$(BIN)/python -m load_tests.bench --out load_tests/report
 	$(BIN)/python -m load_tests.bench_zero_config --out load_tests/report
