@@ -223,8 +223,8 @@ def _chosen_tuning(
     inputs: str,
     device: str,
 ) -> Tuning:
-    """The recommendation as a tuning: its layout, the batch the server forms (the largest
-    within BATCH_TOLERANCE of the best served throughput, computing within half the target,
+    """The recommendation as a tuning: its layout, the batch the server forms (near the best
+    served throughput, `serving_batch_size`, computing within half the target,
     or BATCH_LATENCY_FLOOR_MS on a CPU) and max_batch_size (on a GPU the largest batch within
     half the target: its throughput grows with the batch far past a CPU's; never below the
     auto-complete default, so requests it took stay accepted)."""
@@ -234,7 +234,9 @@ def _chosen_tuning(
         floor = 0.0 if device == "cuda" else BATCH_LATENCY_FLOOR_MS
         bound = max(chosen.target_ms / 2, floor)
         within = [p for p in points if p.layout == layout and p.latency_ms_p50 <= bound]
-        batch_size = serving_batch_size(within) if within else chosen.max_batch_size or 1
+        batch_size = (
+            serving_batch_size(within, layout.count) if within else chosen.max_batch_size or 1
+        )
         largest = (chosen.max_batch_size or 1) if device == "cuda" else batch_size
         max_batch_size = config.max_batch_size or max(largest, AUTO_MAX_BATCH_SIZE)
         batch_size = min(batch_size, max_batch_size)
@@ -244,16 +246,20 @@ def _chosen_tuning(
     )  # fmt: skip
 
 
-def serving_batch_size(points: list[Point]) -> int:
-    """The batch the server should form, from one layout's compute profile: the largest
-    whose throughput, counting the server's fixed cost per batch, is within
-    BATCH_TOLERANCE of the best. Compute alone favours small batches (2 and 4 on small
-    CNNs), but capping served batches there cost 15-25% of throughput; a transformer at 128
-    tokens, whose compute per sample grows with the batch, served best at 4 and lost 25% at
-    32 (load_tests/bench_zero_config.py)."""
+def serving_batch_size(points: list[Point], instances: int = 1) -> int:
+    """The batch the server should form, from one layout's compute profile: among the
+    batches whose throughput, counting the server's fixed cost per batch, is within
+    BATCH_TOLERANCE of the best, the largest for one instance and the smallest for several.
+    One instance has nobody to share a burst with, and a larger batch holds its throughput
+    under any load. Several instances share it only if a batch leaves some: a small CNN on
+    two 1-thread instances at C=32 served 0.87 of its best in batches of 16 or 32, where one
+    instance took the whole burst and the other waited, and 0.99-1.00 in batches of 4-8. A
+    transformer at 128 tokens, whose compute per sample grows with the batch, served best
+    at 4 and lost 25% at 32 (load_tests/bench_zero_config.py)."""
 
     def served(point: Point) -> float:
         return point.batch_size / (point.latency_ms_p50 + SERVING_COST_PER_BATCH_MS)
 
     best = max(served(p) for p in points)
-    return max(p.batch_size for p in points if served(p) >= (1 - BATCH_TOLERANCE) * best)
+    near = [p.batch_size for p in points if served(p) >= (1 - BATCH_TOLERANCE) * best]
+    return max(near) if instances == 1 else min(near)

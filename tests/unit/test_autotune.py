@@ -266,17 +266,21 @@ def points(latencies_ms: dict[int, float]) -> list[Point]:
     ]
 
 
-def test_the_served_batch_is_the_largest_near_the_best_with_the_cost_of_a_batch() -> None:
+def test_the_served_batch_is_near_the_best_with_the_cost_of_a_batch() -> None:
+    """One instance takes the largest batch near the best served throughput; several take
+    the smallest, so that a burst is shared between them."""
     # A small CNN: compute per sample lowest at 2-4, 6% more at 16, 16% at 32; the
-    # server's cost per batch makes 16 as good: it is served in batches of 16.
+    # server's cost per batch makes 4, 8 and 16 as good.
     cnn = points({1: 1.05, 2: 2.0, 4: 4.0, 8: 8.3, 16: 16.9, 32: 37.0})
     assert serving_batch_size(cnn) == 16
-    # A transformer at 128 tokens: compute per sample grows with the batch.
+    assert serving_batch_size(cnn, instances=2) == 4
+    # A transformer at 128 tokens: compute per sample grows with the batch past 4.
     text = points({1: 30.0, 2: 58.0, 4: 112.0, 8: 250.0, 16: 560.0})
     assert serving_batch_size(text) == 4
+    assert serving_batch_size(text, instances=2) == 2
     # A tiny model: the cost of a batch is most of its time; the largest batch wins.
     tiny = points({1: 0.02, 4: 0.04, 16: 0.09, 64: 0.3})
-    assert serving_batch_size(tiny) == 64
+    assert serving_batch_size(tiny) == serving_batch_size(tiny, instances=2) == 64
 
 
 def test_spinning_reaches_the_sessions_from_the_config_or_a_tuning(tmp_path: Path) -> None:

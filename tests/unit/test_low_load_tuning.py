@@ -14,7 +14,7 @@ import pytest
 from app.profile import measure
 from app.profile.recommend import Layout, Point
 from app.repository.config import ModelConfig
-from app.repository.low_load import LowLoad, low_load_instance
+from app.repository.low_load import LowLoad, low_load_instance, spinning_helps, spins_faster
 from app.repository.tuning_result import Tuning, from_dict
 from app.timing import Stability
 from load_tests.synthetic_models import write_heavy_model
@@ -93,3 +93,23 @@ def test_a_cached_low_load_instance_of_no_threads_is_not_trusted() -> None:
                           low_load_threads=0))  # fmt: skip
     with pytest.raises(ValueError, match="at least 1"):
         from_dict(entry)
+
+
+def test_spinning_must_save_a_share_and_half_a_millisecond() -> None:
+    def alone(latency_ms: float) -> Point:
+        return Point(Layout(1, 2), 1, latency_ms, latency_ms, 1000 / latency_ms)
+
+    assert spins_faster(alone(12.0), alone(10.5))  # the text model: 12% and 1.5 ms
+    assert not spins_faster(alone(12.0), alone(11.6))  # 0.4 ms: under 5%
+    assert not spins_faster(alone(0.05), alone(0.02))  # 60%, but 30 microseconds
+    assert not spins_faster(alone(4.0), alone(3.6))  # 10%, but 0.4 ms
+
+
+@two_cores
+def test_a_tiny_model_never_spins() -> None:
+    """digits on one 2-thread session: whatever spinning saves on microseconds, the serving
+    loop's cores are worth more (tuned with spinning, it served 0.44x)."""
+    digits = zeros(64, "input")
+    for _ in range(3):  # not once, in any of three measurements
+        assert not spinning_helps(DIGITS, Layout(1, 2), profiled(Layout(1, 2)), 1, digits,
+                                  SETTINGS)  # fmt: skip
