@@ -72,8 +72,11 @@ def _session_options(threads: int, spinning: bool) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Off unless asked (or tuned): spinning threads take the core the event loop needs
-    # between batches; a tuned model turns it on where it shortens a lone batch.
+    # between batches; a tuned model turns it on where it shortens a lone batch. Where on,
+    # the threads spin between a run's operators only and stop when the run returns, so
+    # that the loop has the cores to answer it and take the next request.
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1" if spinning else "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.log_severity_level = 3
     return options

@@ -285,16 +285,21 @@ def test_the_served_batch_is_near_the_best_with_the_cost_of_a_batch() -> None:
 
 def test_spinning_reaches_the_sessions_from_the_config_or_a_tuning(tmp_path: Path) -> None:
     """`spinning = true` on an [[instances]] line (or chosen by tuning) makes sessions
-    whose intra-op threads spin; every other session sleeps between operators."""
+    whose intra-op threads spin between operators and stop when a run returns; every other
+    session sleeps between operators."""
     from app.runtime import InstanceOptions, OnnxInstance
 
-    def spins(options: InstanceOptions) -> str:
+    def spins(options: InstanceOptions) -> tuple[str, str]:
         instance = OnnxInstance(MODELS / "digits" / "1" / "model.onnx", "cpu", threads=2,
                                 index=0, options=options)  # fmt: skip
         chosen = instance._session.get_session_options()
-        return str(chosen.get_session_config_entry("session.intra_op.allow_spinning"))
+        return (
+            str(chosen.get_session_config_entry("session.intra_op.allow_spinning")),
+            str(chosen.get_session_config_entry("session.force_spinning_stop")),
+        )
 
-    assert (spins(InstanceOptions()), spins(InstanceOptions(spinning=True))) == ("0", "1")
+    assert spins(InstanceOptions()) == ("0", "0")
+    assert spins(InstanceOptions(spinning=True)) == ("1", "1")
     config_file = tmp_path / "config.toml"
     config_file.write_text('[[instances]]\ndevice = "cpu"\nthreads = 2\nspinning = true\n')
     assert load_model_config(tmp_path).instances[0].spinning is True
