@@ -24,6 +24,8 @@ Writes models/effnet/:
                    quant_pre_process, then quantize_static), calibrated on CALIBRATION_IMAGES
     labels.txt     the 1000 class names, one per line, in index order
     sample.jpg     the cat photo as JPEG (quality 90), for the README's examples
+    sample_request.json  sample.jpg base64-encoded in a v2 JSON request for the top 3
+                   classes: the README's curl example, and what tuning at load measures on
     config.toml    batching and version policy for the server
 
 Images: files shipped in the installed wheels, opened from the packages' directories (none
@@ -65,11 +67,11 @@ from effnet_data import (
     CROP,
     OPSET,
     RESIZE,
-    SKIMAGE_DIR,
     TEST_IMAGES,
     corner_crops,
     load,
     preprocess,
+    write_sample_request,
 )
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -125,8 +127,7 @@ def main() -> None:
             check_signature(stage / v / "model.onnx")
         (stage / "labels.txt").write_text("".join(f"{name}\n" for name in labels))
         (stage / "config.toml").write_text(CONFIG_TOML)
-        # The README's curl example: the cat photo as a JPEG a client would send.
-        load(SKIMAGE_DIR / "chelsea.png").save(stage / "sample.jpg", format="JPEG", quality=90)
+        write_sample_request(stage)
         config = load_model_config(stage)  # as the server reads it
         assert config.max_batch_size == 32 and config.version_policy.all, config
 

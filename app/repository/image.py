@@ -27,6 +27,21 @@ def build_image_stage(
 ) -> ImageStage | None:
     if config is None:
         return None
+    if max_batch_size <= 0:
+        raise ModelLoadError("[image] needs batching: set max_batch_size above 0")
+    transform, target = image_transform(config, inputs, max_pixels=max_pixels)
+    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own bomb check agrees with ours
+    threads = config.threads or min(MAX_DEFAULT_THREADS, available_cores())
+    return ImageStage(
+        config.input, target, transform, threads=threads, max_queue_size=max_queue_size
+    )
+
+
+def image_transform(
+    config: ImageConfig, inputs: tuple[TensorSpec, ...], *, max_pixels: int
+) -> tuple[ImageTransform, str]:
+    """What `[image]` does to an encoded image, and the model input it fills, checked
+    against the graph's inputs (ModelLoadError saying what does not fit)."""
     floats = [spec for spec in inputs if spec.datatype.startswith(("FP", "BF"))]
     names = [spec.name for spec in inputs]
     if config.tensor is not None:
@@ -47,8 +62,6 @@ def build_image_stage(
         )
     if config.input in names:
         raise ModelLoadError(f"image.input '{config.input}' is already a model input")
-    if max_batch_size <= 0:
-        raise ModelLoadError("[image] needs batching: set max_batch_size above 0")
     transform = ImageTransform(
         resize=config.resize,
         crop=config.crop,
@@ -66,11 +79,7 @@ def build_image_stage(
             f"[image] makes samples of shape {list(want)} ({config.layout}, crop "
             f"{config.crop}), but input '{target.name}' takes {list(target.shape)}"
         )
-    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own bomb check agrees with ours
-    threads = config.threads or min(MAX_DEFAULT_THREADS, available_cores())
-    return ImageStage(
-        config.input, target.name, transform, threads=threads, max_queue_size=max_queue_size
-    )
+    return transform, target.name
 
 
 def load_labels(

@@ -1,9 +1,10 @@
 """What tuning at load measures a model on: real inputs where the model directory has any.
 
 In order: the `[warmup]` sample (the user's statement of what the model takes), else the
-directory's `sample_request.json` (a v2 request, raw text through the model's `[tokenizer]`),
-else nothing, and the profile falls back to synthetic inputs. Speeds differ between synthetic
-and real inputs, and so can the ranking of layouts.
+directory's `sample_request.json` (a v2 request: raw text goes through the model's
+`[tokenizer]`, encoded images through its `[image]` step), else nothing, and the profile
+falls back to synthetic inputs. Speeds differ between synthetic and real inputs, and so can
+the ranking of layouts.
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ from app.errors import ModelLoadError, ServingError
 from app.preprocess import TextTokenizer
 from app.protocol.codec import decode_infer_request
 from app.repository.config import ModelConfig
+from app.repository.image import image_transform
+from app.repository.sections import ImageConfig
 from app.repository.warmup import load_sample
 from app.tensors import TensorSpec
 
 SAMPLE_REQUEST = "sample_request.json"
+#: A sample image is the operator's own file: the server's default pixel limit is enough.
+MAX_SAMPLE_PIXELS = 40_000_000
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,11 @@ def _from_request(
     body = path.read_bytes()
     tokenizer = config.tokenizer
     try:
+        document = orjson.loads(body)
+        if config.image is not None and _sends(document, config.image.input):
+            return _decoded_images(body, config.image, inputs, outputs)
         if tokenizer is not None:
-            texts = _texts(orjson.loads(body), tokenizer.input)
+            texts = _texts(document, tokenizer.input)
             if texts is not None:
                 names = tuple(spec.name for spec in inputs)
                 run = TextTokenizer(model_dir / tokenizer.file, tokenizer.max_length, names).run
@@ -77,6 +85,25 @@ def _from_request(
         return decode_infer_request(body, inputs, outputs).inputs
     except (ServingError, orjson.JSONDecodeError) as exc:
         raise ModelLoadError(f"{path} does not fit the model: {exc}") from None
+
+
+def _decoded_images(
+    body: bytes,
+    image: ImageConfig,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+) -> dict[str, np.ndarray]:
+    """The request's encoded images as the model's input, decoded as the server would."""
+    transform, target = image_transform(image, tuple(inputs), max_pixels=MAX_SAMPLE_PIXELS)
+    files = TensorSpec(image.input, "BYTES", (-1,), opaque=True)
+    request = decode_infer_request(body, (files,), outputs)
+    return {target: transform.decode_all(request.inputs[image.input])}
+
+
+def _sends(document: object, name: str) -> bool:
+    """Whether the request document has an input named `name`."""
+    entries = document.get("inputs") if isinstance(document, dict) else None
+    return any(isinstance(e, dict) and e.get("name") == name for e in entries or [])
 
 
 def _texts(document: object, name: str) -> list[str] | None:

@@ -9,12 +9,17 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from PIL import Image
 
+from app.repository.config import load_model_config
+from app.repository.image import image_transform
+from app.repository.tuning_inputs import tuning_inputs
+from app.tensors import TensorSpec
 from load_tests.server_process import ServerProcess
 from tests.conftest import MODELS
 
@@ -88,3 +93,26 @@ def test_photos_sent_raw_get_their_class_over_grpc(server: ServerProcess) -> Non
             "effnet", [image], outputs=[grpcclient.InferRequestedOutput("logits", class_count=3)]
         )
         assert labels_of(result.as_numpy("logits")[0])[0] in expected
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_the_readme_sample_request_is_a_cat(server: ServerProcess, version: str) -> None:
+    body = (MODEL_DIR / "sample_request.json").read_bytes()
+    url = f"{server.url}/v2/models/effnet/versions/{version}/infer"
+    answer = httpx.post(url, content=body, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 200, answer.text
+    (logits,) = answer.json()["outputs"]
+    assert logits["shape"] == [1, 3]
+    assert labels_of(np.array(logits["data"]))[0] in EXPECTED["chelsea.png"]
+
+
+def test_tuning_at_load_measures_on_the_sample_photo_decoded_as_served() -> None:
+    config = load_model_config(MODEL_DIR)
+    specs = (TensorSpec("input", "FP32", (-1, 3, 224, 224)),)
+    inputs = tuning_inputs(config, MODEL_DIR)
+    feeds = inputs.read(specs, (TensorSpec("logits", "FP32", (-1, 1000)),))
+    assert inputs.label == "sample_request.json" and feeds is not None
+    assert config.image is not None
+    transform, _ = image_transform(config.image, specs, max_pixels=10**8)
+    served = transform.decode((MODEL_DIR / "sample.jpg").read_bytes())
+    np.testing.assert_array_equal(feeds["input"], served[None])

@@ -3,6 +3,7 @@ what its cache holds and when it is not trusted, and what a failing profile leav
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -24,8 +25,10 @@ from app.repository.tuning_cache import TuningCache
 from app.repository.tuning_inputs import tuning_inputs
 from app.repository.tuning_result import Tuning
 from app.service import _layout
+from app.tensors import TensorSpec
 from load_tests.synthetic_models import _save, write_heavy_model
 from tests.conftest import MODELS
+from tests.image_models import encoded, plain, write_colour_model
 
 #: Short windows and a 1 s budget: these tests check the mechanism, not the measurement.
 FAST = {"budget_s": 1.0, "window_s": 0.02, "point_s": 0.1}
@@ -257,6 +260,39 @@ def test_a_text_models_sample_texts_are_tokenized_to_measure_on(settings: TuneSe
     minilm = MODELS / "minilm"
     tuned = run_tune(minilm / "1" / "model.onnx", settings, load_model_config(minilm))
     assert (tuned.source, tuned.inputs) == ("tuned", "sample_request.json"), tuned.reason
+
+
+def colours_with_request(tmp_path: Path, image: bytes) -> tuple[Path, ModelConfig]:
+    """tests/image_models' colour classifier, whose sample_request.json sends `image` as
+    JSON does (base64): its model path and config."""
+    model_dir = write_colour_model(tmp_path)
+    request = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                           "data": [base64.b64encode(image).decode()]}]}  # fmt: skip
+    (model_dir / "sample_request.json").write_text(json.dumps(request))
+    return model_dir / "1" / "model.onnx", load_model_config(model_dir)
+
+
+def test_an_image_models_sample_image_is_decoded_to_measure_on(
+    settings: TuneSettings, tmp_path: Path
+) -> None:
+    model, config = colours_with_request(tmp_path, encoded(plain((255, 0, 0)), "JPEG"))
+    specs = (TensorSpec("input", "FP32", (-1, 3, 32, 32)),)
+    feeds = tuning_inputs(config, model.parent.parent).read(specs, ())
+    assert feeds is not None and feeds["input"].shape == (1, 3, 32, 32)
+    # Decoded and scaled as the server's [image] step does (mean 0, std 1: pixels / 255).
+    np.testing.assert_allclose(feeds["input"][0].mean(axis=(1, 2)), [1, 0, 0], atol=0.01)
+    tuned = run_tune(model, settings, config)
+    assert (tuned.source, tuned.inputs) == ("tuned", "sample_request.json"), tuned.reason
+
+
+def test_a_sample_image_that_cannot_be_decoded_fails_the_profile_saying_so(
+    settings: TuneSettings, tmp_path: Path
+) -> None:
+    model, config = colours_with_request(tmp_path, b"not an image at all")
+    tuning = run_tune(model, settings, config)
+    assert tuning.source == "failed"
+    assert "sample_request.json does not fit the model" in tuning.reason
+    assert "image 0: not an image file" in tuning.reason
 
 
 def points(latencies_ms: dict[int, float]) -> list[Point]:
