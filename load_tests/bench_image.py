@@ -11,8 +11,8 @@ image-model`): `make bench-image` writes load_tests/report/IMAGE.md and image.js
 3. Speed of the versions at batch 8, raw ONNX Runtime, interleaved rounds; file sizes.
 4. Served images/s, one run, alternating rounds at the same concurrency: raw JPEG files
    (the server decodes them) against pre-decoded float tensors, beside raw ONNX Runtime at
-   its best batch size of 3. in the same rotation; and the same with decoding on a core of
-   its own.
+   the best batch size of step 3, measured in the same rotation; and the same with decoding
+   on a core of its own.
 
     python -m load_tests.bench_image --out load_tests/report
 """
@@ -259,7 +259,7 @@ def report(data: dict[str, Any]) -> str:
               f"and {s['sizes_mb']['2']:.1f} MB ({s['sizes_mb']['1'] / s['sizes_mb']['2']:.1f}x "
               f"smaller). fp32 by batch: {by_batch} images/s."]  # fmt: skip
     v = data["served"]
-    best = statistics.median(data["served"]["raw"])
+    best = statistics.median(v["raw"])
     jpeg, tensor = statistics.median(v["jpeg"]), statistics.median(v["tensor"])
     lines += ["", f"## Served images/s, fp32, C={data['concurrency']}, one image a request", "",
               "| input | images/s (median of rounds) | x tensors | x raw ORT best |",
