@@ -67,7 +67,7 @@ def load_version(
     model_dir = version_dir.parent
     tuning = tune(
         model_path, config, settings=defaults.tuning, label=label,
-        inputs=tuning_inputs(config, model_dir),
+        inputs=tuning_inputs(config, model_dir, max_image_pixels=defaults.max_image_pixels),
     )  # fmt: skip
     config = tuning.apply(config)
     instances = build_instances(model, version, model_path, config)

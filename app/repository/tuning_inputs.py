@@ -18,16 +18,14 @@ import orjson
 
 from app.errors import ModelLoadError, ServingError
 from app.preprocess import TextTokenizer
+from app.preprocess.image import ImageTransform
 from app.protocol.codec import decode_infer_request
 from app.repository.config import ModelConfig
 from app.repository.image import image_transform
-from app.repository.sections import ImageConfig
 from app.repository.warmup import load_sample
 from app.tensors import TensorSpec
 
 SAMPLE_REQUEST = "sample_request.json"
-#: A sample image is the operator's own file: the server's default pixel limit is enough.
-MAX_SAMPLE_PIXELS = 40_000_000
 
 
 @dataclass(frozen=True)
@@ -38,6 +36,8 @@ class TuningInputs:
     label: str
     config: ModelConfig
     model_dir: Path
+    #: The server's BATCHSERVE_MAX_IMAGE_PIXELS: a sample image is refused as a request's is.
+    max_image_pixels: int = ImageTransform.max_pixels
 
     def read(
         self, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
@@ -49,55 +49,44 @@ class TuningInputs:
             return None
         if self.config.warmup is not None:
             return load_sample(self.config.warmup, self.model_dir, inputs)
-        return _from_request(self.file, self.config, self.model_dir, inputs, outputs)
+        return self._from_request(self.file, inputs, outputs)
+
+    def _from_request(
+        self, path: Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+    ) -> dict[str, np.ndarray]:
+        body = path.read_bytes()
+        config, model_dir = self.config, self.model_dir
+        tokenizer = config.tokenizer
+        try:
+            document = orjson.loads(body)
+            if config.image is not None and _sends(document, config.image.input):
+                transform, target = image_transform(
+                    config.image, tuple(inputs), max_pixels=self.max_image_pixels
+                )
+                files = TensorSpec(config.image.input, "BYTES", (-1,), opaque=True)
+                request = decode_infer_request(body, (files,), outputs)
+                return {target: transform.decode_all(request.inputs[config.image.input])}
+            if tokenizer is not None:
+                texts = _texts(document, tokenizer.input)
+                if texts is not None:
+                    names = tuple(spec.name for spec in inputs)
+                    run = TextTokenizer(model_dir / tokenizer.file, tokenizer.max_length, names).run
+                    return run({tokenizer.input: np.array(texts, dtype=object)})
+            return decode_infer_request(body, inputs, outputs).inputs
+        except (ServingError, orjson.JSONDecodeError) as exc:
+            raise ModelLoadError(f"{path} does not fit the model: {exc}") from None
 
 
-def tuning_inputs(config: ModelConfig, model_dir: Path) -> TuningInputs:
+def tuning_inputs(
+    config: ModelConfig, model_dir: Path, *, max_image_pixels: int = ImageTransform.max_pixels
+) -> TuningInputs:
     if config.warmup is not None:
-        return TuningInputs(
-            model_dir / config.warmup.file, "the [warmup] sample", config, model_dir
-        )
-    request = model_dir / SAMPLE_REQUEST
-    if request.is_file():
-        return TuningInputs(request, SAMPLE_REQUEST, config, model_dir)
-    return TuningInputs(None, "synthetic inputs", config, model_dir)
-
-
-def _from_request(
-    path: Path,
-    config: ModelConfig,
-    model_dir: Path,
-    inputs: Sequence[TensorSpec],
-    outputs: Sequence[TensorSpec],
-) -> dict[str, np.ndarray]:
-    body = path.read_bytes()
-    tokenizer = config.tokenizer
-    try:
-        document = orjson.loads(body)
-        if config.image is not None and _sends(document, config.image.input):
-            return _decoded_images(body, config.image, inputs, outputs)
-        if tokenizer is not None:
-            texts = _texts(document, tokenizer.input)
-            if texts is not None:
-                names = tuple(spec.name for spec in inputs)
-                run = TextTokenizer(model_dir / tokenizer.file, tokenizer.max_length, names).run
-                return run({tokenizer.input: np.array(texts, dtype=object)})
-        return decode_infer_request(body, inputs, outputs).inputs
-    except (ServingError, orjson.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path} does not fit the model: {exc}") from None
-
-
-def _decoded_images(
-    body: bytes,
-    image: ImageConfig,
-    inputs: Sequence[TensorSpec],
-    outputs: Sequence[TensorSpec],
-) -> dict[str, np.ndarray]:
-    """The request's encoded images as the model's input, decoded as the server would."""
-    transform, target = image_transform(image, tuple(inputs), max_pixels=MAX_SAMPLE_PIXELS)
-    files = TensorSpec(image.input, "BYTES", (-1,), opaque=True)
-    request = decode_infer_request(body, (files,), outputs)
-    return {target: transform.decode_all(request.inputs[image.input])}
+        file, label = model_dir / config.warmup.file, "the [warmup] sample"
+    elif (model_dir / SAMPLE_REQUEST).is_file():
+        file, label = model_dir / SAMPLE_REQUEST, SAMPLE_REQUEST
+    else:
+        file, label = None, "synthetic inputs"
+    return TuningInputs(file, label, config, model_dir, max_image_pixels)
 
 
 def _sends(document: object, name: str) -> bool:
