@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from load_tests.loadgen import LoadGenerator, PreparedRequest, client_session
@@ -28,9 +29,25 @@ pytestmark = pytest.mark.integration
 
 DEADLINE_S = 0.5
 SECONDS = 20.0
-#: The server's latency buckets here: the deadline, and the deadline plus one batch of this
-#: CNN (about 35 ms) with room for the loop's turns.
-BUCKETS = (0.01, 0.1, DEADLINE_S, DEADLINE_S + 0.1, 1.0, 5.0)
+
+
+def batch_allowance_s(model: Path, batch_size: int, threads: int) -> float:
+    """How long past its deadline a request may take the server: the one batch it may still
+    join as the deadline falls, timed here in raw ONNX Runtime (median of 20) and allowed
+    four times over, since the load generator takes cores from it at 5x overload and the
+    loop is busy; 0.1-0.9 s. Measured, so a slower machine gets a longer allowance
+    instead of failing the test."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    x = np.zeros((batch_size, 1, 56, 56), dtype=np.float32)
+    session.run(None, {"x": x})
+    times = []
+    for _ in range(20):
+        started = time.perf_counter()
+        session.run(None, {"x": x})
+        times.append(time.perf_counter() - started)
+    return min(0.9, max(0.1, round(4 * float(np.median(times)), 3)))
 
 
 def rss_bytes(pid: int) -> int:
@@ -42,12 +59,16 @@ def rss_bytes(pid: int) -> int:
 
 def test_five_times_capacity_for_20_s_stays_correct_prompt_and_bounded(tmp_path: Path) -> None:
     # ~60 samples/s here (a 16 ms batch-1 CNN, batches of at most 2): capacity is known small.
-    write_cnn_model(tmp_path / "cnn" / "1" / "model.onnx", channels=(128, 256, 512), size=56)
+    model = tmp_path / "cnn" / "1" / "model.onnx"
+    write_cnn_model(model, channels=(128, 256, 512), size=56)
+    allowance_s = batch_allowance_s(model, batch_size=2, threads=2)
+    # The server's latency buckets: the deadline, and the deadline plus that allowance.
+    buckets = (0.01, 0.1, DEADLINE_S, DEADLINE_S + allowance_s, DEADLINE_S + 1.0, 5.0)
     (tmp_path / "cnn" / "config.toml").write_text(
         "max_batch_size = 2\n[batching]\nmax_queue_size = 16\n"
         '[[instances]]\ndevice = "cpu"\ncount = 1\nthreads = 2\n'
     )
-    server = ServerProcess(tmp_path, env={"BATCHSERVE_LATENCY_BUCKETS": json.dumps(BUCKETS)})
+    server = ServerProcess(tmp_path, env={"BATCHSERVE_LATENCY_BUCKETS": json.dumps(buckets)})
     try:
         x = np.random.default_rng(0).random((1, 1, 56, 56), dtype=np.float32)
         tensor = {"name": "x", "shape": [1, 1, 56, 56], "datatype": "FP32",
@@ -109,8 +130,8 @@ def test_five_times_capacity_for_20_s_stays_correct_prompt_and_bounded(tmp_path:
     assert queue_waits["+Inf"] > 0 and queue_waits[str(DEADLINE_S)] == queue_waits["+Inf"], (
         f"a computed request waited past its deadline in the queue: {queue_waits}"
     )
-    assert durations[str(DEADLINE_S + 0.1)] == durations["+Inf"], (
-        f"a request took the server past its deadline plus one batch: {durations}"
+    assert durations[str(DEADLINE_S + allowance_s)] == durations["+Inf"], (
+        f"a request took the server past its deadline plus {allowance_s * 1000:.0f} ms: {durations}"
     )
     # The client's view, which this process's own pauses inflate: only a hang shows here.
     worst = max(result.latencies_s)  # type: ignore[attr-defined]
