@@ -15,6 +15,11 @@ Semantics (DESIGN.md, "Batching semantics"):
   load they answer every request, under load they stand aside.
 - One thread hand-off per batch: concatenation, execution and splitting all happen in the
   worker's thread (execution.py); the event loop only resolves futures.
+- Under load (requests queued, no other worker idle) a worker's next batch is taken while it
+  computes and staged on its thread, so the thread never waits for a turn of the loop
+  between batches (lanes.py). A staged request whose deadline passes before it starts is
+  still answered with DeadlineExceededError, uncomputed; one whose caller went away is
+  dropped.
 - Fault isolation: a failing batch is bisected so only the failing requests get the error.
 """
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,19 +36,23 @@ import numpy as np
 
 from app.batching.execution import BatchResult, execute
 from app.batching.formation import take_batch, take_limit
+from app.batching.lanes import CLOSED, STAGE_AFTER_S, Closed, Lane, Launched, Taken, still_wanted
 from app.batching.observer import BatchObserver, BatchReport
 from app.batching.policy import BatchingPolicy
 from app.batching.queue import Outputs, Pending, RequestQueue
 from app.batching.runner import BatchRunner
 from app.batching.strategy import LatencyTarget, QueueDelay
 from app.batching.wakeups import Workers
-from app.errors import InferenceFailedError, UnavailableError
+from app.errors import DeadlineExceededError, InferenceFailedError, UnavailableError
 
 log = logging.getLogger(__name__)
 
 
 class Batcher:
     """Queue and workers of one model version; see the module docstring for the semantics."""
+
+    #: Workers stage their next batch only where batches compute this long (lanes.py).
+    stage_after_s = STAGE_AFTER_S
 
     def __init__(
         self,
@@ -92,7 +102,7 @@ class Batcher:
             )
             self._executors.append(executor)
             task = asyncio.get_running_loop().create_task(
-                self._work(runner, executor), name=f"batcher {self.name} {runner.label}"
+                self._work(Lane(runner, executor)), name=f"batcher {self.name} {runner.label}"
             )
             self._tasks.append(task)
 
@@ -179,35 +189,42 @@ class Batcher:
 
     # -- taking batches -------------------------------------------------------------------
 
-    async def _next_batch(self, runner: BatchRunner) -> tuple[list[Pending], float] | None:
-        """The next batch for `runner`, and when it was taken: the queue wait is measured to
-        that moment, the one its deadlines were checked at, so a stall of the process
-        between taking a batch and running it inflates no request's queue wait."""
-        queue = self._queue
-        loop = asyncio.get_running_loop()
+    async def _next_batch(self, runner: BatchRunner) -> Taken | None:
+        """The next batch for `runner` (None once the batcher is closed and its queue
+        empty), waiting as long as `_take_now` says to."""
         waited = False
         while True:
-            now = loop.time()
+            outcome = self._take_now(runner, waited=waited)
+            if isinstance(outcome, Closed):
+                return None
+            if isinstance(outcome, tuple):
+                return outcome
+            if outcome is not None:  # held for a fuller batch
+                waited = True
+            await self._workers.sleep(runner.label, until=outcome)
+
+    def _take_now(self, runner: BatchRunner, *, waited: bool) -> Taken | float | Closed | None:
+        """`runner`'s next batch if it may take one now, and when it was taken: the queue
+        wait is measured to that moment, the one its deadlines were checked at, so a stall
+        of the process between taking a batch and running it inflates no request's queue
+        wait. Otherwise what to wait for: None to be woken, a loop time to hold until (the
+        strategy waits for a fuller batch), or CLOSED."""
+        queue = self._queue
+        while True:
+            now = asyncio.get_running_loop().time()
             if queue.due(now):
                 queue.expire()  # its timer is late: the loop was stalled
             group = queue.oldest_group()
             if group is None:
-                if self._closing:
-                    return None
-                await self._workers.sleep(runner.label)
-                continue
+                return CLOSED if self._closing else None
             if not self._workers.may_take(runner.label):
                 self._workers.wake_one()  # pass the work on to a worker that may take it
-                await self._workers.sleep(runner.label)
-                continue
+                return None
             if self._workers.leave_to_faster(runner.label):
-                await self._workers.sleep(runner.label)
-                continue
+                return None
             cap, hold_until = self._strategy.plan(group, runner.label, self._draining)
             if hold_until is not None:
-                waited = True
-                await self._workers.sleep(runner.label, until=hold_until)
-                continue
+                return hold_until
             batch = take_batch(
                 queue, group, take_limit(self.policy, group, cap), self.policy.padding
             )
@@ -223,27 +240,26 @@ class Batcher:
 
     # -- running them ---------------------------------------------------------------------
 
-    async def _work(self, runner: BatchRunner, executor: ThreadPoolExecutor) -> None:
-        loop = asyncio.get_running_loop()
+    async def _work(self, lane: Lane) -> None:
+        runner = lane.runner
         while True:
-            taken = await self._next_batch(runner)
-            if taken is None:
-                return
-            batch, taken_at = taken
-            started = loop.time()
-            waits = [taken_at - p.enqueued for p in batch]
+            if not lane.unbooked:
+                taken = await self._next_batch(runner)
+                if taken is None:
+                    return
+                self._launch(lane, taken)
+                self._stage(lane)
+            launched = lane.unbooked[0]
+            result, began, ended = await launched.finished
+            lane.unbooked.popleft()
+            batch, occupied = launched.batch, ended - began
+            if not batch:  # staged, and every request of it expired or went away
+                continue
+            # Queue waits end when the batch was taken, so that a stall of the process
+            # between taking and running it inflates none; a staged batch's when it started.
+            until = launched.started_at or launched.taken_at
+            waits = [until - p.enqueued for p in batch]
             samples = sum(p.samples for p in batch)
-            # One hand-off each way per batch: the thread answers the requests itself
-            # (_finish, one loop callback) and only then wakes this task for the bookkeeping.
-            finished: asyncio.Future[BatchResult] = loop.create_future()
-            try:
-                executor.submit(self._run_batch, loop, finished, runner, batch)
-                result = await finished
-                occupied = loop.time() - started
-            except RuntimeError as exc:  # the executor was shut down
-                occupied = 0.0
-                result = BatchResult([exc] * len(batch))
-                self._deliver(batch, result, runner)
             failed_samples = sum(
                 p.samples for p, o in zip(batch, result.outputs, strict=True)
                 if isinstance(o, Exception)
@@ -272,18 +288,51 @@ class Batcher:
             if not failed_samples and occupied > 0:
                 self._workers.observe_cost(runner.label, occupied / samples)
 
-    def _run_batch(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        finished: asyncio.Future[BatchResult],
-        runner: BatchRunner,
-        batch: list[Pending],
-    ) -> None:
+    def _stage(self, lane: Lane) -> None:
+        """Queue the worker's next batch behind the one it computes, if requests wait and
+        no other worker is idle to take them: its thread then goes from one batch to the
+        next without waiting for a turn of the (busy) event loop."""
+        label = lane.runner.label
+        if (
+            lane.inflight != 1
+            or lane.last_compute_s < self.stage_after_s
+            or self._strategy.per_request  # latency targets plan for a batch starting now
+            or not self._queue.depth
+            or label in self._workers.low_load_only
+            or self._workers.idle_may_take()
+        ):
+            return
+        taken = self._take_now(lane.runner, waited=False)
+        if isinstance(taken, tuple):
+            self._launch(lane, taken, staged=True)
+
+    def _launch(self, lane: Lane, taken: Taken, *, staged: bool = False) -> None:
+        """Hand a taken batch to the worker's thread (one hand-off each way per batch)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        launched = Launched(taken[0], taken[1], now, loop.create_future(), staged,
+                            time.monotonic() - now)  # fmt: skip
+        lane.inflight += 1
+        lane.unbooked.append(launched)
+        try:
+            lane.executor.submit(self._run_batch, loop, lane, launched)
+        except RuntimeError as exc:  # the executor was shut down: nothing more to stage
+            self._finish(lane, launched, BatchResult([exc] * len(launched.batch)), stage=False)
+
+    def _run_batch(self, loop: asyncio.AbstractEventLoop, lane: Lane, launched: Launched) -> None:
         """In the worker's thread: execute, then hand the results to the loop in one call
         that answers the requests before anything else (metrics, the next batch) runs."""
+        expired: list[Pending] = []
+        if launched.staged:
+            launched.batch, expired = still_wanted(launched)
+        batch = launched.batch
+        if not batch:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._finish, lane, launched, BatchResult([]), expired)
+            return
         try:
             result = execute(
-                runner,
+                lane.runner,
                 [p.inputs for p in batch],
                 batches=self.policy.batches,
                 padding=self.policy.padding,
@@ -293,24 +342,46 @@ class Batcher:
             result = BatchResult([exc] * len(batch))
         # Closed loop: the server is gone, and nobody waits for these results.
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._finish, batch, result, runner, finished)
+            loop.call_soon_threadsafe(self._finish, lane, launched, result, expired)
 
     def _finish(
         self,
-        batch: list[Pending],
+        lane: Lane,
+        launched: Launched,
         result: BatchResult,
-        runner: BatchRunner,
-        finished: asyncio.Future[BatchResult],
+        expired: Sequence[Pending] = (),
+        *,
+        stage: bool = True,
     ) -> None:
-        """On the loop: answer the batch's requests, then wake its worker task."""
-        self._deliver(batch, result, runner)
-        if not finished.done():
-            finished.set_result(result)
+        """On the loop: answer the batch's requests (and those of a staged batch whose
+        deadline passed before it started), queue the worker's next batch behind the one
+        now computing, then wake its worker task for the bookkeeping."""
+        ended = asyncio.get_running_loop().time()
+        began = launched.started_at or launched.launched_at  # a staged batch's own start
+        lane.inflight -= 1
+        if launched.batch:
+            lane.last_compute_s = result.compute_s
+        for pending in expired:
+            if not pending.future.done():
+                pending.future.set_exception(DeadlineExceededError(
+                    f"Request timeout expired: model '{self.name}': the request's deadline "
+                    f"passed after {(launched.started_at - pending.enqueued) * 1000:.0f} ms "
+                    "waiting for a worker; it was not computed"
+                ))  # fmt: skip
+        self._deliver(launched.batch, result, lane.runner, free=not lane.inflight)
+        if stage:
+            self._stage(lane)
+        if not launched.finished.done():
+            launched.finished.set_result((result, began, ended))
 
-    def _deliver(self, batch: list[Pending], result: BatchResult, runner: BatchRunner) -> None:
+    def _deliver(
+        self, batch: list[Pending], result: BatchResult, runner: BatchRunner, *, free: bool
+    ) -> None:
         """Answer each request of the batch with its outputs or its failure; the worker
-        counts as free from here (a request its answer sets off may go to another)."""
-        self._workers.freed(runner.label)
+        counts as free from here unless another batch of its is queued (a request its
+        answer sets off may go to another)."""
+        if free:
+            self._workers.freed(runner.label)
         now = asyncio.get_running_loop().time()
         answered = self._strategy.answered if self._strategy.per_request else None
         for pending, outcome in zip(batch, result.outputs, strict=True):

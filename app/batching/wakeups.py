@@ -126,6 +126,10 @@ class Workers:
             return True
         return self._depth() <= 1 and not self.busy - self.low_load_only
 
+    def idle_may_take(self) -> bool:
+        """Whether an idle worker could take queued work now."""
+        return any(not w.done() and self.may_take(label) for w, label in self.idle_waiters)
+
     def wake_all(self) -> None:
         while self.idle_waiters:
             _resolve(self.idle_waiters.popleft()[0])

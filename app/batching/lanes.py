@@ -1,0 +1,86 @@
+"""A batcher's workers as lanes: each worker's thread, the batch it computes, and the one
+staged behind it.
+
+Under load a worker's next batch is taken while it still computes the current one and queued
+on its thread (staged), so the thread goes from one batch to the next without waiting for a
+turn of the event loop, which on a busy server answers a finished batch's callback late: a
+2-instance image model in batches of 1 sat idle 14% of the time between batches, and 3% once
+staged. A staged batch is checked again as it starts, in the worker's thread: a request whose
+deadline passed meanwhile is answered 504, uncomputed, and one whose caller went away is
+dropped, as they would have been in the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from app.batching.execution import BatchResult
+from app.batching.queue import Pending
+from app.batching.runner import BatchRunner
+
+#: A worker's next batch is staged behind its current one only where batches compute this
+#: long: a shorter one ends before a busy loop would have answered it anyway, and a batch
+#: staged early loses the requests that would have joined it.
+STAGE_AFTER_S = 0.001
+#: A batch taken from the queue, and when (loop time).
+Taken = tuple[list[Pending], float]
+
+
+class Closed:
+    """`_take_now`'s answer once the batcher is closed and its queue empty."""
+
+
+CLOSED = Closed()
+
+
+@dataclass(eq=False)
+class Launched:
+    """A batch handed to its worker's thread; `finished` resolves to its result and when
+    it computed (loop times)."""
+
+    batch: list[Pending]
+    taken_at: float
+    launched_at: float
+    finished: asyncio.Future[tuple[BatchResult, float, float]]
+    #: Queued behind the batch its worker computes: its thread checks the deadlines and
+    #: clients again when it starts it, reading loop time as time.monotonic() - offset.
+    staged: bool = False
+    clock_offset: float = 0.0
+    #: Set by the thread when it starts a staged batch (loop time).
+    started_at: float = 0.0
+
+
+@dataclass(eq=False)
+class Lane:
+    """One worker: its runner, its thread, and its batches in flight (the one computing,
+    and at most one staged behind it)."""
+
+    runner: BatchRunner
+    executor: ThreadPoolExecutor
+    #: Batches its thread has not finished yet (at most two).
+    inflight: int = 0
+    #: Batches launched whose bookkeeping its task has not done yet, oldest first.
+    unbooked: deque[Launched] = field(default_factory=deque)
+    #: How long its last batch computed (s).
+    last_compute_s: float = 0.0
+
+
+def still_wanted(launched: Launched) -> tuple[list[Pending], list[Pending]]:
+    """In the thread, as a staged batch starts: (the requests to compute, those whose
+    deadline passed while it waited). A request whose caller went away (its future is
+    done: cancelled) is left out of both; its answer would go nowhere."""
+    now = launched.started_at = time.monotonic() - launched.clock_offset
+    wanted: list[Pending] = []
+    expired: list[Pending] = []
+    for pending in launched.batch:
+        if pending.future.done():
+            continue
+        if pending.deadline is not None and pending.deadline <= now:
+            expired.append(pending)
+        else:
+            wanted.append(pending)
+    return wanted, expired

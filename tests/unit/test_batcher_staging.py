@@ -1,0 +1,153 @@
+"""Staged batches (app/batching/lanes.py): under load a worker's next batch is queued on its
+thread while it computes, so the thread goes on to it without a turn of the event loop; a
+staged request whose deadline passes or whose caller goes away before it starts is not
+computed; and a model whose batches compute in microseconds never stages.
+
+The runner computes y = 2x + 1 and holds each batch until the test gives it a permit, so
+every state is reached by synchronisation. Blocking the event loop on purpose (a plain
+threading wait inside the coroutine) is how a test shows that something happened without a
+turn of the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from app.batching import Batcher
+from app.errors import DeadlineExceededError
+from tests.batcher_helpers import WAIT_S, policy, rows, run
+
+
+@dataclass
+class SteppedRunner:
+    """Each batch waits for its own permit (`step`) before it computes."""
+
+    label: str = "cpu/0"
+    device: str = "cpu"
+    batches: list[np.ndarray] = field(default_factory=list)
+    started: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+    permits: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.batches.append(inputs["x"].copy())
+        self.started.release()
+        assert self.permits.acquire(timeout=WAIT_S), "test never let the batch compute"
+        return {"y": inputs["x"] * 2 + 1}
+
+    def step(self) -> None:
+        self.permits.release()
+
+    def began(self, timeout: float = WAIT_S) -> bool:
+        """Block until the next batch starts in the thread (the loop does not run)."""
+        return self.started.acquire(timeout=timeout)
+
+    async def wait_started(self) -> None:
+        assert await asyncio.to_thread(self.began), "no batch started"
+
+
+async def busy_worker(
+    runner: SteppedRunner, stage_after_s: float
+) -> tuple[Batcher, asyncio.Future[dict[str, np.ndarray]]]:
+    """A batcher (batches of one request) whose worker computes a first request `head`,
+    held until the test steps it."""
+    batcher = Batcher("m/1", policy(max_batch_size=1), [runner])
+    batcher.stage_after_s = stage_after_s
+    batcher.start()
+    head = asyncio.ensure_future(batcher.infer(rows(1)))
+    await runner.wait_started()
+    return batcher, head
+
+
+def test_a_busy_workers_next_batch_starts_without_a_turn_of_the_loop() -> None:
+    async def scenario() -> None:
+        runner = SteppedRunner()
+        batcher, head = await busy_worker(runner, stage_after_s=0.0)
+        second = batcher.submit(rows(1, start=10))
+        third = batcher.submit(rows(1, start=20))
+        runner.step()  # head ends; the worker takes the second and stages the third
+        await runner.wait_started()
+        await asyncio.wait_for(head, WAIT_S)
+        # The loop is blocked from here: the third can only start if it is already staged.
+        runner.step()
+        assert runner.began(), "the staged batch did not start while the loop was blocked"
+        runner.step()
+        results = await asyncio.gather(second, third)
+        for start, result in zip((10, 20), results, strict=True):
+            np.testing.assert_array_equal(result["y"], rows(1, start=start)["x"] * 2 + 1)
+        assert len(runner.batches) == 3
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_without_staging_the_next_batch_waits_for_the_loop() -> None:
+    # The same scenario on a model whose batches compute in microseconds (the default
+    # threshold): nothing is staged, so with the loop blocked the third does not start.
+    async def scenario() -> None:
+        runner = SteppedRunner()
+        batcher, head = await busy_worker(runner, stage_after_s=3600.0)
+        second = batcher.submit(rows(1, start=10))
+        third = batcher.submit(rows(1, start=20))
+        runner.step()
+        await runner.wait_started()
+        await asyncio.wait_for(head, WAIT_S)
+        runner.step()  # the second ends, with the loop blocked
+        assert not runner.began(timeout=0.3), "a batch started without the loop"
+        await asyncio.wait_for(second, WAIT_S)  # the loop runs: the third is taken now
+        await runner.wait_started()
+        runner.step()
+        await asyncio.wait_for(third, WAIT_S)
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_a_staged_request_past_its_deadline_is_answered_504_uncomputed() -> None:
+    async def scenario() -> None:
+        runner = SteppedRunner()
+        batcher, head = await busy_worker(runner, stage_after_s=0.0)
+        loop = asyncio.get_running_loop()
+        second = batcher.submit(rows(1, start=10))
+        deadline = loop.time() + 0.2
+        late = batcher.submit(rows(1, start=20), deadline=deadline)
+        runner.step()  # head ends: the second computes, the late one is staged behind it
+        await runner.wait_started()
+        await asyncio.sleep(deadline + 0.01 - loop.time())  # it passes while staged
+        assert loop.time() > deadline
+        assert not late.done()  # out of the queue: its timer no longer answers it
+        runner.step()
+        await asyncio.wait_for(second, WAIT_S)
+        with pytest.raises(DeadlineExceededError, match="not computed"):
+            await asyncio.wait_for(late, WAIT_S)
+        await asyncio.wait_for(head, WAIT_S)
+        assert [float(b[0, 0]) for b in runner.batches] == [0.0, 10.0]
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_a_staged_request_whose_caller_went_away_is_not_computed() -> None:
+    async def scenario() -> None:
+        runner = SteppedRunner()
+        batcher, head = await busy_worker(runner, stage_after_s=0.0)
+        second = batcher.submit(rows(1, start=10))
+        gone = batcher.submit(rows(1, start=20))
+        after = batcher.submit(rows(1, start=30))
+        runner.step()  # head ends: the second computes, `gone` is staged behind it
+        await runner.wait_started()
+        gone.cancel()
+        runner.step()
+        await asyncio.wait_for(second, WAIT_S)
+        await runner.wait_started()  # the next computed batch is the one after `gone`
+        runner.step()
+        np.testing.assert_array_equal((await after)["y"], rows(1, start=30)["x"] * 2 + 1)
+        await asyncio.wait_for(head, WAIT_S)
+        assert [float(b[0, 0]) for b in runner.batches] == [0.0, 10.0, 30.0]
+        await batcher.close()
+
+    run(scenario)
