@@ -39,11 +39,11 @@ from app.batching.formation import take_batch, take_limit
 from app.batching.lanes import CLOSED, STAGE_AFTER_S, Closed, Lane, Launched, Taken, still_wanted
 from app.batching.observer import BatchObserver, BatchReport
 from app.batching.policy import BatchingPolicy
-from app.batching.queue import Outputs, Pending, RequestQueue
+from app.batching.queue import Outputs, Pending, RequestQueue, deadline_exceeded
 from app.batching.runner import BatchRunner
 from app.batching.strategy import LatencyTarget, QueueDelay
 from app.batching.wakeups import Workers
-from app.errors import DeadlineExceededError, InferenceFailedError, UnavailableError
+from app.errors import InferenceFailedError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ class Batcher:
         next without waiting for a turn of the (busy) event loop."""
         label = lane.runner.label
         if (
-            lane.inflight != 1
+            lane.computing != 1
             or lane.last_compute_s < self.stage_after_s
             or self._strategy.per_request  # latency targets plan for a batch starting now
             or not self._queue.depth
@@ -312,7 +312,6 @@ class Batcher:
         now = loop.time()
         launched = Launched(taken[0], taken[1], now, loop.create_future(), staged,
                             time.monotonic() - now)  # fmt: skip
-        lane.inflight += 1
         lane.unbooked.append(launched)
         try:
             lane.executor.submit(self._run_batch, loop, lane, launched)
@@ -326,18 +325,16 @@ class Batcher:
         if launched.staged:
             launched.batch, expired = still_wanted(launched)
         batch = launched.batch
-        if not batch:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._finish, lane, launched, BatchResult([]), expired)
-            return
+        result = BatchResult([])  # a staged batch left with nothing to compute
         try:
-            result = execute(
-                lane.runner,
-                [p.inputs for p in batch],
-                batches=self.policy.batches,
-                padding=self.policy.padding,
-                lengths=[p.length for p in batch],
-            )
+            if batch:
+                result = execute(
+                    lane.runner,
+                    [p.inputs for p in batch],
+                    batches=self.policy.batches,
+                    padding=self.policy.padding,
+                    lengths=[p.length for p in batch],
+                )
         except Exception as exc:  # execute reports failures per request; this is a bug
             result = BatchResult([exc] * len(batch))
         # Closed loop: the server is gone, and nobody waits for these results.
@@ -358,21 +355,19 @@ class Batcher:
         now computing, then wake its worker task for the bookkeeping."""
         ended = asyncio.get_running_loop().time()
         began = launched.started_at or launched.launched_at  # a staged batch's own start
-        lane.inflight -= 1
         if launched.batch:
             lane.last_compute_s = result.compute_s
+        if not launched.finished.done():  # the task runs after this callback, not in it
+            launched.finished.set_result((result, began, ended))
         for pending in expired:
             if not pending.future.done():
-                pending.future.set_exception(DeadlineExceededError(
-                    f"Request timeout expired: model '{self.name}': the request's deadline "
-                    f"passed after {(launched.started_at - pending.enqueued) * 1000:.0f} ms "
-                    "waiting for a worker; it was not computed"
-                ))  # fmt: skip
-        self._deliver(launched.batch, result, lane.runner, free=not lane.inflight)
+                waited_s = launched.started_at - pending.enqueued
+                pending.future.set_exception(
+                    deadline_exceeded(self.name, waited_s, "waiting for a worker")
+                )
+        self._deliver(launched.batch, result, lane.runner, free=not lane.computing)
         if stage:
             self._stage(lane)
-        if not launched.finished.done():
-            launched.finished.set_result((result, began, ended))
 
     def _deliver(
         self, batch: list[Pending], result: BatchResult, runner: BatchRunner, *, free: bool

@@ -61,12 +61,15 @@ class Lane:
 
     runner: BatchRunner
     executor: ThreadPoolExecutor
-    #: Batches its thread has not finished yet (at most two).
-    inflight: int = 0
     #: Batches launched whose bookkeeping its task has not done yet, oldest first.
     unbooked: deque[Launched] = field(default_factory=deque)
     #: How long its last batch computed (s).
     last_compute_s: float = 0.0
+
+    @property
+    def computing(self) -> int:
+        """Batches its thread has not finished (at most two: one computing, one staged)."""
+        return sum(not launched.finished.done() for launched in self.unbooked)
 
 
 def still_wanted(launched: Launched) -> tuple[list[Pending], list[Pending]]:

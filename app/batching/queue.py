@@ -196,12 +196,8 @@ class RequestQueue:
                 continue
             self.leave(pending)
             expired += 1
-            waited_ms = (now - pending.enqueued) * 1000
             pending.future.set_exception(
-                DeadlineExceededError(
-                    f"Request timeout expired: model '{self.name}': the request's deadline "
-                    f"passed after {waited_ms:.0f} ms in the queue; it was not computed"
-                )
+                deadline_exceeded(self.name, now - pending.enqueued, "in the queue")
             )
         if expired:
             self._on_depth(self.depth)
@@ -234,3 +230,11 @@ class RequestQueue:
             if best_rank is None or rank < best_rank:
                 best, best_rank = group, rank
         return best
+
+
+def deadline_exceeded(model: str, waited_s: float, where: str) -> DeadlineExceededError:
+    """The answer to a request whose deadline passed after `waited_s` `where`, uncomputed."""
+    return DeadlineExceededError(
+        f"Request timeout expired: model '{model}': the request's deadline passed after "
+        f"{waited_s * 1000:.0f} ms {where}; it was not computed"
+    )

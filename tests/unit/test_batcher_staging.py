@@ -42,6 +42,11 @@ class SteppedRunner:
     def step(self) -> None:
         self.permits.release()
 
+    async def next_computes(self) -> None:
+        """Let the current batch end, and wait until the worker starts its next one."""
+        self.step()
+        await self.wait_started()
+
     def began(self, timeout: float = WAIT_S) -> bool:
         """Block until the next batch starts in the thread (the loop does not run)."""
         return self.started.acquire(timeout=timeout)
@@ -69,8 +74,7 @@ def test_a_busy_workers_next_batch_starts_without_a_turn_of_the_loop() -> None:
         batcher, head = await busy_worker(runner, stage_after_s=0.0)
         second = batcher.submit(rows(1, start=10))
         third = batcher.submit(rows(1, start=20))
-        runner.step()  # head ends; the worker takes the second and stages the third
-        await runner.wait_started()
+        await runner.next_computes()  # head ends: the second computes, the third is staged
         await asyncio.wait_for(head, WAIT_S)
         # The loop is blocked from here: the third can only start if it is already staged.
         runner.step()
@@ -93,8 +97,7 @@ def test_without_staging_the_next_batch_waits_for_the_loop() -> None:
         batcher, head = await busy_worker(runner, stage_after_s=3600.0)
         second = batcher.submit(rows(1, start=10))
         third = batcher.submit(rows(1, start=20))
-        runner.step()
-        await runner.wait_started()
+        await runner.next_computes()
         await asyncio.wait_for(head, WAIT_S)
         runner.step()  # the second ends, with the loop blocked
         assert not runner.began(timeout=0.3), "a batch started without the loop"
@@ -115,8 +118,7 @@ def test_a_staged_request_past_its_deadline_is_answered_504_uncomputed() -> None
         second = batcher.submit(rows(1, start=10))
         deadline = loop.time() + 0.2
         late = batcher.submit(rows(1, start=20), deadline=deadline)
-        runner.step()  # head ends: the second computes, the late one is staged behind it
-        await runner.wait_started()
+        await runner.next_computes()  # head ends: the second computes, `late` staged behind
         await asyncio.sleep(deadline + 0.01 - loop.time())  # it passes while staged
         assert loop.time() > deadline
         assert not late.done()  # out of the queue: its timer no longer answers it
@@ -138,8 +140,7 @@ def test_a_staged_request_whose_caller_went_away_is_not_computed() -> None:
         second = batcher.submit(rows(1, start=10))
         gone = batcher.submit(rows(1, start=20))
         after = batcher.submit(rows(1, start=30))
-        runner.step()  # head ends: the second computes, `gone` is staged behind it
-        await runner.wait_started()
+        await runner.next_computes()  # head ends: the second computes, `gone` is staged behind it
         gone.cancel()
         runner.step()
         await asyncio.wait_for(second, WAIT_S)
