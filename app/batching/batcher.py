@@ -285,8 +285,11 @@ class Batcher:
                 )
             )
             self._strategy.observe(runner.label, samples, occupied, failed=bool(failed_samples))
-            if not failed_samples and occupied > 0:
-                self._workers.observe_cost(runner.label, occupied / samples)
+            # Its own thread's time: how long the loop took to see the batch end says
+            # nothing of which worker is faster.
+            busy_s = result.input_s + result.compute_s + result.output_s
+            if not failed_samples and busy_s > 0:
+                self._workers.observe_cost(runner.label, busy_s / samples)
 
     def _stage(self, lane: Lane) -> None:
         """Queue the worker's next batch behind the one it computes, if requests wait and

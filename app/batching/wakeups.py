@@ -15,6 +15,8 @@ from collections.abc import Callable, Collection
 
 #: Weight of the newest batch in a worker's moving average of compute time per sample.
 COST_WEIGHT = 0.2
+#: A batch counts in that average as at most this many times the worker's usual cost.
+STALL_CAP = 4.0
 #: A worker leaves queued work to an idle one this much faster per sample (or more).
 FASTER_BY = 0.7
 
@@ -135,10 +137,17 @@ class Workers:
             _resolve(self.idle_waiters.popleft()[0])
 
     def observe_cost(self, label: str, per_sample_s: float) -> None:
+        """Fold one batch's time per sample into `label`'s average. A stall (the process
+        descheduled, a garbage collection, a device's first run of a shape) only ever adds
+        time, so a batch counts as at most STALL_CAP times the usual: unbounded, one stall
+        made a fast worker read slower than a slow one, and at low load nothing measured
+        it again. A lasting slowdown still shows, a factor of 1.6 a batch."""
         previous = self.cost.get(label)
-        self.cost[label] = (
-            per_sample_s if previous is None else previous + COST_WEIGHT * (per_sample_s - previous)
-        )
+        if previous is None:
+            self.cost[label] = per_sample_s
+            return
+        counted = min(per_sample_s, STALL_CAP * previous)
+        self.cost[label] = previous + COST_WEIGHT * (counted - previous)
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

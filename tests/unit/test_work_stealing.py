@@ -15,6 +15,7 @@ from typing import TypeVar
 import numpy as np
 
 from app.batching import Batcher, BatchingPolicy
+from app.batching.wakeups import Workers
 
 T = TypeVar("T")
 WAIT_S = 10.0
@@ -29,6 +30,9 @@ class Runner:
     device: str = "cpu"
     gated: bool = False
     compute_s: float = 0.0
+    #: Batch number (from 0) that stalls for `stall_s` on top of its compute time.
+    stall_at: int | None = None
+    stall_s: float = 0.0
     batches: list[int] = field(default_factory=list)
     started: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
     gate: threading.Event = field(default_factory=threading.Event)
@@ -41,6 +45,8 @@ class Runner:
             assert self.gate.wait(WAIT_S), "the test never opened the gate"
         if self.compute_s:
             time.sleep(self.compute_s)  # the device's compute time, not synchronisation
+        if len(self.batches) - 1 == self.stall_at:
+            time.sleep(self.stall_s)  # a stall of the device or the process
         return {"y": x + 1}
 
     async def wait_started(self) -> None:
@@ -56,6 +62,19 @@ def run(scenario: Callable[[], Awaitable[T]]) -> T:
         return await asyncio.wait_for(scenario(), WAIT_S * 2)
 
     return asyncio.run(bounded())
+
+
+async def woken_of(workers: Workers, labels: list[str]) -> str:
+    """Which of `labels`, all asleep, `workers` wakes for one arrival."""
+    sleeping = {label: asyncio.ensure_future(workers.sleep(label)) for label in labels}
+    await asyncio.sleep(0)  # each sleeper has queued its wake-up
+    workers.wake_one()
+    done, _ = await asyncio.wait(sleeping.values(), return_when=asyncio.FIRST_COMPLETED)
+    (woken,) = [label for label, task in sleeping.items() if task in done]
+    for task in sleeping.values():
+        task.cancel()
+    await asyncio.gather(*sleeping.values(), return_exceptions=True)
+    return woken
 
 
 def test_a_busy_slow_worker_holds_only_the_batch_it_is_computing() -> None:
@@ -132,6 +151,42 @@ def test_at_low_load_the_fast_worker_takes_nearly_every_request() -> None:
     run(scenario)
 
 
+def test_one_stall_of_the_fast_worker_does_not_hand_the_low_load_to_the_slow_one() -> None:
+    """A batch of the fast worker stalls for 200 times its compute time (the process
+    descheduled, a device's first run of a shape): it still takes nearly every request
+    after. Counted in full, that one batch made it read slower than the slow worker, which
+    then took every lone request, and nothing measured the fast one again."""
+
+    async def scenario() -> None:
+        slow = Runner("cpu/0", compute_s=0.01)
+        fast = Runner("cuda:0/0", compute_s=0.001, stall_at=4, stall_s=0.2)
+        batcher = Batcher("m/1", BatchingPolicy(max_batch_size=4, max_queue_size=10), [slow, fast])
+        batcher.start()
+        for i in range(40):
+            assert (await batcher.infer(rows(i)))["y"][0, 0] == i + 1.0
+        assert len(fast.batches) > 4, "the stall never happened"
+        assert len(slow.batches) <= 2, (slow.batches, fast.batches)
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_a_lasting_slowdown_of_a_worker_still_shows_in_its_cost() -> None:
+    """Stalls count only so much, but a worker that stays slower is seen to be: a few
+    batches at three times the other worker's time and the other is woken first."""
+
+    async def scenario() -> None:
+        workers = Workers(["cuda:0/0", "cpu/0"])
+        workers.observe_cost("cuda:0/0", 0.001)
+        workers.observe_cost("cpu/0", 0.01)
+        assert await woken_of(workers, ["cpu/0", "cuda:0/0"]) == "cuda:0/0"
+        for _ in range(10):
+            workers.observe_cost("cuda:0/0", 0.03)
+        assert await woken_of(workers, ["cuda:0/0", "cpu/0"]) == "cpu/0"
+
+    run(scenario)
+
+
 def test_a_low_load_only_worker_stands_aside_while_another_computes() -> None:
     """`low_load_only` workers (one session with every core's threads beside 1-thread ones)
     take a batch only while no other worker computes: with both others busy, queued work
@@ -175,7 +230,6 @@ def test_a_lone_request_wakes_the_low_load_worker_whatever_the_others_cost() -> 
     than the low-load worker's from lone requests; a lone request still goes to the
     low-load worker, and a 1-thread worker back from its batch leaves one to it. With two
     queued it may not take them: the cheapest other worker is woken."""
-    from app.batching.wakeups import Workers
 
     async def scenario() -> None:
         depth = 1
@@ -184,24 +238,13 @@ def test_a_lone_request_wakes_the_low_load_worker_whatever_the_others_cost() -> 
         for label, cost in (("cpu/0", 0.005), ("cpu/1", 0.004), ("cpu/2", 0.012)):
             workers.observe_cost(label, cost)
 
-        async def woken_of(labels: list[str]) -> str:
-            sleeping = {label: asyncio.ensure_future(workers.sleep(label)) for label in labels}
-            await asyncio.sleep(0)  # each sleeper has queued its wake-up
-            workers.wake_one()
-            done, _ = await asyncio.wait(sleeping.values(), return_when=asyncio.FIRST_COMPLETED)
-            (woken,) = [label for label, task in sleeping.items() if task in done]
-            for task in sleeping.values():
-                task.cancel()
-            await asyncio.gather(*sleeping.values(), return_exceptions=True)
-            return woken
-
-        assert await woken_of(["cpu/0", "cpu/1", "cpu/2"]) == "cpu/2"
+        assert await woken_of(workers, ["cpu/0", "cpu/1", "cpu/2"]) == "cpu/2"
         sleeping = asyncio.ensure_future(workers.sleep("cpu/2"))
         await asyncio.sleep(0)
         assert workers.leave_to_faster("cpu/0")  # and cpu/2 is woken for it
         await asyncio.wait_for(sleeping, WAIT_S)
         depth = 2
-        assert await woken_of(["cpu/0", "cpu/1", "cpu/2"]) == "cpu/1"
+        assert await woken_of(workers, ["cpu/0", "cpu/1", "cpu/2"]) == "cpu/1"
         assert not workers.leave_to_faster("cpu/0")
 
     run(scenario)
