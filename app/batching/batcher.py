@@ -327,6 +327,10 @@ class Batcher:
         expired: list[Pending] = []
         if launched.staged:
             launched.batch, expired = still_wanted(launched)
+            if expired and launched.batch:  # answered now, not a batch later
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._expire, launched, expired)
+                expired = []
         batch = launched.batch
         result = BatchResult([])  # a staged batch left with nothing to compute
         try:
@@ -354,23 +358,29 @@ class Batcher:
         stage: bool = True,
     ) -> None:
         """On the loop: answer the batch's requests (and those of a staged batch whose
-        deadline passed before it started), queue the worker's next batch behind the one
-        now computing, then wake its worker task for the bookkeeping."""
+        deadline passed before it started, where none was left to compute), queue the
+        worker's next batch behind the one now computing, then wake its worker task for
+        the bookkeeping."""
         ended = asyncio.get_running_loop().time()
         began = launched.started_at or launched.launched_at  # a staged batch's own start
         if launched.batch:
             lane.last_compute_s = result.compute_s
         if not launched.finished.done():  # the task runs after this callback, not in it
             launched.finished.set_result((result, began, ended))
+        self._expire(launched, expired)
+        self._deliver(launched.batch, result, lane.runner, free=not lane.computing)
+        if stage:
+            self._stage(lane)
+
+    def _expire(self, launched: Launched, expired: Sequence[Pending]) -> None:
+        """On the loop: answer 504 the requests of a staged batch whose deadline passed
+        before it started."""
         for pending in expired:
             if not pending.future.done():
                 waited_s = launched.started_at - pending.enqueued
                 pending.future.set_exception(
                     deadline_exceeded(self.name, waited_s, "waiting for a worker")
                 )
-        self._deliver(launched.batch, result, lane.runner, free=not lane.computing)
-        if stage:
-            self._stage(lane)
 
     def _deliver(
         self, batch: list[Pending], result: BatchResult, runner: BatchRunner, *, free: bool

@@ -133,6 +133,40 @@ def test_a_staged_request_past_its_deadline_is_answered_504_uncomputed() -> None
     run(scenario)
 
 
+def test_an_expired_staged_request_is_answered_before_the_rest_of_its_batch_computes() -> None:
+    # Batches of two: `late` and `fresh` are staged together; `late`'s deadline passes while
+    # they wait. Its 504 must not wait for `fresh`'s batch as well, or it comes two batches
+    # past the deadline instead of at most one.
+    async def scenario() -> None:
+        runner = SteppedRunner()
+        batcher = Batcher("m/1", policy(max_batch_size=2), [runner])
+        batcher.stage_after_s = 0.0
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        head = asyncio.ensure_future(batcher.infer(rows(2)))
+        await runner.wait_started()
+        filler = batcher.submit(rows(2, start=10))
+        deadline = loop.time() + 0.2
+        late = batcher.submit(rows(1, start=20), deadline=deadline)
+        fresh = batcher.submit(rows(1, start=30))
+        await runner.next_computes()  # head ends: `filler` computes, `late` + `fresh` staged
+        await asyncio.sleep(deadline + 0.01 - loop.time())  # it passes while staged
+        runner.step()  # `filler` ends: the staged batch starts with `fresh` alone, held
+        await runner.wait_started()
+        answered, _ = await asyncio.wait({late}, timeout=WAIT_S / 2)
+        assert answered, "the expired request waited for the rest of its batch to compute"
+        with pytest.raises(DeadlineExceededError, match="not computed"):
+            late.result()
+        assert not fresh.done()
+        runner.step()
+        np.testing.assert_array_equal((await fresh)["y"], rows(1, start=30)["x"] * 2 + 1)
+        await asyncio.gather(head, filler)
+        assert [float(b[0, 0]) for b in runner.batches] == [0.0, 10.0, 30.0]
+        await batcher.close()
+
+    run(scenario)
+
+
 def test_a_staged_request_whose_caller_went_away_is_not_computed() -> None:
     async def scenario() -> None:
         runner = SteppedRunner()
