@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from load_tests.loadgen import LoadGenerator, PreparedRequest, client_session
@@ -31,23 +30,13 @@ DEADLINE_S = 0.5
 SECONDS = 20.0
 
 
-def batch_allowance_s(model: Path, batch_size: int, threads: int) -> float:
-    """How long past its deadline a request may take the server: the one batch it may still
-    join as the deadline falls, timed here in raw ONNX Runtime (median of 20) and allowed
-    four times over, since the load generator takes cores from it at 5x overload and the
-    loop is busy; 0.1-0.9 s. Measured, so a slower machine gets a longer allowance
-    instead of failing the test."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    x = np.zeros((batch_size, 1, 56, 56), dtype=np.float32)
-    session.run(None, {"x": x})
-    times = []
-    for _ in range(20):
-        started = time.perf_counter()
-        session.run(None, {"x": x})
-        times.append(time.perf_counter() - started)
-    return min(0.9, max(0.1, round(4 * float(np.median(times)), 3)))
+#: The server's latency buckets: a 20 ms grid to 3 s, fine enough to read the slowest batch
+#: and the slowest request off the server's own histograms.
+GRID_S = 0.02
+BUCKETS = (*(round(GRID_S * k, 3) for k in range(1, 151)), 5.0)
+#: What the loop may add to a request past its batch: decode, encode, the answer's turn on a
+#: loop this test keeps busy (the liveness probe holds the loop to 100 ms).
+LOOP_SLACK_S = 0.15
 
 
 def rss_bytes(pid: int) -> int:
@@ -61,14 +50,11 @@ def test_five_times_capacity_for_20_s_stays_correct_prompt_and_bounded(tmp_path:
     # ~60 samples/s here (a 16 ms batch-1 CNN, batches of at most 2): capacity is known small.
     model = tmp_path / "cnn" / "1" / "model.onnx"
     write_cnn_model(model, channels=(128, 256, 512), size=56)
-    allowance_s = batch_allowance_s(model, batch_size=2, threads=2)
-    # The server's latency buckets: the deadline, and the deadline plus that allowance.
-    buckets = (0.01, 0.1, DEADLINE_S, DEADLINE_S + allowance_s, DEADLINE_S + 1.0, 5.0)
     (tmp_path / "cnn" / "config.toml").write_text(
         "max_batch_size = 2\n[batching]\nmax_queue_size = 16\n"
         '[[instances]]\ndevice = "cpu"\ncount = 1\nthreads = 2\n'
     )
-    server = ServerProcess(tmp_path, env={"BATCHSERVE_LATENCY_BUCKETS": json.dumps(buckets)})
+    server = ServerProcess(tmp_path, env={"BATCHSERVE_LATENCY_BUCKETS": json.dumps(BUCKETS)})
     try:
         x = np.random.default_rng(0).random((1, 1, 56, 56), dtype=np.float32)
         tensor = {"name": "x", "shape": [1, 1, 56, 56], "datatype": "FP32",
@@ -120,6 +106,7 @@ def test_five_times_capacity_for_20_s_stays_correct_prompt_and_bounded(tmp_path:
         rss_growth = rss_bytes(server.pid) - rss_before
         queue_waits = histogram(server, "batchserve_queue_duration_seconds")
         durations = histogram(server, "batchserve_request_duration_seconds")
+        computes = histogram(server, "batchserve_compute_duration_seconds")
     finally:
         server.stop()
 
@@ -130,8 +117,15 @@ def test_five_times_capacity_for_20_s_stays_correct_prompt_and_bounded(tmp_path:
     assert queue_waits["+Inf"] > 0 and queue_waits[str(DEADLINE_S)] == queue_waits["+Inf"], (
         f"a computed request waited past its deadline in the queue: {queue_waits}"
     )
-    assert durations[str(DEADLINE_S + allowance_s)] == durations["+Inf"], (
-        f"a request took the server past its deadline plus {allowance_s * 1000:.0f} ms: {durations}"
+    # A request may still join a batch as its deadline falls, so the server may answer it
+    # that one batch late: the slowest batch of this run (a loaded 2-core machine stretches
+    # them several times over) plus the loop's share, and nothing more.
+    slowest_batch_s = slowest(computes)
+    bound_s = DEADLINE_S + slowest_batch_s + LOOP_SLACK_S + GRID_S
+    assert slowest(durations) <= bound_s, (
+        f"a request took the server past its deadline plus the slowest batch "
+        f"({slowest_batch_s * 1000:.0f} ms) plus {LOOP_SLACK_S * 1000:.0f} ms: requests "
+        f"{nonempty(durations)}, batches {nonempty(computes)}"
     )
     # The client's view, which this process's own pauses inflate: only a hang shows here.
     worst = max(result.latencies_s)  # type: ignore[attr-defined]
@@ -139,6 +133,21 @@ def test_five_times_capacity_for_20_s_stays_correct_prompt_and_bounded(tmp_path:
     assert len(probe_latencies) > SECONDS * 5
     assert max(probe_latencies) < 0.1, f"liveness took {max(probe_latencies) * 1000:.0f} ms"
     assert rss_growth < 100 * 1024 * 1024, f"RSS grew {rss_growth / 2**20:.0f} MiB"
+
+
+def slowest(counts: dict[str, float]) -> float:
+    """The upper bound of the bucket that holds a histogram's slowest observation."""
+    return min(float(le) for le, count in counts.items() if count == counts["+Inf"])
+
+
+def nonempty(counts: dict[str, float]) -> dict[str, float]:
+    """The buckets whose count grew over the one below: where the observations fell."""
+    grown, below = {}, 0.0
+    for le, count in counts.items():
+        if count > below:
+            grown[le] = count - below
+        below = count
+    return grown
 
 
 def histogram(server: ServerProcess, name: str) -> dict[str, float]:
