@@ -188,10 +188,11 @@ async def closed(
 
 
 @contextmanager
-def floor_server(feed: Path, threads: int) -> Iterator[str]:
+def floor_server(feed: Path, threads: int, *, spinning: bool = False) -> Iterator[str]:
     """load_tests/baselines/floor.py serving the fp32 model on one prepared feed."""
     env = {"BASELINE_MODEL": str(MODEL_DIR / "1" / "model.onnx"), "BASELINE_FEED": str(feed),
-           "BASELINE_OUTPUT": "sentence_embedding", "BASELINE_THREADS": str(threads)}  # fmt: skip
+           "BASELINE_OUTPUT": "sentence_embedding", "BASELINE_THREADS": str(threads),
+           "BASELINE_SPINNING": "1" if spinning else "0"}  # fmt: skip
     command = [*uvicorn("load_tests.baselines.floor:app"), "--lifespan", "off"]
     with external_server(command, env, "/") as url:
         yield url

@@ -2,8 +2,9 @@
 C=1 p50 and C=32 throughput of batchserve (minilm v1 as shipped, tuned at load; and with
 layouts fixed in its config: two 1-thread instances, one 2-thread spinning instance, and
 two 1-thread instances beside one 2-thread spinning low-load-only instance) against the
-hand-written FastAPI endpoint and raw ONNX Runtime at batch 1 with its default session
-options (C=1 only), in alternating rounds of one run (load_tests/report/TEXT_LATENCY.md).
+hand-written FastAPI endpoint, raw ONNX Runtime at batch 1 with its default session options,
+and the floor: the same session behind HTTP and a thread hand-off each way, nothing else
+(C=1 only), in alternating rounds of one run (load_tests/report/TEXT_LATENCY.md).
 The servers get the same JSON request with token ids and answer the sentence embedding.
 
     python -m load_tests.bench_text_latency --out load_tests/report
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -26,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from load_tests.bench import external_server, uvicorn
+from load_tests.bench_text import floor_server
 from load_tests.loadgen import LoadGenerator, PreparedRequest, client_session
 from load_tests.server_process import ServerProcess
 
@@ -126,28 +129,35 @@ def main() -> None:
         raise SystemExit("models/minilm is not built: make text-model")
     inputs = feeds()
     body = request(inputs)
-    paths = ("raw", "minilm", *FIXED, "handwritten")
+    paths = ("raw", "floor", "minilm", *FIXED, "handwritten")
     p50: dict[str, list[float]] = {name: [] for name in paths}
     rate: dict[str, list[float]] = {
-        name: [] for name in paths if name not in ("raw", "handwritten")
+        name: [] for name in paths if name not in ("raw", "floor", "handwritten")
     }
     with tempfile.TemporaryDirectory() as work:
         repository = Path(work) / "models"
         repository.mkdir()
         (repository / "minilm").symlink_to(MINILM.resolve(), target_is_directory=True)
         fixed_layout_copies(repository)
+        feed = Path(work) / "feed.npz"
+        np.savez(feed, **inputs)
         server = ServerProcess(repository, env={"BATCHSERVE_CACHE_DIR": str(Path(work) / "c")})
         env = {"BASELINE_MODEL": str(MINILM / "1" / "model.onnx")}
         app = "load_tests.baselines.handwritten:app"
+        threads = os.cpu_count() or 1  # raw ONNX Runtime's default, spinning included
         try:
-            with external_server(uvicorn(app), env, "/v2/models/minilm") as handwritten:
+            with (
+                external_server(uvicorn(app), env, "/v2/models/minilm") as handwritten,
+                floor_server(feed, threads, spinning=True) as floor,
+            ):
                 for index in range(args.rounds):
                     shift = index % len(paths)
                     for name in paths[shift:] + paths[:shift]:
                         if name == "raw":
                             p50[name].append(raw_p50_ms(inputs, args.seconds))
-                        elif name == "handwritten":
-                            once = served(handwritten, "minilm", body, 1, args.seconds)
+                        elif name in ("handwritten", "floor"):
+                            url = handwritten if name == "handwritten" else floor
+                            once = served(url, "minilm", body, 1, args.seconds)
                             p50[name].append(asyncio.run(once)[0])
                         else:
                             model = f"{name}/versions/1"
@@ -176,6 +186,8 @@ def write_report(
     (args.out / "text_latency.json").write_text(json.dumps(data, indent=2) + "\n")
     labels = {
         "raw": "raw ONNX Runtime, batch 1, default session options",
+        "floor": "floor: that session behind HTTP and a thread hand-off each way "
+        "(baselines/floor.py)",
         "minilm": f"batchserve, shipped config, tuned at load to {tuning}",
         **{name: f"batchserve, config fixing {label}" for name, (label, _) in FIXED.items()},
         "handwritten": "hand-written FastAPI endpoint (JSON)",
@@ -185,7 +197,9 @@ def write_report(
         "(load_tests/bench_text_latency.py)",
         "",
         f"Medians of {args.rounds} alternating rounds of {args.seconds:g} s per measurement, "
-        f"one run; C={SATURATION} closed loop for req/s.",
+        f"one run; C={SATURATION} closed loop for req/s. The floor reads the body and "
+        "answers a constant: floor - raw is what HTTP and the hand-offs alone cost here, "
+        "under every served path.",
         "",
         f"| path | C=1 p50 ms | vs raw ONNX Runtime | C={SATURATION} req/s |",
         "|---|---:|---:|---:|",

@@ -23,7 +23,10 @@ import onnxruntime as ort
 _options = ort.SessionOptions()
 _options.intra_op_num_threads = int(os.environ.get("BASELINE_THREADS", str(os.cpu_count() or 1)))
 _options.inter_op_num_threads = 1
-_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+# Spinning off unless BASELINE_SPINNING=1: with it, the floor runs the model exactly as raw
+# ONNX Runtime's default options do, so floor - raw is HTTP and the hand-offs alone.
+_spinning = os.environ.get("BASELINE_SPINNING", "0")
+_options.add_session_config_entry("session.intra_op.allow_spinning", _spinning)
 session = ort.InferenceSession(
     os.environ["BASELINE_MODEL"], _options, providers=["CPUExecutionProvider"]
 )
