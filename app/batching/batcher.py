@@ -34,12 +34,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from app.batching import lanes
 from app.batching.execution import BatchResult, execute
 from app.batching.formation import take_batch, take_limit
-from app.batching.lanes import CLOSED, STAGE_AFTER_S, Closed, Lane, Launched, Taken, still_wanted
+from app.batching.lanes import CLOSED, STAGE_AFTER_S, Closed, Lane, Launched, Taken
 from app.batching.observer import BatchObserver, BatchReport
 from app.batching.policy import BatchingPolicy
-from app.batching.queue import Outputs, Pending, RequestQueue, deadline_exceeded
+from app.batching.queue import Outputs, Pending, RequestQueue
 from app.batching.runner import BatchRunner
 from app.batching.strategy import LatencyTarget, QueueDelay
 from app.batching.wakeups import Workers
@@ -326,10 +327,10 @@ class Batcher:
         that answers the requests before anything else (metrics, the next batch) runs."""
         expired: list[Pending] = []
         if launched.staged:
-            launched.batch, expired = still_wanted(launched)
+            launched.batch, expired = lanes.still_wanted(launched)
             if expired and launched.batch:  # answered now, not a batch later
                 with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(self._expire, launched, expired)
+                    loop.call_soon_threadsafe(lanes.answer_expired, self.name, launched, expired)
                 expired = []
         batch = launched.batch
         result = BatchResult([])  # a staged batch left with nothing to compute
@@ -367,20 +368,10 @@ class Batcher:
             lane.last_compute_s = result.compute_s
         if not launched.finished.done():  # the task runs after this callback, not in it
             launched.finished.set_result((result, began, ended))
-        self._expire(launched, expired)
+        lanes.answer_expired(self.name, launched, expired)
         self._deliver(launched.batch, result, lane.runner, free=not lane.computing)
         if stage:
             self._stage(lane)
-
-    def _expire(self, launched: Launched, expired: Sequence[Pending]) -> None:
-        """On the loop: answer 504 the requests of a staged batch whose deadline passed
-        before it started."""
-        for pending in expired:
-            if not pending.future.done():
-                waited_s = launched.started_at - pending.enqueued
-                pending.future.set_exception(
-                    deadline_exceeded(self.name, waited_s, "waiting for a worker")
-                )
 
     def _deliver(
         self, batch: list[Pending], result: BatchResult, runner: BatchRunner, *, free: bool

@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from app.batching.execution import BatchResult
-from app.batching.queue import Pending
+from app.batching.queue import Pending, deadline_exceeded
 from app.batching.runner import BatchRunner
 
 #: A worker's next batch is staged behind its current one only where batches compute this
@@ -87,3 +88,12 @@ def still_wanted(launched: Launched) -> tuple[list[Pending], list[Pending]]:
         else:
             wanted.append(pending)
     return wanted, expired
+
+
+def answer_expired(model: str, launched: Launched, expired: Sequence[Pending]) -> None:
+    """On the loop: answer 504 the requests of a staged batch whose deadline passed before
+    it started (`still_wanted`)."""
+    for pending in expired:
+        if not pending.future.done():
+            waited_s = launched.started_at - pending.enqueued
+            pending.future.set_exception(deadline_exceeded(model, waited_s, "waiting for a worker"))
