@@ -66,6 +66,27 @@ def warm_up(run: Run, feeds: Feeds, runs: int = WARM_UP_RUNS) -> None:
         run(feeds)
 
 
+def interleaved_latencies_ms(
+    runs: Sequence[Run], feeds: Feeds, seconds: float, least: int = 3
+) -> list[float]:
+    """Each session's median latency (ms) on `feeds`, one call at a time in rotation (the
+    order reversed every round) for `seconds`, `least` calls each at the fewest. Timed one
+    session after another, a burst of other work on a shared machine falls on one of them
+    and decides the comparison; in rotation it slows them alike."""
+    for run in runs:
+        warm_up(run, feeds)
+    times: list[list[float]] = [[] for _ in runs]
+    turns = list(zip(runs, times, strict=True))
+    ends = time.perf_counter() + seconds
+    while time.perf_counter() < ends or len(times[0]) < least:
+        for run, own in turns:
+            began = time.perf_counter()
+            run(feeds)
+            own.append(time.perf_counter() - began)
+        turns.reverse()
+    return [statistics.median(own) * 1000 for own in times]
+
+
 def time_window(
     run: Run, feeds: Feeds, batch_size: int, window_s: float, min_runs: int = 2
 ) -> Window:

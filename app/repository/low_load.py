@@ -18,6 +18,7 @@ from typing import Any
 
 from app.profile import measure
 from app.profile.recommend import Layout, Point, Recommendation
+from app.timing import interleaved_latencies_ms
 
 #: Spinning threads are chosen when a lone request computes this share faster with them,
 SPINNING_GAIN = 0.05
@@ -35,6 +36,9 @@ LOW_LOAD_GAIN = 0.15
 #: of a millisecond) is most of the latency, and a tiny model's lone requests on the
 #: low-load worker would only break up its batches under moderate load.
 LOW_LOAD_MIN_GAIN_MS = 1.0
+#: Its three sessions are timed in rotation for this many profile points' time (the four
+#: points it measured one after another took up to twice that).
+LONE_REQUEST_POINTS = 2
 
 
 @dataclass(frozen=True)
@@ -89,14 +93,14 @@ def spinning_helps(
     if not {alone, served} <= on.keys() & off.keys():  # a pass stopped early
         return False
     kept = on[served].throughput_sps >= (1 - SPINNING_TOLERANCE) * off[served].throughput_sps
-    return spins_faster(off[alone], on[alone]) and kept
+    return spins_faster(off[alone].latency_ms_p50, on[alone].latency_ms_p50) and kept
 
 
-def spins_faster(off: Point, on: Point) -> bool:
+def spins_faster(off_ms: float, on_ms: float) -> bool:
     """Whether a lone request computed SPINNING_GAIN and SPINNING_MIN_GAIN_MS sooner with
-    spinning threads (`on`) than without (`off`)."""
-    gained = off.latency_ms_p50 - on.latency_ms_p50
-    return gained >= SPINNING_GAIN * off.latency_ms_p50 and gained >= SPINNING_MIN_GAIN_MS
+    spinning threads (`on_ms`) than without (`off_ms`)."""
+    gained = off_ms - on_ms
+    return gained >= SPINNING_GAIN * off_ms and gained >= SPINNING_MIN_GAIN_MS
 
 
 def low_load_instance(
@@ -108,27 +112,29 @@ def low_load_instance(
 ) -> LowLoad | None:
     """The low-load-only instance for the chosen `layout`, or None: only beside several
     instances, and only where one session with all their cores computes a lone request
-    LOW_LOAD_GAIN and LOW_LOAD_MIN_GAIN_MS faster than one of the layout's sessions alone,
-    measured back to back (the profile's own points time the layout's sessions running at
-    once, which on a tiny model is mostly their contention for the GIL). It spins where
-    that makes its lone request faster (`spins_faster`; it computes only while the others
-    are idle, so its spinning takes little from them)."""
+    LOW_LOAD_GAIN and LOW_LOAD_MIN_GAIN_MS faster than one of the layout's sessions alone
+    (the profile's own points time the layout's sessions running at once, which on a tiny
+    model is mostly their contention for the GIL). It spins where that makes its lone
+    request faster (`spins_faster`; it computes only while the others are idle, so its
+    spinning takes little from them). The three sessions are timed in rotation: measured
+    one after another, a busy spell of the machine made either choice."""
     if layout.count < 2:
         return None
     own = [p.batch_size for p in points if p.layout == layout]
     if not own:
         return None
-    size = min(own)
     narrow, wide = Layout(1, layout.threads), Layout(1, layout.count * layout.threads)
-    alone = _timed(model_path, (narrow, wide), (size,), feeds_for, settings)
-    if not all(key in alone[spinning] for key in ((narrow, size), (wide, size))
-               for spinning in (False, True)):  # fmt: skip
-        return None  # a pass stopped early
-    off, on = alone[False][wide, size], alone[True][wide, size]
+    sessions = [
+        measure.open_instances(model_path, settings.device, shape, spinning)[0]
+        for shape, spinning in ((narrow, False), (wide, False), (wide, True))
+    ]
+    seconds = LONE_REQUEST_POINTS * settings.stability.max_seconds
+    reference, off, on = interleaved_latencies_ms(
+        [session.run for session in sessions], feeds_for(min(own)), seconds
+    )
     spinning = spins_faster(off, on)
-    quickest = (on if spinning else off).latency_ms_p50
+    quickest = on if spinning else off
     # The layout's own session as it serves: spinning only where tuning chose it for them.
-    reference = alone[False][narrow, size].latency_ms_p50
     gained = reference - quickest
     if quickest > (1 - LOW_LOAD_GAIN) * reference or gained < LOW_LOAD_MIN_GAIN_MS:
         return None

@@ -96,13 +96,10 @@ def test_a_cached_low_load_instance_of_no_threads_is_not_trusted() -> None:
 
 
 def test_spinning_must_save_a_share_and_half_a_millisecond() -> None:
-    def alone(latency_ms: float) -> Point:
-        return Point(Layout(1, 2), 1, latency_ms, latency_ms, 1000 / latency_ms)
-
-    assert spins_faster(alone(12.0), alone(10.5))  # the text model: 12% and 1.5 ms
-    assert not spins_faster(alone(12.0), alone(11.6))  # 0.4 ms: under 5%
-    assert not spins_faster(alone(0.05), alone(0.02))  # 60%, but 30 microseconds
-    assert not spins_faster(alone(4.0), alone(3.6))  # 10%, but 0.4 ms
+    assert spins_faster(12.0, 10.5)  # the text model: 12% and 1.5 ms
+    assert not spins_faster(12.0, 11.6)  # 0.4 ms: under 5%
+    assert not spins_faster(0.05, 0.02)  # 60%, but 30 microseconds
+    assert not spins_faster(4.0, 3.6)  # 10%, but 0.4 ms
 
 
 @two_cores
