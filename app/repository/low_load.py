@@ -18,7 +18,7 @@ from typing import Any
 
 from app.profile import measure
 from app.profile.recommend import Layout, Point, Recommendation
-from app.timing import interleaved_latencies_ms
+from app.timing import Feeds, interleaved_latencies_ms
 
 #: Spinning threads are chosen when a lone request computes this share faster with them,
 SPINNING_GAIN = 0.05
@@ -51,24 +51,38 @@ class LowLoad:
 
 def _timed(
     model_path: Path,
-    layouts: tuple[Layout, ...],
-    sizes: tuple[int, ...],
+    layout: Layout,
+    size: int,
     feeds_for: measure.FeedsFor,
     settings: measure.ProfileSettings,
-) -> dict[bool, dict[tuple[Layout, int], Point]]:
-    """`layouts` at `sizes`, measured without spinning and with it, back to back."""
-    return {
-        spinning: {
-            (p.layout, p.batch_size): p
-            for p in measure.profile(
-                model_path,
-                replace(settings, layouts=layouts, batch_sizes=sizes, budget_s=None,
-                        spinning=spinning),
-                feeds_for,
-            ).points
-        }
-        for spinning in (False, True)
-    }  # fmt: skip
+) -> dict[bool, Point | None]:
+    """`layout`'s instances at once at `size`, measured without spinning and with it, back to
+    back (None: a pass stopped early)."""
+    timed: dict[bool, Point | None] = {}
+    for spinning in (False, True):
+        one_point = replace(
+            settings, layouts=(layout,), batch_sizes=(size,), budget_s=None, spinning=spinning
+        )
+        points = measure.profile(model_path, one_point, feeds_for).points
+        timed[spinning] = points[0] if points else None
+    return timed
+
+
+def _rotated(
+    model_path: Path,
+    sessions: tuple[tuple[Layout, bool], ...],
+    feeds: Feeds,
+    settings: measure.ProfileSettings,
+) -> list[float]:
+    """Lone-request latencies (ms) of one session per (layout of one instance, spinning),
+    timed in rotation: measured one after another, a busy spell of a shared machine fell
+    on one of them and made the choice."""
+    opened = [
+        measure.open_instances(model_path, settings.device, layout, spinning)[0]
+        for layout, spinning in sessions
+    ]
+    seconds = LONE_REQUEST_POINTS * settings.stability.max_seconds
+    return interleaved_latencies_ms([session.run for session in opened], feeds, seconds)
 
 
 def spinning_helps(
@@ -79,21 +93,30 @@ def spinning_helps(
     feeds_for: measure.FeedsFor,
     settings: measure.ProfileSettings,
 ) -> bool:
-    """Whether the chosen layout's sessions should spin: its smallest batch (a lone
-    request) and the served batch measured without spinning and with it (`spins_faster`,
-    and the served batch within SPINNING_TOLERANCE). Spinning shortened a lone sentence of
-    the text model by about 15%; it changes nothing where one thread does all the work."""
+    """Whether the chosen layout's sessions should spin: one of its sessions computes a lone
+    request faster with spinning (`spins_faster`, the two timed in rotation), and the served
+    batch keeps its throughput within SPINNING_TOLERANCE (all of the layout's instances at
+    once, unless there is one). Spinning shortened a lone sentence of the text model by
+    about 15%; it changes nothing where one thread does all the work."""
     if layout.threads < 2:
         return False
     measured = {p.batch_size for p in points if p.layout == layout}
-    sizes = tuple(sorted({min(measured), batch_size} & measured))
-    timed = _timed(model_path, (layout,), sizes, feeds_for, settings)
-    off, on = timed[False], timed[True]
-    alone, served = (layout, sizes[0]), (layout, sizes[-1])
-    if not {alone, served} <= on.keys() & off.keys():  # a pass stopped early
+    alone = min(measured)
+    served = batch_size if batch_size in measured else alone
+    single = Layout(1, layout.threads)
+    both = ((single, False), (single, True))
+    off_ms, on_ms = _rotated(model_path, both, feeds_for(alone), settings)
+    if not spins_faster(off_ms, on_ms):
         return False
-    kept = on[served].throughput_sps >= (1 - SPINNING_TOLERANCE) * off[served].throughput_sps
-    return spins_faster(off[alone].latency_ms_p50, on[alone].latency_ms_p50) and kept
+    if layout.count == 1:  # one session: its served throughput is the batch over its latency
+        if served != alone:
+            off_ms, on_ms = _rotated(model_path, both, feeds_for(served), settings)
+        return off_ms >= (1 - SPINNING_TOLERANCE) * on_ms
+    timed = _timed(model_path, layout, served, feeds_for, settings)
+    off, on = timed[False], timed[True]
+    if off is None or on is None:
+        return False
+    return on.throughput_sps >= (1 - SPINNING_TOLERANCE) * off.throughput_sps
 
 
 def spins_faster(off_ms: float, on_ms: float) -> bool:
@@ -116,21 +139,15 @@ def low_load_instance(
     (the profile's own points time the layout's sessions running at once, which on a tiny
     model is mostly their contention for the GIL). It spins where that makes its lone
     request faster (`spins_faster`; it computes only while the others are idle, so its
-    spinning takes little from them). The three sessions are timed in rotation: measured
-    one after another, a busy spell of the machine made either choice."""
+    spinning takes little from them). The three sessions are timed in rotation."""
     if layout.count < 2:
         return None
     own = [p.batch_size for p in points if p.layout == layout]
     if not own:
         return None
     narrow, wide = Layout(1, layout.threads), Layout(1, layout.count * layout.threads)
-    sessions = [
-        measure.open_instances(model_path, settings.device, shape, spinning)[0]
-        for shape, spinning in ((narrow, False), (wide, False), (wide, True))
-    ]
-    seconds = LONE_REQUEST_POINTS * settings.stability.max_seconds
-    reference, off, on = interleaved_latencies_ms(
-        [session.run for session in sessions], feeds_for(min(own)), seconds
+    reference, off, on = _rotated(
+        model_path, ((narrow, False), (wide, False), (wide, True)), feeds_for(min(own)), settings
     )
     spinning = spins_faster(off, on)
     quickest = on if spinning else off
