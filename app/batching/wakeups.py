@@ -39,6 +39,8 @@ class Workers:
         #: Each worker's recent compute time per sample (a moving average): the fastest
         #: idle one is woken for new work.
         self.cost: dict[str, float] = {}
+        #: A worker's first batch time per sample, until its second one is in.
+        self._first_cost: dict[str, float] = {}
         #: Workers woken that have not run yet: the work they were woken for is theirs.
         self.woken: set[str] = set()
         #: Workers that take a batch only while every other worker is idle (none if all
@@ -144,7 +146,13 @@ class Workers:
         it again. A lasting slowdown still shows, a factor of 1.6 a batch."""
         previous = self.cost.get(label)
         if previous is None:
-            self.cost[label] = per_sample_s
+            # The first batch has no usual to be capped by: the lower of the first two
+            # starts the average (until then the worker reads as unmeasured, and is woken).
+            first = self._first_cost.pop(label, None)
+            if first is None:
+                self._first_cost[label] = per_sample_s
+            else:
+                self.cost[label] = min(first, per_sample_s)
             return
         counted = min(per_sample_s, STALL_CAP * previous)
         self.cost[label] = previous + COST_WEIGHT * (counted - previous)
