@@ -36,9 +36,11 @@ LOW_LOAD_GAIN = 0.15
 #: of a millisecond) is most of the latency, and a tiny model's lone requests on the
 #: low-load worker would only break up its batches under moderate load.
 LOW_LOAD_MIN_GAIN_MS = 1.0
-#: Its three sessions are timed in rotation for this many profile points' time (the four
-#: points it measured one after another took up to twice that).
+#: Sessions compared for a lone request are timed in rotation for this many profile
+#: points' time (the four points measured one after another took up to twice that), and
+#: at most LONE_REQUEST_MAX_S: `batchserve profile` allows a point seconds to settle.
 LONE_REQUEST_POINTS = 2
+LONE_REQUEST_MAX_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ def _rotated(
         measure.open_instances(model_path, settings.device, layout, spinning)[0]
         for layout, spinning in sessions
     ]
-    seconds = LONE_REQUEST_POINTS * settings.stability.max_seconds
+    seconds = min(LONE_REQUEST_MAX_S, LONE_REQUEST_POINTS * settings.stability.max_seconds)
     return interleaved_latencies_ms([session.run for session in opened], feeds, seconds)
 
 
@@ -101,6 +103,8 @@ def spinning_helps(
     if layout.threads < 2:
         return False
     measured = {p.batch_size for p in points if p.layout == layout}
+    if not measured:
+        return False
     alone = min(measured)
     served = batch_size if batch_size in measured else alone
     single = Layout(1, layout.threads)
