@@ -325,13 +325,11 @@ class Batcher:
     def _run_batch(self, loop: asyncio.AbstractEventLoop, lane: Lane, launched: Launched) -> None:
         """In the worker's thread: execute, then hand the results to the loop in one call
         that answers the requests before anything else (metrics, the next batch) runs."""
-        expired: list[Pending] = []
         if launched.staged:
             launched.batch, expired = lanes.still_wanted(launched)
-            if expired and launched.batch:  # answered now, not a batch later
+            if expired:  # answered now, not after the rest of the batch computes
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(lanes.answer_expired, self.name, launched, expired)
-                expired = []
         batch = launched.batch
         result = BatchResult([])  # a staged batch left with nothing to compute
         try:
@@ -347,28 +345,24 @@ class Batcher:
             result = BatchResult([exc] * len(batch))
         # Closed loop: the server is gone, and nobody waits for these results.
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._finish, lane, launched, result, expired)
+            loop.call_soon_threadsafe(self._finish, lane, launched, result)
 
     def _finish(
         self,
         lane: Lane,
         launched: Launched,
         result: BatchResult,
-        expired: Sequence[Pending] = (),
         *,
         stage: bool = True,
     ) -> None:
-        """On the loop: answer the batch's requests (and those of a staged batch whose
-        deadline passed before it started, where none was left to compute), queue the
-        worker's next batch behind the one now computing, then wake its worker task for
-        the bookkeeping."""
+        """On the loop: answer the batch's requests, queue the worker's next batch behind
+        the one now computing, then wake its worker task for the bookkeeping."""
         ended = asyncio.get_running_loop().time()
         began = launched.started_at or launched.launched_at  # a staged batch's own start
         if launched.batch:
             lane.last_compute_s = result.compute_s
         if not launched.finished.done():  # the task runs after this callback, not in it
             launched.finished.set_result((result, began, ended))
-        lanes.answer_expired(self.name, launched, expired)
         self._deliver(launched.batch, result, lane.runner, free=not lane.computing)
         if stage:
             self._stage(lane)
