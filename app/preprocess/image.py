@@ -217,6 +217,7 @@ class ImageStage:
         self.input = input_name
         self.target = target
         self.transform = transform
+        self.threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="image-decode")
         self._max_images = max_queue_size
         self._images = 0

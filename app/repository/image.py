@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from PIL import Image
@@ -13,8 +14,20 @@ from app.preprocess.image import ImageStage, ImageTransform
 from app.repository.sections import ImageConfig
 from app.tensors import TensorSpec
 
-#: Decoding threads by default: one per core, at most this many.
+#: Decoding threads by default beside a model computing on the CPU: one per core, at most
+#: this many, so decoding does not take the cores the model's instances compute on.
 MAX_DEFAULT_THREADS = 4
+
+
+def default_decode_threads(devices: Collection[str], cores: int) -> int:
+    """Decoding threads where the config sets none, for instances on `devices` and a
+    process that may use `cores`. A model whose instances all compute on GPUs leaves the
+    cores to decoding, which then bounds its images/s: every core but one, kept for the
+    event loop. Beside CPU instances, the cores up to MAX_DEFAULT_THREADS."""
+    beside_cpu = min(MAX_DEFAULT_THREADS, cores)
+    if devices and all(device != "cpu" for device in devices):
+        return max(beside_cpu, cores - 1)
+    return beside_cpu
 
 
 def build_image_stage(
@@ -24,14 +37,17 @@ def build_image_stage(
     max_batch_size: int,
     max_queue_size: int,
     max_pixels: int,
+    devices: Collection[str],
 ) -> ImageStage | None:
+    """The image stage `[image]` declares (None without one), decoding in the config's
+    threads or `default_decode_threads` for the instances' `devices`."""
     if config is None:
         return None
     if max_batch_size <= 0:
         raise ModelLoadError("[image] needs batching: set max_batch_size above 0")
     transform, target = image_transform(config, inputs, max_pixels=max_pixels)
     Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own bomb check agrees with ours
-    threads = config.threads or min(MAX_DEFAULT_THREADS, available_cores())
+    threads = config.threads or default_decode_threads(devices, available_cores())
     return ImageStage(
         config.input, target, transform, threads=threads, max_queue_size=max_queue_size
     )

@@ -121,6 +121,7 @@ def load_version(
         image=build_image_stage(
             config.image, first.inputs, max_batch_size=max_batch_size,
             max_queue_size=policy.max_queue_size, max_pixels=defaults.max_image_pixels,
+            devices=[i.device for i in instances],
         ),
         labels=load_labels(config.labels, version_dir.parent, first.outputs),
     )  # fmt: skip

@@ -91,7 +91,8 @@ class ImageConfig(Strict):
     `input`, one per sample, instead of the model's float input `tensor` (default: its only
     float input): each is decoded, its short side resized to `resize`, centre-cropped to
     `crop` x `crop`, scaled to [0, 1] in `channels` order, normalised by `mean` and `std` and
-    laid out as `layout`, in `threads` decoding threads (default: the cores, up to 4)."""
+    laid out as `layout`, in `threads` decoding threads (default: the cores up to 4, or all
+    cores but one for a model computing only on GPUs)."""
 
     input: str = "image"
     tensor: str | None = None

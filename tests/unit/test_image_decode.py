@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.cores import available_cores
 from app.errors import InvalidInputError, ModelLoadError
 from app.preprocess.image import ImageTransform
-from app.repository.image import build_image_stage
+from app.repository.image import build_image_stage, default_decode_threads
 from app.repository.sections import ImageConfig
 from app.tensors import TensorSpec
 from tests.image_models import encoded
@@ -87,7 +88,7 @@ def test_a_config_that_does_not_fit_the_graph_is_refused(shape: tuple[int, ...],
     with pytest.raises(ModelLoadError, match=says.replace("[", r"\[")):
         build_image_stage(
             ImageConfig(resize=40, crop=32), inputs, max_batch_size=8, max_queue_size=8,
-            max_pixels=1000,
+            max_pixels=1000, devices=["cpu"],
         )  # fmt: skip
 
 
@@ -96,7 +97,7 @@ def test_the_image_input_must_not_clash_with_a_model_input() -> None:
     with pytest.raises(ModelLoadError, match="already a model input"):
         build_image_stage(
             ImageConfig(resize=40, crop=32), inputs, max_batch_size=8, max_queue_size=8,
-            max_pixels=1000,
+            max_pixels=1000, devices=["cpu"],
         )  # fmt: skip
 
 
@@ -114,3 +115,35 @@ def test_jpegs_twice_the_target_or_more_decode_at_a_dct_scale(
     image = transform.drafted(Image.open(io.BytesIO(data)))
     assert image.size == decoded
     assert transform.decode(data).shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize(
+    ("devices", "cores", "threads"),
+    [
+        (["cpu"], 16, 4),  # the model computes on the cores: decoding takes at most 4
+        (["cpu", "cpu"], 2, 2),
+        (["cuda:0"], 16, 15),  # the cores are free: all but the event loop's
+        (["cuda:0", "cuda:1"], 16, 15),
+        (["cpu", "cuda:0"], 16, 4),  # a CPU instance beside the GPU keeps its cores
+        (["cuda:0"], 2, 2),  # never fewer than beside a CPU instance
+        (["cuda:0"], 1, 1),
+    ],
+)
+def test_decoding_threads_by_default_follow_where_the_model_computes(
+    devices: list[str], cores: int, threads: int
+) -> None:
+    assert default_decode_threads(devices, cores) == threads
+
+
+@pytest.mark.parametrize("devices", [["cpu"], ["cuda:0"]])
+def test_the_configs_decoding_threads_win_over_the_default(devices: list[str]) -> None:
+    inputs = (TensorSpec("input", "FP32", (-1, 3, 32, 32)),)
+    built = {}
+    for threads in (None, 3):
+        stage = build_image_stage(
+            ImageConfig(resize=40, crop=32, threads=threads), inputs, max_batch_size=8,
+            max_queue_size=8, max_pixels=1000, devices=devices,
+        )  # fmt: skip
+        assert stage is not None
+        built[threads] = stage.threads
+    assert built == {None: default_decode_threads(devices, available_cores()), 3: 3}
