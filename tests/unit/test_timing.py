@@ -1,14 +1,16 @@
-"""app.timing's rotation of sessions (interleaved_latencies_ms): the order in which their
-calls are timed, and that each answer is its own session's median."""
+"""app.timing: the rotation of sessions (interleaved_latencies_ms), the order in which their
+calls are timed and that each answer is its own session's median; and sessions timed at
+once (time_concurrent)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from app.timing import WARM_UP_RUNS, interleaved_latencies_ms
+from app.timing import WARM_UP_RUNS, interleaved_latencies_ms, time_concurrent
 
 
 def test_sessions_are_timed_in_rotation_reversed_every_round() -> None:
@@ -31,3 +33,22 @@ def test_sessions_are_timed_in_rotation_reversed_every_round() -> None:
     fast, slow = latencies
     assert 1.0 <= fast < slow
     assert slow >= 4.0
+
+
+def test_instances_at_once_add_their_own_rates_with_no_idle_tail_counted() -> None:
+    """A session of 20 ms batches beside one of 35 ms, windows of 40 ms: each computes two
+    batches in its window, the fast one done 30 ms before the slow one. Counted as wall time
+    from the first start to the last end, those 30 ms read as if the fast one's core idled
+    (4 batches in 70 ms: 57/s); they compute 1/0.020 + 1/0.035 = 79 batches/s together."""
+
+    def session(batch_s: float) -> Callable[[dict[str, np.ndarray]], None]:
+        def run(feeds: dict[str, np.ndarray]) -> None:
+            time.sleep(batch_s)  # stands in for ONNX Runtime, which releases the GIL too
+
+        return run
+
+    with ThreadPoolExecutor(2) as pool:
+        window = time_concurrent([session(0.020), session(0.035)], {}, 1, 0.039, pool)
+    expected = 1 / 0.020 + 1 / 0.035
+    assert window.runs == 4
+    assert 0.85 * expected <= window.throughput_sps <= 1.05 * expected, window
