@@ -8,7 +8,9 @@ saturation, and the aggregate throughput is what they compute together
 (app.timing.time_concurrent). Each (layout, batch size) is warmed up, then timed in windows
 until the last three throughputs agree within 5% or its time is up (app.timing.until_stable).
 Every point is measured twice by default, the second time in the reverse order, and keeps
-its faster pass (see `profile`).
+its faster pass (see `profile`). Where every layout's sessions fit in memory at once, the
+layouts are measured in turn at each batch size, not one after another: a busy spell of a
+shared machine then slows them alike instead of deciding between them.
 
 Blocking (ORT sessions): run it from a command or a thread, never from an event loop.
 """
@@ -30,9 +32,21 @@ from app.profile.errors import ProfileError
 from app.profile.recommend import DEFAULT_TARGET_FACTOR, DEFAULT_TARGET_FLOOR_MS, Layout, Point
 from app.runtime import InstanceOptions, OnnxInstance
 from app.tensors import TensorSpec, numpy_dtype
-from app.timing import Feeds, Stability, Window, time_concurrent, until_stable, warm_up
+from app.timing import (
+    WARM_UP_RUNS,
+    Feeds,
+    Stability,
+    Window,
+    time_concurrent,
+    until_stable,
+    warm_up,
+)
 
 FeedsFor = Callable[[int], Feeds]
+
+#: Model file bytes x sessions up to which every layout's sessions are held open at once, so
+#: that layouts can be measured in turn (16 cores: 31 sessions of a 30 MB model).
+INTERLEAVE_MAX_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -191,7 +205,17 @@ def profile(
         points = [
             max(p, redo[(p.layout, p.batch_size)], key=lambda q: q.throughput_sps) for p in points
         ]
-    return Profile(points=points, providers=first.providers)
+    return Profile(points=sorted(points, key=_by_layout), providers=first.providers)
+
+
+def _by_layout(point: Point) -> tuple[Layout, int]:
+    return point.layout, point.batch_size
+
+
+def interleaves(path: Path, layouts: Sequence[Layout]) -> bool:
+    """Whether every layout's sessions may be open at once (INTERLEAVE_MAX_BYTES)."""
+    sessions = sum(layout.count for layout in layouts)
+    return len(layouts) > 1 and path.stat().st_size * sessions <= INTERLEAVE_MAX_BYTES
 
 
 def _measure_pass(
@@ -203,6 +227,8 @@ def _measure_pass(
 ) -> Profile:
     """One pass: every layout's sizes ascending until past the stop latency (order None),
     or exactly the (layout, size) points of `order`, in that order."""
+    if interleaves(path, settings.layouts):
+        return _interleaved_pass(path, settings, feeds_for, progress, order)
     points: list[Point] = []
     providers: list[str] = []
     layouts = list(settings.layouts) if order is None else list(dict.fromkeys(x for x, _ in order))
@@ -231,4 +257,73 @@ def _measure_pass(
                 if point.latency_ms_p50 > stop_above:
                     break
         del instances  # free the sessions before the next layout's
+    return Profile(points=points, providers=providers)
+
+
+def _interleaved_pass(
+    path: Path,
+    settings: ProfileSettings,
+    feeds_for: FeedsFor,
+    progress: Callable[[Point], None],
+    order: list[tuple[Layout, int]] | None,
+) -> Profile:
+    """`_measure_pass` with every layout's sessions open: at each batch size, ascending, the
+    layouts still growing take their turn (the turn order reversed every size), until a
+    layout's batch takes longer than its stop latency or the pass's budget is spent; with
+    `order`, exactly its points."""
+    opened = {
+        layout: open_instances(path, settings.device, layout, settings.spinning)
+        for layout in settings.layouts
+    }
+    pools = {
+        layout: ThreadPoolExecutor(layout.count, thread_name_prefix="profile")
+        for layout in settings.layouts
+    }
+    points: list[Point] = []
+    feeds: dict[int, Feeds] = {}
+
+    def measured(layout: Layout, size: int) -> Point:
+        if size not in feeds:
+            feeds[size] = feeds_for(size)
+        point = measure_point(opened[layout], layout, feeds[size], size, settings, pools[layout])
+        points.append(point)
+        progress(point)
+        return point
+
+    try:
+        if order is not None:
+            for layout, size in order:
+                measured(layout, size)
+        else:
+            started = time.monotonic()
+            growing = list(settings.layouts)
+            stop_above: dict[Layout, float] = {}
+            sizes = settings.batch_sizes
+            for number, size in enumerate(sizes):
+                round_started = time.monotonic()
+                latencies_s = 0.0
+                for layout in list(growing) if number % 2 == 0 else growing[::-1]:
+                    point = measured(layout, size)
+                    stop_above.setdefault(layout, _stop_above(settings, point))
+                    if point.latency_ms_p50 > stop_above[layout]:
+                        growing.remove(layout)
+                    else:
+                        latencies_s += point.latency_ms_p50 / 1000
+                if not growing or number + 1 == len(sizes):
+                    break
+                # No round is begun that would end past the budget: a round left half done
+                # compares the layouts at unequal sizes. The next takes as long as this one,
+                # or its fewest runs (warm-up and windows of a batch or more each) if longer.
+                now = time.monotonic()
+                fewest_runs = WARM_UP_RUNS + settings.stability.last
+                next_round = max(now - round_started,
+                                 fewest_runs * latencies_s * sizes[number + 1] / size)  # fmt: skip
+                if settings.budget_s is not None and now + next_round - started > settings.budget_s:
+                    break
+                feeds.clear()  # one size's inputs at a time
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
+    providers = list(next(iter(opened.values()))[0].providers)
+    opened.clear()  # free the sessions before the caller's next ones
     return Profile(points=points, providers=providers)

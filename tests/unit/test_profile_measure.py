@@ -7,6 +7,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
+from app.profile import measure
 from app.profile.measure import ProfileSettings, open_instances, profile, synthetic_feeds
 from app.profile.recommend import Layout, Point
 from app.timing import Stability, Window, time_concurrent, until_stable
@@ -64,8 +67,9 @@ def test_a_layout_stops_growing_after_the_first_batch_past_the_target(tmp_path: 
     assert all(p.latency_ms_p50 <= 0.05 for p in result.points[:-1])
 
 
-def test_a_second_pass_remeasures_in_reverse_and_keeps_the_faster(tmp_path: Path) -> None:
-    path = write_mlp(tmp_path / "mlp.onnx")
+def two_passes(path: Path) -> tuple[list[tuple[str, int]], list[Point], list[Point]]:
+    """Two layouts x three batch sizes profiled in two passes: the order the points were
+    measured in, every measurement, and the profile's points."""
     specs = open_instances(path, "cpu", Layout(1, 1))[0].inputs
     settings = ProfileSettings(
         device="cpu",
@@ -79,10 +83,32 @@ def test_a_second_pass_remeasures_in_reverse_and_keeps_the_faster(tmp_path: Path
     result = profile(
         path, settings, lambda n: synthetic_feeds(specs, n, 1), seen.append, passes.append
     )
-    assert settings.passes == 2 and passes == [1, 2]
-    first, second = seen[:6], seen[6:]
+    assert settings.passes == 2 and passes == [1, 2] and len(seen) == 12
     order = [(p.layout.label, p.batch_size) for p in seen]
-    assert order[:6] == [(x, n) for x in ("1x1", "2x1") for n in (1, 2, 4)]
     assert order[6:] == list(reversed(order[:6]))
-    for point, a, b in zip(result.points, first, reversed(second), strict=True):
-        assert point == max(a, b, key=lambda q: q.throughput_sps)
+    return order, seen, result.points
+
+
+def test_layouts_take_turns_at_each_batch_size_and_the_faster_pass_counts(
+    tmp_path: Path,
+) -> None:
+    order, seen, points = two_passes(write_mlp(tmp_path / "mlp.onnx"))
+    # Each size in turn, the turn order reversed every size: a busy spell slows both alike.
+    assert order[:6] == [("1x1", 1), ("2x1", 1), ("2x1", 2), ("1x1", 2), ("1x1", 4), ("2x1", 4)]
+    assert [(p.layout.label, p.batch_size) for p in points] == sorted(order[:6])
+    for point in points:
+        both = [q for q in seen if (q.layout, q.batch_size) == (point.layout, point.batch_size)]
+        assert point == max(both, key=lambda q: q.throughput_sps)
+
+
+def test_layouts_too_large_to_hold_at_once_are_measured_one_after_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_mlp(tmp_path / "mlp.onnx")
+    layouts = (Layout(1, 1), Layout(2, 1))
+    assert measure.interleaves(path, layouts) and not measure.interleaves(path, layouts[:1])
+    # Three sessions of this file, one byte short of fitting.
+    monkeypatch.setattr(measure, "INTERLEAVE_MAX_BYTES", 3 * path.stat().st_size - 1)
+    assert not measure.interleaves(path, layouts)
+    order, _, _ = two_passes(path)
+    assert order[:6] == [(x, n) for x in ("1x1", "2x1") for n in (1, 2, 4)]
