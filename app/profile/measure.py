@@ -61,8 +61,9 @@ class ProfileSettings:
     stability: Stability = field(default_factory=Stability)
     #: Times every point is measured (in alternating orders); the best pass counts.
     passes: int = 2
-    #: Seconds a pass may take, shared equally by the layouts: a layout stops growing its
-    #: batch size once its share is spent (each measures its smallest batch at least).
+    #: Seconds a pass may take: layouts taking turns stop growing their batch size before
+    #: a round that would end past it; measured one after another, each has an equal share
+    #: (each measures its smallest batch at least).
     budget_s: float | None = None
     #: Sessions with spinning intra-op threads (InstanceOptions.spinning).
     spinning: bool = False

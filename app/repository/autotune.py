@@ -2,7 +2,7 @@
 reports ready, and served with the layout and batch sizes its device runs fastest.
 
 The measurement and the rule are `batchserve profile`'s (app.profile.measure, recommend),
-in one pass bounded by a time budget shared equally by the layouts, on the model
+in one pass bounded by a time budget (the layouts taking turns), on the model
 directory's real inputs where it has any (app.repository.tuning_inputs; synthetic ones only
 when there is nothing else). The
 result is cached (app.repository.tuning_cache), so a restart or a second replica on the same
