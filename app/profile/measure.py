@@ -214,9 +214,11 @@ def _by_layout(point: Point) -> tuple[Layout, int]:
 
 
 def interleaves(path: Path, layouts: Sequence[Layout]) -> bool:
-    """Whether every layout's sessions may be open at once (INTERLEAVE_MAX_BYTES)."""
+    """Whether every layout's sessions may be open at once (INTERLEAVE_MAX_BYTES). The
+    model's size counts every file beside it: external data must sit there."""
     sessions = sum(layout.count for layout in layouts)
-    return len(layouts) > 1 and path.stat().st_size * sessions <= INTERLEAVE_MAX_BYTES
+    size = sum(f.stat().st_size for f in path.parent.iterdir() if f.is_file())
+    return len(layouts) > 1 and size * sessions <= INTERLEAVE_MAX_BYTES
 
 
 def _measure_pass(
