@@ -76,17 +76,21 @@ def _set(container: Any, key: str, value: Any) -> None:
         return
     item = tomlkit.item(value)
     item.comment(MARK)
-    table = isinstance(container, tomlkit.items.Table)
-    body: Any = container.value if table else None  # the table's Container
+    if not isinstance(container, tomlkit.items.Table):
+        container.add(key, item)
+        return
+    body: Any = container.value  # the table's Container
     plain = [
-        k.key
-        for k, v in (body.body if table else [])
+        index
+        for index, (k, v) in enumerate(body.body)
         if k is not None and not isinstance(v, tomlkit.items.Table | tomlkit.items.AoT)
     ]
-    if plain:
-        # Right after the last key, ahead of comments that trail the table (they are
-        # usually about the next one).
-        body._insert_after(plain[-1], key, item)
+    insert_at = getattr(body, "_insert_at", None)
+    if plain and plain[-1] + 1 < len(body.body) and insert_at is not None:
+        # Right after the last key, ahead of comments that trail the table (they are usually
+        # about the next one). tomlkit has no public insert, so this uses `_insert_at`
+        # (0.12-0.15; 0.15.3 dropped `_insert_after`) and pyproject caps the version.
+        insert_at(plain[-1] + 1, key, item)
     else:
         container.add(key, item)
 
