@@ -249,17 +249,20 @@ def _chosen_tuning(
 def serving_batch_size(points: list[Point], instances: int = 1) -> int:
     """The batch the server should form, from one layout's compute profile: among the
     batches whose throughput, counting the server's fixed cost per batch, is within
-    BATCH_TOLERANCE of the best, the largest for one instance and the smallest for several.
-    One instance has nobody to share a burst with, and a larger batch holds its throughput
-    under any load. Several instances share it only if a batch leaves some: a small CNN on
-    two 1-thread instances at C=32 served 0.87 of its best in batches of 16 or 32, where one
-    instance took the whole burst and the other waited, and 0.99-1.00 in batches of 4-8. A
-    transformer at 128 tokens, whose compute per sample grows with the batch, served best
-    at 4 and lost 25% at 32 (load_tests/bench_zero_config.py)."""
+    BATCH_TOLERANCE of the best, the largest for one instance and the middle one (the upper
+    of two) for several. One instance has nobody to share a burst with, and a larger batch
+    holds its throughput under any load. Several instances share it only if a batch leaves
+    some: a small CNN on two 1-thread instances at C=32 served 0.87 of its best in batches
+    of 16 or 32, where one instance took the whole burst and the other waited, and
+    0.99-1.00 in batches of 4-8. The smallest near batch is no safer: where compute per
+    sample is flat, timing noise puts batch 1 within reach, and a medium CNN served 0.87 of
+    its best in batches of 1, 0.94 in batches of 4. A transformer at 128 tokens, whose
+    compute per sample grows with the batch, served best at 4 and lost 25% at 32
+    (load_tests/bench_zero_config.py)."""
 
     def served(point: Point) -> float:
         return point.batch_size / (point.latency_ms_p50 + SERVING_COST_PER_BATCH_MS)
 
     best = max(served(p) for p in points)
-    near = [p.batch_size for p in points if served(p) >= (1 - BATCH_TOLERANCE) * best]
-    return max(near) if instances == 1 else min(near)
+    near = sorted(p.batch_size for p in points if served(p) >= (1 - BATCH_TOLERANCE) * best)
+    return near[-1] if instances == 1 else near[len(near) // 2]
