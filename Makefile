@@ -11,16 +11,18 @@ IMAGE_MODEL := models/effnet/1/model.onnx
 
 .PHONY: serve test lint typecheck proto models text-model image-model bench bench-text bench-latency bench-metrics bench-profile bench-zero-config bench-image clean lock
 
-# The virtual environment, rebuilt when pyproject.toml or the lock changes. Runtime packages
+# The virtual environment, rebuilt when pyproject.toml or the locks change. Runtime packages
 # are held at the versions the container images ship (requirements/gpu.txt, the lock of what
 # Linux x86-64 installs; its hashes dropped, as pip constraints take none), so the tests run
-# what the images run.
+# what the images run; the test, bench, optimize and models tools at requirements/dev.txt's,
+# so that a new release of one cannot break the suite unannounced.
 CONSTRAINTS := $(VENV)/constraints.txt
-$(BIN)/batchserve: pyproject.toml requirements/gpu.txt
+$(BIN)/batchserve: pyproject.toml requirements/gpu.txt requirements/dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "batchserve needs Python 3.11 or newer; set PYTHON=python3.11 (or newer)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	sed -n 's/^\([A-Za-z0-9._-]*==[^ ;\\]*\).*/\1/p' requirements/gpu.txt > $(CONSTRAINTS)
+	sed -n 's/^\([A-Za-z0-9._-]*==[^ ;\\]*\).*/\1/p' requirements/gpu.txt requirements/dev.txt \
+	  | sort -u > $(CONSTRAINTS)
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e .
 	@touch $@
 

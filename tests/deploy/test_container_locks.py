@@ -1,7 +1,8 @@
 """The requirements locks: each pins exactly the runtime pyproject.toml asks for on the
 locks' platform (Linux x86-64, CPython 3.11), every pin with its hashes and matching what
 this environment has installed; the CPU and GPU locks differ only in the ONNX Runtime build,
-and the build backend is pinned to what pyproject asks."""
+the build backend is pinned to what pyproject asks, and the development lock pins the test
+tools."""
 
 from __future__ import annotations
 
@@ -98,3 +99,25 @@ def test_build_backend_is_pinned_to_what_pyproject_asks() -> None:
         requirement = Requirement(text)
         version = build[canonicalize_name(requirement.name)][0]
         assert requirement.specifier.contains(version), f"{requirement} vs {version}"
+
+
+def test_the_development_lock_pins_the_tools_the_suite_runs_with() -> None:
+    """requirements/dev.txt pins each test, bench, optimize and models requirement at a
+    version it allows, agrees with gpu.txt, and the test tools installed are its versions
+    (a new release of one, like tomlkit 0.15.3 dropping a method, cannot reach CI unseen)."""
+    dev, gpu = read_lock("dev.txt"), read_lock("gpu.txt")
+    for extra in ("test", "bench", "optimize", "models"):
+        for text in PYPROJECT["project"]["optional-dependencies"][extra]:
+            requirement = Requirement(text)
+            if requirement.marker and not requirement.marker.evaluate(LOCK_PLATFORM):
+                continue
+            name = canonicalize_name(requirement.name)
+            assert name in dev, f"{name} ({extra} extra) is missing from dev.txt: run make lock"
+            assert requirement.specifier.contains(dev[name][0], prereleases=True), (
+                f"dev.txt pins {name}=={dev[name][0]}, but pyproject asks {requirement}"
+            )
+            if extra == "test":
+                installed = importlib.metadata.version(requirement.name)
+                assert installed == dev[name][0], f"installed {name} {installed}: run make"
+    shared = set(dev) & set(gpu)
+    assert {k: dev[k][0] for k in shared} == {k: gpu[k][0] for k in shared}
