@@ -338,18 +338,21 @@ def test_a_request_whose_turn_comes_too_late_is_refused_not_computed() -> None:
     late before it was queued (a slow body, tokenizing: not the queue's doing)."""
 
     async def scenario() -> None:
-        batcher, runner, decisions = await fitted_batcher(0.1, (1, 4))  # t(1) = 3 ms
+        # t(1) = 3 ms, fitted on enough batches that the held one (its gate wait timed as
+        # compute) moves the model little: fitted on two, it raised t(1) near the target.
+        batcher, runner, decisions = await fitted_batcher(0.1, (1, 4) * 10)
+        fitting = len(runner.sizes)
         held = await hold_worker(batcher, runner)
         stale = batcher.submit(ONE)
         await asyncio.sleep(0.12)  # it waits in the queue past the 100 ms target
         fresh = batcher.submit(ONE)
         runner.gate.set()
         assert (await held)["y"].shape == (1, 2)
-        with pytest.raises(OverloadedError, match=r"1\d\d ms of it in the queue"):
+        with pytest.raises(OverloadedError, match=r"\d{3,} ms of it in the queue"):
             await stale
         assert (await fresh)["y"].shape == (1, 2)
         assert decisions.seen.count("late") == 1
-        assert sum(runner.sizes[2:]) == 2  # held and fresh: stale was never computed
+        assert sum(runner.sizes[fitting:]) == 2  # held and fresh: stale was never computed
 
         held = await hold_worker(batcher, runner)
         now = asyncio.get_running_loop().time()
