@@ -9,7 +9,7 @@ TEXT_MODEL := models/minilm/1/model.onnx
 # Built by `make image-model` (torch and the image-build extra); `make test` builds it too.
 IMAGE_MODEL := models/effnet/1/model.onnx
 
-.PHONY: serve test lint typecheck proto models text-model image-model bench bench-text bench-latency bench-metrics bench-profile bench-zero-config bench-image clean lock
+.PHONY: serve test lint typecheck proto models text-model image-model bench bench-text bench-latency bench-metrics bench-profile bench-zero-config bench-tuning-noise bench-image clean lock
 
 # The virtual environment, rebuilt when pyproject.toml or the locks change. Runtime packages
 # are held at the versions the container images ship (requirements/gpu.txt, the lock of what
@@ -81,6 +81,11 @@ bench-profile: $(VENV)/.test-deps
 # Bare model directories tuned at load vs a sweep of configs and the untuned defaults.
 bench-zero-config: $(VENV)/.test-deps
 	$(BIN)/python -m load_tests.bench_zero_config --out load_tests/report
+
+# How far repeated tunings land apart, one profile pass against the two a CPU tuning makes
+# (load_tests/report/TUNING_NOISE.md; ~3 min).
+bench-tuning-noise: $(VENV)/.test-deps
+	$(BIN)/python -m load_tests.bench_tuning_noise --out load_tests/report
 
 # Images end to end on models/effnet: top-5 of the test photos served raw, int8 vs fp32 on
 # crops and flips, and served images/s from JPEG vs tensors vs raw ONNX Runtime

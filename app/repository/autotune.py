@@ -2,7 +2,7 @@
 reports ready, and served with the layout and batch sizes its device runs fastest.
 
 The measurement and the rule are `batchserve profile`'s (app.profile.measure, recommend),
-in one pass bounded by a time budget (the layouts taking turns), on the model
+bounded by a time budget (the layouts taking turns; two passes on a CPU), on the model
 directory's real inputs where it has any (app.repository.tuning_inputs; synthetic ones only
 when there is nothing else). The
 result is cached (app.repository.tuning_cache), so a restart or a second replica on the same
@@ -57,6 +57,12 @@ BATCH_TOLERANCE = 0.05
 #: Share of the tuning budget kept for the lone-request checks (app.repository.low_load:
 #: spinning and the low-load instance, a fraction of a second a point).
 SPINNING_SHARE = 0.2
+#: Passes over the points on a CPU, the tuning budget split between them: each point keeps
+#: its faster pass, as `batchserve profile` does. Other work only slows a measurement down,
+#: so the faster of two short looks varies less between tunings than one long one
+#: (load_tests/report/TUNING_NOISE.md). One on a GPU, whose largest batches need the whole
+#: budget to be reached.
+CPU_PASSES = 2
 #: A served batch may compute this long even where the default latency target is tighter
 #: (ten times batch 1's latency, 5 ms at least): the small CNNs' 2.5 ms bound kept their
 #: batches at 2-4, which served 15% slower than batches of 16 (6 ms).
@@ -156,6 +162,7 @@ def _measure(
     started = time.monotonic()
     probe, device = _probe(model_path, device)
     on_gpu = device != "cpu"
+    passes = 1 if on_gpu else CPU_PASSES
     specs = probe.inputs
     sample = inputs.read(specs, probe.outputs)
     del probe
@@ -174,20 +181,11 @@ def _measure(
             return repeat_rows(sample, rows)
         return measure.synthetic_feeds(specs, rows, length)
 
-    cores = available_cores()
-    profile_settings = measure.ProfileSettings(
-        device=device,
-        layouts=gpu_layouts(cores) if on_gpu else measure.default_layouts("cpu", cores),
-        batch_sizes=sizes,
-        window_s=settings.window_s,
-        stability=Stability(max_seconds=settings.point_s),
-        passes=1,
-        budget_s=settings.budget_s * (1 if on_gpu else 1 - SPINNING_SHARE),
-    )
-    profile = measure.profile(model_path, profile_settings, feeds_for)
+    profile_settings = one_pass_settings(settings, device=device, batch_sizes=sizes)
+    profile = measure.profile(model_path, split_passes(profile_settings, passes), feeds_for)
     chosen = recommend(profile.points, None, batching)
-    tuning = _chosen_tuning(chosen, profile.points, config, batching=batching,
-                            inputs=inputs.label, device="cuda" if on_gpu else "cpu")  # fmt: skip
+    tuning = chosen_tuning(chosen, profile.points, config, batching=batching,
+                           inputs=inputs.label, device="cuda" if on_gpu else "cpu")  # fmt: skip
     if not on_gpu:  # a GPU session has no threads to spin, nor a low-load twin
         fields = lone_request_fields(
             model_path, chosen.layout, profile.points, tuning.batch_size or 1, feeds_for,
@@ -195,6 +193,35 @@ def _measure(
         )  # fmt: skip
         tuning = replace(tuning, **fields)
     return replace(tuning, seconds=time.monotonic() - started)
+
+
+def one_pass_settings(
+    settings: TuneSettings, *, device: str, batch_sizes: tuple[int, ...]
+) -> measure.ProfileSettings:
+    """The profile of a tuning on `device` as one pass: every layout using all the cores (one
+    or two instances a GPU), within the budget's share for it."""
+    cores = available_cores()
+    on_gpu = device != "cpu"
+    return measure.ProfileSettings(
+        device=device,
+        layouts=gpu_layouts(cores) if on_gpu else measure.default_layouts("cpu", cores),
+        batch_sizes=batch_sizes,
+        window_s=settings.window_s,
+        stability=Stability(max_seconds=settings.point_s),
+        passes=1,
+        budget_s=settings.budget_s * (1 if on_gpu else 1 - SPINNING_SHARE),
+    )
+
+
+def split_passes(settings: measure.ProfileSettings, passes: int) -> measure.ProfileSettings:
+    """`settings` as `passes` passes within the same time: each its share of the budget and
+    of every point's time to settle."""
+    if passes == 1 or settings.budget_s is None:
+        return settings
+    stability = replace(settings.stability, max_seconds=settings.stability.max_seconds / passes)
+    return replace(
+        settings, passes=passes, budget_s=settings.budget_s / passes, stability=stability
+    )
 
 
 def _probe(model_path: Path, device: str) -> tuple[OnnxInstance, str]:
@@ -214,7 +241,7 @@ def _probe(model_path: Path, device: str) -> tuple[OnnxInstance, str]:
     return probe, device
 
 
-def _chosen_tuning(
+def chosen_tuning(
     chosen: Recommendation,
     points: list[Point],
     config: ModelConfig,

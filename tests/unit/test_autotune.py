@@ -10,6 +10,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -17,6 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from app.cores import available_cores
+from app.profile import measure
 from app.profile.recommend import Layout, Point
 from app.repository.autotune import TuneSettings, _cache_key, serving_batch_size, tune
 from app.repository.config import ModelConfig, load_model_config
@@ -82,6 +84,32 @@ def test_a_bare_model_is_tuned_once_then_read_from_the_cache(
     assert tuned.batch_size is not None and 1 <= tuned.batch_size <= tuned.max_batch_size
     preferred = [tuned.batch_size] if tuned.batch_size < tuned.max_batch_size else []
     assert config.batching.preferred_batch_sizes == preferred
+
+
+def test_every_point_is_measured_twice_on_a_cpu(
+    model: Path, settings: TuneSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CPU each (layout, batch) is measured in two passes, as `batchserve profile`
+    does, and keeps the faster: a busy spell of a shared machine then spoils a point only if
+    it falls on both."""
+    profiles: list[list[tuple[str, int]]] = []  # per measure.profile call, what it measured
+    real_point, real_profile = measure.measure_point, measure.profile
+
+    def counted_point(*args: Any, **kwargs: Any) -> Point:
+        point = real_point(*args, **kwargs)
+        profiles[-1].append((point.layout.label, point.batch_size))
+        return point
+
+    def counted_profile(*args: Any, **kwargs: Any) -> measure.Profile:
+        profiles.append([])
+        return real_profile(*args, **kwargs)
+
+    monkeypatch.setattr(measure, "measure_point", counted_point)
+    monkeypatch.setattr(measure, "profile", counted_profile)
+    assert run_tune(model, settings).source == "tuned"
+    tuning = profiles[0]  # then the lone-request checks, a point each
+    assert len(set(tuning)) > 1
+    assert all(tuning.count(key) == 2 for key in tuning), tuning
 
 
 def test_what_the_config_sets_is_kept(model: Path, settings: TuneSettings, tmp_path: Path) -> None:

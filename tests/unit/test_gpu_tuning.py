@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.profile.recommend import Layout, Point, recommend
-from app.repository.autotune import _chosen_tuning
+from app.repository.autotune import chosen_tuning
 from app.repository.config import ModelConfig
 from app.repository.gpu_tuning import gpu_layouts, tuning_device
 from app.repository.tuning_result import Tuning, from_dict
@@ -49,16 +49,16 @@ def test_a_gpu_batches_up_to_the_largest_batch_within_half_the_target() -> None:
     # The default target is 10 x batch 1's 5.2 ms; half of it, 26 ms, holds batch 64 (17.8
     # ms) and not 128 (62.6 ms).
     assert (chosen.layout, chosen.max_batch_size) == (Layout(2, 8), 64)
-    tuned = _chosen_tuning(chosen, points, ModelConfig(), batching=True, inputs="synthetic inputs",
-                           device="cuda")  # fmt: skip
+    tuned = chosen_tuning(chosen, points, ModelConfig(), batching=True, inputs="synthetic inputs",
+                          device="cuda")  # fmt: skip
     assert (tuned.device, tuned.count, tuned.threads) == ("cuda", 2, 8)
     assert tuned.max_batch_size == 64 and tuned.batch_size == 64
     # A config's max_batch_size stays; a fixed batch axis is left as it is.
-    bounded = _chosen_tuning(chosen, points, ModelConfig(max_batch_size=16), batching=True,
-                             inputs="", device="cuda")  # fmt: skip
+    bounded = chosen_tuning(chosen, points, ModelConfig(max_batch_size=16), batching=True,
+                            inputs="", device="cuda")  # fmt: skip
     assert bounded.max_batch_size == 16 and bounded.batch_size == 16
-    fixed = _chosen_tuning(chosen, points, ModelConfig(), batching=False, inputs="",
-                           device="cuda")  # fmt: skip
+    fixed = chosen_tuning(chosen, points, ModelConfig(), batching=False, inputs="",
+                          device="cuda")  # fmt: skip
     assert (fixed.max_batch_size, fixed.batch_size) == (None, None)
 
 
