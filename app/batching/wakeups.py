@@ -4,12 +4,15 @@ and which workers may take a batch now.
 At low load the idle worker that computes a sample fastest is woken (not the one idle
 longest), so a slow CPU worker beside a GPU does not take every other request; a worker
 back from its batch leaves queued work to a much faster idle one. Low-load-only workers
-take a lone request only, while no other worker computes, and are woken first for it.
+take a lone request only, while no other worker computes, and are woken first for it. A
+worker passed over since a slowdown is given a batch again after a while, so that one bad
+spell does not keep it idle for as long as the load stays low.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable, Collection
 
@@ -19,6 +22,10 @@ COST_WEIGHT = 0.2
 STALL_CAP = 4.0
 #: A worker leaves queued work to an idle one this much faster per sample (or more).
 FASTER_BY = 0.7
+#: A worker not measured for this long, whose average has risen INFLATED_BY over the best
+#: it has shown, is judged by that best: at low load nothing else would measure it again.
+REMEASURE_AFTER_S = 10.0
+INFLATED_BY = 1.5
 
 
 class Workers:
@@ -29,6 +36,7 @@ class Workers:
         labels: Collection[str],
         low_load_only: Collection[str] = (),
         depth: Callable[[], int] = lambda: 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not set(low_load_only) <= set(labels):
             raise ValueError(
@@ -41,6 +49,10 @@ class Workers:
         self.cost: dict[str, float] = {}
         #: A worker's first batch time per sample, until its second one is in.
         self._first_cost: dict[str, float] = {}
+        #: Each worker's lowest average so far, and when it last finished a batch.
+        self._best_cost: dict[str, float] = {}
+        self._measured_at: dict[str, float] = {}
+        self._clock = clock
         #: Workers woken that have not run yet: the work they were woken for is theirs.
         self.woken: set[str] = set()
         #: Workers that take a batch only while every other worker is idle (none if all
@@ -92,7 +104,7 @@ class Workers:
         # others' cost per sample, learnt from batches under load, says nothing about a
         # lone request (it kept the text model's 2x1 workers on lone sentences).
         alone = [i for i in eligible if idle[i][1] in self.low_load_only]
-        chosen = alone[0] if alone else min(eligible, key=lambda i: self.cost.get(idle[i][1], 0.0))
+        chosen = alone[0] if alone else min(eligible, key=lambda i: self.judged_cost(idle[i][1]))
         waiter, label = idle.pop(chosen)
         self.idle_waiters = deque(idle)
         self.woken.add(label)
@@ -119,7 +131,23 @@ class Workers:
         if other in self.low_load_only or label in self.low_load_only:
             return other in self.low_load_only and label not in self.low_load_only
         mine = self.cost.get(label)
-        return mine is not None and self.cost.get(other, 0.0) < FASTER_BY * mine
+        return mine is not None and self.judged_cost(other) < FASTER_BY * self.judged_cost(label)
+
+    def judged_cost(self, label: str) -> float:
+        """The cost per sample `label` is woken by: 0 before it is measured (so that it is),
+        its best so far once it has been passed over for REMEASURE_AFTER_S since its
+        average rose INFLATED_BY above that best (so that a slowdown that has passed shows),
+        else its average."""
+        cost = self.cost.get(label)
+        if cost is None:
+            return 0.0
+        best = self._best_cost[label]
+        if cost > INFLATED_BY * best and self._stale(label):
+            return best
+        return cost
+
+    def _stale(self, label: str) -> bool:
+        return self._clock() - self._measured_at.get(label, 0.0) >= REMEASURE_AFTER_S
 
     def may_take(self, label: str) -> bool:
         """Whether `label` may take a batch now: a low-load-only worker only a lone request
@@ -145,6 +173,8 @@ class Workers:
         made a fast worker read slower than a slow one, and at low load nothing measured
         it again. A lasting slowdown still shows, a factor of 1.6 a batch."""
         previous = self.cost.get(label)
+        stale = self._stale(label)
+        self._measured_at[label] = self._clock()
         if previous is None:
             # The first batch has no usual to be capped by: the lower of the first two
             # starts the average (until then the worker reads as unmeasured, and is woken).
@@ -152,10 +182,17 @@ class Workers:
             if first is None:
                 self._first_cost[label] = per_sample_s
             else:
-                self.cost[label] = min(first, per_sample_s)
+                self.cost[label] = self._best_cost[label] = min(first, per_sample_s)
             return
         counted = min(per_sample_s, STALL_CAP * previous)
-        self.cost[label] = previous + COST_WEIGHT * (counted - previous)
+        # After a long gap a faster batch says the slowdown has passed: the average restarts
+        # there. A slower one counts as usual (the first batch after idling often is).
+        if stale and counted < previous:
+            cost = counted
+        else:
+            cost = previous + COST_WEIGHT * (counted - previous)
+        self.cost[label] = cost
+        self._best_cost[label] = min(self._best_cost[label], cost)
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from app.batching import Batcher, BatchingPolicy
-from app.batching.wakeups import Workers
+from app.batching.wakeups import REMEASURE_AFTER_S, Workers
 
 T = TypeVar("T")
 WAIT_S = 10.0
@@ -190,6 +190,41 @@ def test_a_lasting_slowdown_of_a_worker_still_shows_in_its_cost() -> None:
         for _ in range(10):
             workers.observe_cost("cuda:0/0", 0.03)
         assert await woken_of(workers, ["cuda:0/0", "cpu/0"]) == "cpu/0"
+
+    run(scenario)
+
+
+def test_a_worker_passed_over_since_a_slowdown_is_measured_again() -> None:
+    """At low load only the worker woken is measured: one that slowed down for a spell
+    would stay passed over for as long as the load stays low. Once it has not run for
+    REMEASURE_AFTER_S it is judged by its best again, and one faster batch brings it back;
+    one still slow waits out another spell. A worker that is simply slower is never woken
+    for it."""
+
+    async def scenario() -> None:
+        now = [0.0]
+        workers = Workers(["cuda:0/0", "cpu/0"], clock=lambda: now[0])
+        for _ in range(2):  # the first two batches start the averages
+            workers.observe_cost("cuda:0/0", 0.001)
+            workers.observe_cost("cpu/0", 0.01)
+        for _ in range(10):  # a spell three times slower than the CPU
+            workers.observe_cost("cuda:0/0", 0.03)
+        assert await woken_of(workers, ["cuda:0/0", "cpu/0"]) == "cpu/0"
+        now[0] += REMEASURE_AFTER_S - 0.5
+        workers.observe_cost("cpu/0", 0.01)  # the CPU takes the lone requests meanwhile
+        assert await woken_of(workers, ["cuda:0/0", "cpu/0"]) == "cpu/0"
+        now[0] += 0.5
+        assert await woken_of(workers, ["cpu/0", "cuda:0/0"]) == "cuda:0/0"
+        workers.observe_cost("cuda:0/0", 0.03)  # still slow: the CPU's again, for a spell
+        assert await woken_of(workers, ["cuda:0/0", "cpu/0"]) == "cpu/0"
+        now[0] += REMEASURE_AFTER_S
+        assert await woken_of(workers, ["cpu/0", "cuda:0/0"]) == "cuda:0/0"
+        workers.observe_cost("cuda:0/0", 0.001)  # recovered: it keeps the work from now
+        assert workers.cost["cuda:0/0"] == pytest.approx(0.001)
+        for _ in range(3):
+            now[0] += REMEASURE_AFTER_S
+            assert await woken_of(workers, ["cuda:0/0", "cpu/0"]) == "cuda:0/0"
+            workers.observe_cost("cuda:0/0", 0.001)
 
     run(scenario)
 
