@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +230,8 @@ def test_a_model_whose_profile_fails_serves_on_the_defaults(
 ) -> None:
     version_dir = tmp_path / "one" / "1"
     write_batch_of_one_model(version_dir / "model.onnx")
+    # Budget enough to reach batch 2 however loaded the machine: the profile fails there.
+    settings = replace(settings, budget_s=10.0)
     loaded = load_version(
         "one", 1, version_dir, config=ModelConfig(), defaults=ServingDefaults(tuning=settings)
     )
