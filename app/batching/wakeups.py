@@ -130,8 +130,9 @@ class Workers:
         one much faster per sample."""
         if other in self.low_load_only or label in self.low_load_only:
             return other in self.low_load_only and label not in self.low_load_only
-        mine = self.cost.get(label)
-        return mine is not None and self.judged_cost(other) < FASTER_BY * self.judged_cost(label)
+        if label not in self.cost:
+            return False
+        return self.judged_cost(other) < FASTER_BY * self.judged_cost(label)
 
     def judged_cost(self, label: str) -> float:
         """The cost per sample `label` is woken by: 0 before it is measured (so that it is),
