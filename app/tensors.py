@@ -30,6 +30,9 @@ class TensorSpec:
     #: BYTES elements are opaque bytes (encoded images), not UTF-8 text: decoders keep them
     #: as `bytes`, and JSON carries them base64-encoded.
     opaque: bool = False
+    #: One element per sample (shape [batch]): a request may also send it as [batch, 1],
+    #: as clients of Triton do, whose configs must declare it as dims [1] reshaped to [].
+    one_per_sample: bool = False
 
     def metadata(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}

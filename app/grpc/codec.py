@@ -89,11 +89,13 @@ def decode_request(
     for index, tensor in enumerate(message.inputs):
         spec = input_spec(specs, inputs, decoded, tensor.name, tensor.datatype)
         shape = decode_shape(spec.name, list(tensor.shape))
-        check_shape(spec, shape)
+        model_shape = check_shape(spec, shape)
         if raw:
             decoded[spec.name] = decode_binary_tensor(spec, shape, memoryview(raw[index]))
         else:
             decoded[spec.name] = _typed_contents(spec, shape, tensor.contents)
+        if model_shape is not shape:
+            decoded[spec.name] = decoded[spec.name].reshape(model_shape)
     known = {s.name for s in outputs}
     wanted = [check_output(o.name, known) for o in message.outputs]
     classification = {

@@ -44,14 +44,18 @@ def decode_shape(name: str, raw: Any) -> tuple[int, ...]:
     raise fail(f"input '{name}': 'shape' must be a list of non-negative integers, got {raw!r}")
 
 
-def check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
+def check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape the model receives for a request's `shape` (the same object unless a
+    one-per-sample input came as [batch, 1]); refused when it does not fit the spec."""
     wanted = spec.shape
     if len(shape) == len(wanted):
         for w, g in zip(wanted, shape):  # noqa: B905 (lengths checked)
             if w >= 0 and w != g:
                 break
         else:
-            return
+            return shape
+    if spec.one_per_sample and len(shape) == 2 and shape[1] == 1:
+        return shape[:1]
     raise fail(
         f"input '{spec.name}': shape {list(shape)} does not match the model's "
         f"{list(spec.shape)} (-1 is any size)"

@@ -234,7 +234,7 @@ def decode_infer_request(
         spec = input_spec(specs, inputs, decoded, raw.get("name"), raw.get("datatype"))
         name = spec.name
         shape = decode_shape(name, raw.get("shape"))
-        check_shape(spec, shape)
+        model_shape = check_shape(spec, shape)
         size = _binary_size(name, raw.get("parameters"))
         if size is not None:
             if binary is None or offset + size > len(binary):
@@ -248,6 +248,8 @@ def decode_infer_request(
             decoded[name] = _decode_json_data(spec, shape, raw["data"], may_hold_booleans)
         else:
             raise fail(f"input '{name}': 'data' is missing")
+        if model_shape is not shape:
+            decoded[name] = decoded[name].reshape(model_shape)
     decoded = complete_inputs(decoded, inputs, input_sets, reject_nonfinite)
     if binary is not None and offset != len(binary):
         raise fail(f"the body has {len(binary) - offset} bytes of binary data that no input claims")

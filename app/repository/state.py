@@ -60,11 +60,11 @@ class LoadedVersion:
         self.outputs_by_name = {spec.name: spec for spec in self.outputs}
         self.request_inputs, self.input_sets = self.inputs, ()
         if self.text is not None:
-            text = TensorSpec(self.text.input, "BYTES", (-1,))
+            text = TensorSpec(self.text.input, "BYTES", (-1,), one_per_sample=True)
             self.request_inputs = (text, *self.inputs)
             self.input_sets = ((text.name,), tuple(spec.name for spec in self.inputs))
         elif self.image is not None:
-            image = TensorSpec(self.image.input, "BYTES", (-1,), opaque=True)
+            image = TensorSpec(self.image.input, "BYTES", (-1,), opaque=True, one_per_sample=True)
             self.request_inputs = (image, *self.inputs)
             self.input_sets = ((image.name,), tuple(spec.name for spec in self.inputs))
 
@@ -89,13 +89,21 @@ class LoadedVersion:
             await self.image.close()
         await self.batcher.close()
 
+    def _input_metadata(self, spec: TensorSpec) -> dict[str, Any]:
+        """As Triton shows an input: a string or file per sample of a batching model is
+        [-1, 1] (its config's dims [1] reshaped to []), the shape perf_analyzer sends."""
+        metadata = spec.metadata()
+        if spec.one_per_sample and self.max_batch_size > 0:
+            metadata["shape"] = [-1, 1]
+        return metadata
+
     def metadata(self, versions: list[int]) -> dict[str, Any]:
         """The v2 model metadata response (plus the devices and providers really used)."""
         return {
             "name": self.model,
             "versions": [str(v) for v in versions],
             "platform": "onnxruntime_onnx",
-            "inputs": [spec.metadata() for spec in self.request_inputs],
+            "inputs": [self._input_metadata(spec) for spec in self.request_inputs],
             "outputs": [spec.metadata() for spec in self.outputs],
             "parameters": {
                 "max_batch_size": self.max_batch_size,

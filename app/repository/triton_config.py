@@ -23,26 +23,16 @@ BACKEND = "onnxruntime"
 def model_config(loaded: LoadedVersion) -> dict[str, Any]:
     """The ModelConfig JSON of `loaded`, as Triton's `GET /v2/models/{m}/config` answers."""
     batching = loaded.max_batch_size > 0
+    # With a text or image stage a request sends either the raw text or image, or the
+    # model's own tensors: each set is optional, or perf_analyzer demands both.
     staged = loaded.text is not None or loaded.image is not None
-    optional = {spec.name for spec in loaded.inputs} if staged else set()  # raw input instead
     config: dict[str, Any] = {
         "name": loaded.model,
         "platform": PLATFORM,
         "backend": BACKEND,
         "version_policy": _version_policy(loaded.config.version_policy),
         "max_batch_size": loaded.max_batch_size,
-        "input": [
-            {
-                "name": spec.name,
-                "data_type": triton_data_type(spec.datatype),
-                "format": "FORMAT_NONE",
-                "dims": _dims(spec, batching),
-                "is_shape_tensor": False,
-                "allow_ragged_batch": False,
-                "optional": spec.name in optional,
-            }
-            for spec in loaded.request_inputs
-        ],
+        "input": [_input(spec, batching, optional=staged) for spec in loaded.request_inputs],
         "output": [
             {
                 "name": spec.name,
@@ -63,6 +53,23 @@ def model_config(loaded: LoadedVersion) -> dict[str, Any]:
     if batching:
         config["dynamic_batching"] = _dynamic_batching(loaded)
     return config
+
+
+def _input(spec: TensorSpec, batching: bool, *, optional: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": spec.name,
+        "data_type": triton_data_type(spec.datatype),
+        "format": "FORMAT_NONE",
+        "dims": _dims(spec, batching),
+        "is_shape_tensor": False,
+        "allow_ragged_batch": False,
+        "optional": optional,
+    }
+    if batching and spec.one_per_sample:
+        # Triton allows no empty dims: one element per sample is dims [1], reshaped to []
+        # (perf_analyzer refuses an input whose shape it cannot build).
+        entry["dims"], entry["reshape"] = [1], {"shape": []}
+    return entry
 
 
 def _dims(spec: TensorSpec, batching: bool) -> list[int]:

@@ -122,6 +122,9 @@ def test_raw_text_goes_through_the_tokenizer(client: grpcclient.InferenceServerC
         result.as_numpy("pooled"), np.concatenate([r.as_numpy("pooled") for r in alone]),
         rtol=0, atol=1e-6,
     )  # fmt: skip
+    # As a Triton config declares them (dims [1] reshaped to []): a column of strings.
+    column = client.infer("embed", [tensor("text", texts.reshape(2, 1), "BYTES")])
+    np.testing.assert_array_equal(column.as_numpy("pooled"), result.as_numpy("pooled"))
 
 
 # -- streams -------------------------------------------------------------------------------

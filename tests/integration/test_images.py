@@ -262,6 +262,12 @@ def test_sigterm_answers_the_images_still_being_decoded(tmp_path: Path) -> None:
 def test_triton_config_lists_the_image_input_and_the_labels_file(server: ServerProcess) -> None:
     config = httpx.get(f"{server.url}/v2/models/colours/config").json()
     inputs = {i["name"]: i for i in config["input"]}
-    assert inputs["image"]["data_type"] == "TYPE_STRING" and inputs["image"]["dims"] == []
-    assert inputs["input"]["optional"] and inputs["input"]["dims"] == [3, 32, 32]
+    assert inputs["image"]["data_type"] == "TYPE_STRING" and inputs["image"]["dims"] == [1]
+    assert inputs["image"]["reshape"] == {"shape": []}  # one file per sample
+    # Either the file or the float tensor: neither is required on its own.
+    assert (
+        inputs["image"]["optional"]
+        and inputs["input"]["optional"]
+        and inputs["input"]["dims"] == [3, 32, 32]
+    )
     assert config["output"][0]["label_filename"] == "labels.txt"

@@ -73,7 +73,8 @@ def text_body(texts: list[str]) -> dict[str, object]:
 def test_metadata_offers_text_and_token_ids(served: tuple[ServerProcess, Path]) -> None:
     server, _ = served
     inputs = httpx.get(f"{server.url}/v2/models/embed").json()["inputs"]
-    assert inputs[0] == {"name": "text", "datatype": "BYTES", "shape": [-1]}
+    # [-1, 1] as Triton shows a string per sample; [n] is accepted as well as [n, 1].
+    assert inputs[0] == {"name": "text", "datatype": "BYTES", "shape": [-1, 1]}
     assert [i["name"] for i in inputs[1:]] == ["input_ids", "attention_mask"]
 
 
@@ -146,3 +147,32 @@ def test_text_and_ids_together_or_neither_is_a_400(served: tuple[ServerProcess, 
     response = httpx.post(f"{server.url}/v2/models/embed/infer", json=both)
     assert response.status_code == 400
     assert "give exactly one of these sets of inputs: ['text'] or" in response.json()["error"]
+
+
+def test_triton_config_declares_text_as_one_string_per_sample(
+    served: tuple[ServerProcess, Path],
+) -> None:
+    """Triton allows no empty dims, so perf_analyzer and Model Analyzer read a string per
+    sample as dims [1] reshaped to []; and each set of inputs may be left out."""
+    server, _ = served
+    config = httpx.get(f"{server.url}/v2/models/embed/config").json()
+    inputs = {i["name"]: i for i in config["input"]}
+    assert inputs["text"]["dims"] == [1] and inputs["text"]["reshape"] == {"shape": []}
+    assert inputs["input_ids"]["dims"] == [-1] and "reshape" not in inputs["input_ids"]
+    assert all(i["optional"] for i in config["input"])
+
+
+def test_texts_sent_as_batch_by_one_get_the_same_as_a_flat_batch(
+    served: tuple[ServerProcess, Path],
+) -> None:
+    server, _ = served
+    texts = ["w4 w8 w10 w39", "w2 w3"]
+    flat = httpx.post(f"{server.url}/v2/models/embed/infer", json=text_body(texts)).json()
+    column = text_body(texts)
+    column["inputs"][0]["shape"] = [2, 1]  # type: ignore[index]
+    as_column = httpx.post(f"{server.url}/v2/models/embed/infer", json=column).json()
+    assert as_column["outputs"] == flat["outputs"]
+    column["inputs"][0]["shape"] = [1, 2]  # type: ignore[index]
+    refused = httpx.post(f"{server.url}/v2/models/embed/infer", json=column)
+    assert refused.status_code == 400
+    assert "shape [1, 2] does not match the model's [-1]" in refused.json()["error"]
