@@ -356,16 +356,19 @@ class Batcher:
         stage: bool = True,
     ) -> None:
         """On the loop: answer the batch's requests, queue the worker's next batch behind
-        the one now computing, then wake its worker task for the bookkeeping."""
+        the one now computing, then wake its worker task for the bookkeeping. In that
+        order: woken tasks run in the order they were woken, so the requests' handlers
+        send their answers before the bookkeeping (metrics) runs."""
         ended = asyncio.get_running_loop().time()
         began = launched.started_at or launched.launched_at  # a staged batch's own start
         if launched.batch:
             lane.last_compute_s = result.compute_s
-        if not launched.finished.done():  # the task runs after this callback, not in it
-            launched.finished.set_result((result, began, ended))
+        launched.computed = True
         self._deliver(launched.batch, result, lane.runner, free=not lane.computing)
         if stage:
             self._stage(lane)
+        if not launched.finished.done():
+            launched.finished.set_result((result, began, ended))
 
     def _deliver(
         self, batch: list[Pending], result: BatchResult, runner: BatchRunner, *, free: bool

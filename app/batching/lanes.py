@@ -53,6 +53,8 @@ class Launched:
     clock_offset: float = 0.0
     #: Set by the thread when it starts a staged batch (loop time).
     started_at: float = 0.0
+    #: Set on the loop as its results arrive, before `finished` wakes the worker's task.
+    computed: bool = False
 
 
 @dataclass(eq=False)
@@ -70,7 +72,7 @@ class Lane:
     @property
     def computing(self) -> int:
         """Batches its thread has not finished (at most two: one computing, one staged)."""
-        return sum(not launched.finished.done() for launched in self.unbooked)
+        return sum(not launched.computed for launched in self.unbooked)
 
 
 def still_wanted(launched: Launched) -> tuple[list[Pending], list[Pending]]:

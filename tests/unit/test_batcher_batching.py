@@ -15,8 +15,18 @@ import asyncio
 import numpy as np
 import pytest
 
+from app.batching import Batcher
+from app.batching.observer import BatchObserver, BatchReport
 from app.errors import InvalidInputError
-from tests.batcher_helpers import GatedRunner, held_batcher, rows, run, started_batcher, until
+from tests.batcher_helpers import (
+    GatedRunner,
+    held_batcher,
+    policy,
+    rows,
+    run,
+    started_batcher,
+    until,
+)
 
 
 def test_single_request_returns_its_own_outputs() -> None:
@@ -169,6 +179,30 @@ def test_higher_priority_goes_first_and_each_level_is_fifo() -> None:
         await asyncio.gather(head, *queued)
         order = [int(b[0, 0]) for b in runner.batches[1:]]
         assert order == [300, 500, 200, 400, 100, 600]  # level 1, then 2, then the default 3
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_requests_are_answered_before_the_batch_bookkeeping_runs() -> None:
+    # The worker's metrics come after the answer, not in front of it: each runs in a turn of
+    # the loop, and the handler waiting for its outputs should not wait behind them.
+    events: list[str] = []
+
+    class Recording(BatchObserver):
+        def batch_executed(self, report: BatchReport) -> None:
+            events.append("bookkept")
+
+    async def answered(batcher: Batcher) -> None:
+        await batcher.infer(rows(1))
+        events.append("answered")
+
+    async def scenario() -> None:
+        batcher = Batcher("m/1", policy(), [GatedRunner()], observer=Recording())
+        batcher.start()
+        await answered(batcher)
+        await until(lambda: len(events) == 2)
+        assert events == ["answered", "bookkept"]
         await batcher.close()
 
     run(scenario)
