@@ -15,8 +15,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from app.batching import Batcher
-from app.batching.observer import BatchObserver, BatchReport
+from app.batching import Batcher, BatchObserver, BatchReport
 from app.errors import InvalidInputError
 from tests.batcher_helpers import (
     GatedRunner,
