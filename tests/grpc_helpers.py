@@ -1,8 +1,8 @@
 """Shared by the gRPC tests (tests/integration/test_grpc_*.py): the model repository they
-serve (Triton's simple models, digits, an FP16 model, a model that holds what it queues, a
-text model), the module-scoped server and a tritonclient.grpc client fixture (each test
-module imports both, `as` themselves, and so starts a server of its own), and the requests
-and references the tests share."""
+serve (Triton's simple models, digits, an FP16 model, a model of one id per sample, a model
+that holds what it queues, a text model), the module-scoped server and a tritonclient.grpc
+client fixture (each test module imports both, `as` themselves, and so starts a server of
+its own), and the requests and references the tests share."""
 
 from __future__ import annotations
 
@@ -40,10 +40,28 @@ def write_half_model(path: Path) -> None:
     _save(graph, path)
 
 
+def write_score_model(path: Path) -> None:
+    """score FP32 [batch] = user INT64 [batch] / 2: one value per sample, as a recommender
+    takes an id."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["user"], ["as_float"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["as_float", "half"], ["score"]),
+        ],
+        "score",
+        [helper.make_tensor_value_info("user", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
+        initializer=[helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])],
+    )
+    _save(graph, path)
+
+
 def repository(root: Path) -> Path:
     write_repository(root)  # simple, simple_int8, simple_string, simple_identity
     shutil.copytree(MODELS / "digits", root / "digits", ignore=shutil.ignore_patterns("*.py"))
     write_half_model(root / "half" / "1" / "model.onnx")
+    write_score_model(root / "score" / "1" / "model.onnx")
+    (root / "score" / "config.toml").write_text("max_batch_size = 8\n")
     (root / "held" / "1").mkdir(parents=True)
     shutil.copy(DIGITS_ONNX, root / "held" / "1" / "model.onnx")
     (root / "held" / "config.toml").write_text(HELD)

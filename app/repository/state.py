@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +58,22 @@ class LoadedVersion:
 
     def __post_init__(self) -> None:
         self.outputs_by_name = {spec.name: spec for spec in self.outputs}
-        self.request_inputs, self.input_sets = self.inputs, ()
+        tensors = self.inputs
+        if self.max_batch_size > 0:
+            # A model input of shape [batch] (a user id, a label) is one value per sample.
+            tensors = tuple(
+                replace(spec, one_per_sample=True) if len(spec.shape) == 1 else spec
+                for spec in tensors
+            )
+        self.request_inputs, self.input_sets = tensors, ()
         if self.text is not None:
             text = TensorSpec(self.text.input, "BYTES", (-1,), one_per_sample=True)
-            self.request_inputs = (text, *self.inputs)
-            self.input_sets = ((text.name,), tuple(spec.name for spec in self.inputs))
+            self.request_inputs = (text, *tensors)
+            self.input_sets = ((text.name,), tuple(spec.name for spec in tensors))
         elif self.image is not None:
             image = TensorSpec(self.image.input, "BYTES", (-1,), opaque=True, one_per_sample=True)
-            self.request_inputs = (image, *self.inputs)
-            self.input_sets = ((image.name,), tuple(spec.name for spec in self.inputs))
+            self.request_inputs = (image, *tensors)
+            self.input_sets = ((image.name,), tuple(spec.name for spec in tensors))
 
     def start(self) -> None:
         self.batcher.start()
@@ -90,8 +97,9 @@ class LoadedVersion:
         await self.batcher.close()
 
     def _input_metadata(self, spec: TensorSpec) -> dict[str, Any]:
-        """As Triton shows an input: a string or file per sample of a batching model is
-        [-1, 1] (its config's dims [1] reshaped to []), the shape perf_analyzer sends."""
+        """As Triton shows an input: one string, file or value per sample of a batching
+        model is [-1, 1] (its config's dims [1] reshaped to []), the shape perf_analyzer
+        sends."""
         metadata = spec.metadata()
         if spec.one_per_sample and self.max_batch_size > 0:
             metadata["shape"] = [-1, 1]

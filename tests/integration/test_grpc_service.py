@@ -52,6 +52,23 @@ def test_health_metadata_config_and_statistics(
     assert stats[0].inference_stats.success.count >= 1
 
 
+def test_one_value_per_sample_is_declared_and_taken_as_triton_does(
+    client: grpcclient.InferenceServerClient, server: ServerProcess
+) -> None:
+    """An input of shape [batch] shows as [-1, 1], dims [1] reshaped to [] (perf_analyzer
+    builds its shapes from those), and is taken as [n, 1] or [n]."""
+    metadata = client.get_model_metadata("score")
+    assert [(i.name, list(i.shape)) for i in metadata.inputs] == [("user", [-1, 1])]
+    rest = httpx.get(f"{server.url}/v2/models/score/config").json()
+    assert (rest["input"][0]["dims"], rest["input"][0]["reshape"]) == ([1], {"shape": []})
+    users = np.array([[2], [7], [10]], dtype=np.int64)
+    for sent in (users, users.reshape(-1)):
+        result = client.infer("score", [tensor("user", sent, "INT64")])
+        np.testing.assert_array_equal(result.as_numpy("score"), [1.0, 3.5, 5.0])
+    with pytest.raises(InferenceServerException, match=r"shape \[3, 2\] does not match"):
+        client.infer("score", [tensor("user", np.zeros((3, 2), np.int64), "INT64")])
+
+
 def test_load_and_unload(client: grpcclient.InferenceServerClient) -> None:
     names = {m.name for m in client.get_model_repository_index().models}
     assert {"digits", "simple", "held"} <= names
