@@ -58,8 +58,10 @@ def add_parser(commands: Any) -> None:
     quantize.add_argument("--activation-type", choices=["int8", "uint8"], default="int8")
     quantize.add_argument(
         "--reduce-range",
-        action="store_true",
-        help="7-bit weights: avoids saturation on x86 CPUs without VNNI",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="7-bit weights, which cannot saturate the int8 kernels of x86 CPUs without VNNI "
+        "(default: on exactly where this CPU lacks VNNI; the report says which)",
     )
     quantize.add_argument(
         "--exclude-nodes",

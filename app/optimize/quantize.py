@@ -31,6 +31,7 @@ import onnx
 
 from app.optimize.data import CalibrationReader, calibration_batches
 from app.optimize.errors import OptimizeError, require
+from app.optimize.int8_cpu import int8_saturation
 
 
 class Mode(StrEnum):
@@ -55,7 +56,8 @@ class QuantizeOptions:
     calibrate_method: str = "minmax"
     weight_type: str = "int8"
     activation_type: str = "int8"
-    reduce_range: bool = False
+    #: 7-bit weights; None decides from this CPU (app.optimize.int8_cpu).
+    reduce_range: bool | None = None
     exclude_nodes: tuple[str, ...] = ()
     preprocess: bool = True
     calibration_batch_size: int = 32
@@ -167,6 +169,7 @@ def quantize(
     )
 
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    reduce_range = _reduce_range(options, details)
     with tempfile.TemporaryDirectory(prefix="batchserve-quantize-") as work:
         model_input = source
         if options.preprocess:
@@ -179,7 +182,7 @@ def quantize(
             )
         common: dict[str, Any] = {
             "per_channel": options.per_channel,
-            "reduce_range": options.reduce_range,
+            "reduce_range": reduce_range,
             "weight_type": types[options.weight_type],
             "nodes_to_exclude": list(options.exclude_nodes) or None,
         }
@@ -244,6 +247,19 @@ def quantize(
         )
     details["quantized_nodes"] = kinds
     return details
+
+
+def _reduce_range(options: QuantizeOptions, details: dict[str, Any]) -> bool:
+    """The options' choice, else 7-bit weights exactly where this CPU's int8 kernels could
+    saturate on int8 weights; the report says which and why."""
+    if options.reduce_range is not None:
+        details["reduce_range"] = {"value": options.reduce_range, "why": "set by the caller"}
+        return options.reduce_range
+    check = int8_saturation()
+    value = check.saturates and options.weight_type == "int8"
+    why = check.why if options.weight_type == "int8" else "uint8 weights do not saturate"
+    details["reduce_range"] = {"value": value, "why": f"auto: {why}"}
+    return value
 
 
 def _to_fp16(model: onnx.ModelProto, target: Path, exclude: tuple[str, ...]) -> None:

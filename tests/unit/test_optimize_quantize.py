@@ -11,6 +11,7 @@ import pytest
 from onnx import numpy_helper
 
 from app.optimize.errors import OptimizeError
+from app.optimize.int8_cpu import int8_saturation
 from app.optimize.quantize import Mode, QuantizeOptions, quantize
 from tests.optimize_models import run, sample_inputs, write_mlp
 
@@ -54,6 +55,61 @@ def test_static_qdq_is_calibrated_per_channel_and_agrees(
     scales = weight_scales(target)
     assert scales and all(s.size > 1 for s in scales.values())  # one scale per channel
     assert close_to_fp32(mlp, target) >= 0.95
+
+
+def quantized_weights(path: Path) -> list[np.ndarray]:
+    """The int8 weight tensors of a QDQ graph (the inputs of its weights' DequantizeLinear)."""
+    model = onnx.load(str(path))
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return [
+        init[node.input[0]]
+        for node in model.graph.node
+        if node.op_type == "DequantizeLinear"
+        and init.get(node.input[0]) is not None
+        and init[node.input[0]].dtype == np.int8
+        and init[node.input[0]].ndim == 2
+    ]
+
+
+@pytest.mark.parametrize(
+    ("machine", "flags", "saturates"),
+    [
+        ("x86_64", "fpu sse2 avx avx2 fma", True),  # AVX2 only: VPMADDUBSW sums in 16 bits
+        ("x86_64", "fpu avx2 avx512f avx512_vnni", False),
+        ("x86_64", "fpu avx2 avx_vnni", False),
+        ("aarch64", "fp asimd asimddp", False),
+    ],
+)
+def test_int8_saturation_is_read_from_the_cpu_flags(
+    tmp_path: Path, machine: str, flags: str, saturates: bool
+) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: some CPU\nflags\t\t: {flags}\n")
+    check = int8_saturation(cpuinfo, machine)
+    assert check.saturates is saturates, check.why
+    unreadable = int8_saturation(tmp_path / "missing", "x86_64")
+    assert not unreadable.saturates and "could not be read" in unreadable.why
+
+
+def test_reduce_range_gives_7_bit_weights_and_its_default_follows_the_cpu(
+    mlp: Path, tmp_path: Path
+) -> None:
+    widest = {}
+    for reduce_range in (True, False, None):
+        target = tmp_path / f"{reduce_range}.onnx"
+        options = QuantizeOptions(mode=Mode.STATIC, reduce_range=reduce_range)
+        details = quantize(mlp, target, options, {"x": sample_inputs(256)})
+        widest[reduce_range] = max(
+            int(np.abs(w.astype(np.int32)).max()) for w in quantized_weights(target)
+        )
+        chosen = details["reduce_range"]
+        if reduce_range is None:
+            assert chosen["why"].startswith("auto: ")
+            assert chosen["value"] is int8_saturation().saturates
+        else:
+            assert chosen == {"value": reduce_range, "why": "set by the caller"}
+    assert widest[True] <= 64 and widest[False] == 127
+    assert (widest[None] <= 64) is int8_saturation().saturates
 
 
 def test_per_tensor_gives_one_scale_per_weight(mlp: Path, tmp_path: Path) -> None:
