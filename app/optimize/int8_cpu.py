@@ -15,7 +15,8 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-CPUINFO = Path("/proc/cpuinfo")
+from app.cpuinfo import CPUINFO, cpu_flags
+
 #: /proc/cpuinfo flags of a 32-bit int8 dot product: AVX512-VNNI, AVX-VNNI, AMX.
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 X86_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686"})
@@ -35,18 +36,11 @@ def int8_saturation(cpuinfo: Path = CPUINFO, machine: str | None = None) -> Satu
     machine = (machine or platform.machine()).lower()
     if machine not in X86_MACHINES:
         return SaturationCheck(False, f"{machine} CPU: its int8 dot products do not saturate")
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+    flags = cpu_flags(cpuinfo)
+    if flags is None:
         return SaturationCheck(
             False, f"x86 CPU whose flags could not be read ({cpuinfo}): assumed to have VNNI"
         )
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            flags = set(value.split())
-            break
     found = sorted(flags & VNNI_FLAGS)
     if found:
         return SaturationCheck(False, f"x86 CPU with {', '.join(found)}: no saturation")

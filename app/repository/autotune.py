@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from app.cores import available_cores
+from app.cpuinfo import cpu_identity
 from app.profile import measure
 from app.profile.errors import ProfileError
 from app.profile.recommend import (
@@ -133,7 +134,7 @@ def _cache_key(
     return {
         "rule": RULE_VERSION,
         "model_sha256": file_sha256(model_path),
-        "device": gpu_identity() if on_gpu else "cpu",
+        "device": gpu_identity() if on_gpu else cpu_identity(),
         "provider": CUDA if on_gpu else CPU,
         "cores": available_cores(),
         "onnxruntime": ort.__version__,

@@ -1,10 +1,10 @@
 """Where tuning results are kept between loads, keyed by everything that decides them.
 
-A result holds for one model file (its SHA-256), one device and provider, the cores the
-process may use, one ONNX Runtime version, the inputs it was measured on and the rule that
-chose it. The key is stored in the entry as well as hashed into its name, so a collision or a
-hand-edited file is caught; anything unreadable or not matching is measured again, never
-trusted.
+A result holds for one model file (its SHA-256), one device (the GPUs' name, or the CPU's
+name and flags) and provider, the cores the process may use, one ONNX Runtime version, the
+inputs it was measured on and the rule that chose it. The key is stored in the entry as well
+as hashed into its name, so a collision or a hand-edited file is caught; anything unreadable
+or not matching is measured again, never trusted.
 """
 
 from __future__ import annotations

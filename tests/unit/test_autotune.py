@@ -19,6 +19,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from app.cores import available_cores
+from app.cpuinfo import cpu_identity
 from app.profile import measure
 from app.profile.recommend import Layout, Point
 from app.repository.autotune import TuneSettings, _cache_key, serving_batch_size, tune
@@ -152,9 +153,16 @@ def test_fewer_cores_are_tuned_again(model: Path, settings: TuneSettings) -> Non
     assert (on_one.count, on_one.threads) == (1, 1)
 
 
-def test_an_entry_for_another_onnxruntime_is_not_used(model: Path, settings: TuneSettings) -> None:
-    """An entry stored by another ONNX Runtime version is never read; the same entry under
-    this version's key is (the control: the entry itself is a valid tuning)."""
+@pytest.mark.parametrize(
+    ("field", "other"),
+    [("onnxruntime", "1.0.0"), ("device", "x86_64 another CPU flags:000000000000")],
+)
+def test_an_entry_for_another_onnxruntime_or_cpu_is_not_used(
+    model: Path, settings: TuneSettings, field: str, other: str
+) -> None:
+    """An entry stored by another ONNX Runtime version, or on another kind of CPU (a cache
+    directory shared by nodes of several kinds), is never read; the same entry under this
+    machine's key is (the control: the entry itself is a valid tuning)."""
     assert settings.cache_dir is not None
     cache = TuningCache(settings.cache_dir)
     key = _cache_key(model, ModelConfig(), tuning_inputs(ModelConfig(), model.parent.parent))
@@ -162,8 +170,9 @@ def test_an_entry_for_another_onnxruntime_is_not_used(model: Path, settings: Tun
               "batch_size": 64, "seconds": 1.0, "inputs": "synthetic inputs",
               "reason": "", "spinning": False, "low_load_threads": None,
               "low_load_spinning": False, "device": "cpu"}  # fmt: skip
-    cache.write({**key, "onnxruntime": "1.0.0"}, stored)
+    cache.write({**key, field: other}, stored)
     assert key["onnxruntime"] == ort.__version__
+    assert key["device"] == cpu_identity() and key["device"] != other
     assert run_tune(model, settings).count != 3
 
     cache.write(key, stored)
