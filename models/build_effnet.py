@@ -82,6 +82,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from app.optimize.int8_cpu import int8_saturation
 from app.repository.config import load_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,6 +123,13 @@ def main() -> None:
         int8 = session(stage / "2" / "model.onnx")
         check_classes("int8", run(int8, test), labels)
         compare_int8(fp32, int8, test)
+        saturation = int8_saturation()
+        if saturation.saturates:
+            print(
+                f"note: {saturation.why}: on this CPU version 2 (int8) is slower and less "
+                "accurate than version 1 (fp32); serve effnet/versions/1 here (README, "
+                "Classify images)"
+            )
 
         for v in ("1", "2"):
             check_signature(stage / v / "model.onnx")
