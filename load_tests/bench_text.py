@@ -188,11 +188,15 @@ async def closed(
 
 
 @contextmanager
-def floor_server(feed: Path, threads: int, *, spinning: bool = False) -> Iterator[str]:
-    """load_tests/baselines/floor.py serving the fp32 model on one prepared feed."""
+def floor_server(
+    feed: Path, threads: int, *, spinning: bool = False, inline: bool = False
+) -> Iterator[str]:
+    """load_tests/baselines/floor.py serving the fp32 model on one prepared feed (`inline`:
+    on its event loop, without the thread hand-offs)."""
     env = {"BASELINE_MODEL": str(MODEL_DIR / "1" / "model.onnx"), "BASELINE_FEED": str(feed),
            "BASELINE_OUTPUT": "sentence_embedding", "BASELINE_THREADS": str(threads),
-           "BASELINE_SPINNING": "1" if spinning else "0"}  # fmt: skip
+           "BASELINE_SPINNING": "1" if spinning else "0",
+           "BASELINE_INLINE": "1" if inline else "0"}  # fmt: skip
     command = [*uvicorn("load_tests.baselines.floor:app"), "--lifespan", "off"]
     with external_server(command, env, "/") as url:
         yield url

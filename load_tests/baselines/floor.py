@@ -5,6 +5,10 @@ back, as every server that keeps its event loop free must do), answer a constant
     BASELINE_MODEL=models/minilm/1/model.onnx BASELINE_FEED=feed.npz \
         uvicorn --lifespan off load_tests.baselines.floor:app
 
+With BASELINE_INLINE=1 the model runs on the event loop itself, no hand-off at all: what
+HTTP alone adds around the same compute. No real server may do that (the loop would stall
+every other request for a whole inference); it is the lower bound, not a design.
+
 No decoding, validation, batching or encoding: the gap between this and raw session.run is
 what HTTP and the thread hand-offs cost on the machine, a floor under every served p50
 (load_tests/bench_text.py reports it beside batchserve's).
@@ -35,6 +39,7 @@ with np.load(os.environ["BASELINE_FEED"], allow_pickle=False) as _feed:
 OUTPUTS = [os.environ.get("BASELINE_OUTPUT", session.get_outputs()[0].name)]
 BODY = b'{"ok":true}'
 _worker = ThreadPoolExecutor(max_workers=1)
+_inline = os.environ.get("BASELINE_INLINE", "0") == "1"
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -44,7 +49,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     while more:
         message = await receive()
         more = message.get("more_body", False)
-    if scope["method"] == "POST":
+    if scope["method"] == "POST" and _inline:
+        session.run(OUTPUTS, FEED)
+    elif scope["method"] == "POST":
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(_worker, session.run, OUTPUTS, FEED)
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(BODY))]
