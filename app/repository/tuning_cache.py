@@ -20,7 +20,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the measurement or the recommendation rule changes what it chooses.
-RULE_VERSION = 10
+RULE_VERSION = 11
 
 
 def default_cache_dir() -> Path:
