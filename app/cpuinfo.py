@@ -29,12 +29,15 @@ def cpuinfo_fields(cpuinfo: Path = CPUINFO) -> dict[str, str] | None:
     return fields
 
 
-def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str] | None:
-    """The feature flags (x86 `flags`, ARM `Features`), or None where they cannot be read."""
-    fields = cpuinfo_fields(cpuinfo)
-    if fields is None:
-        return None
+def _flags(fields: dict[str, str]) -> frozenset[str]:
+    """x86 lists them as `flags`, ARM as `Features`."""
     return frozenset((fields.get("flags") or fields.get("Features") or "").split())
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str] | None:
+    """The feature flags, or None where they cannot be read."""
+    fields = cpuinfo_fields(cpuinfo)
+    return None if fields is None else _flags(fields)
 
 
 def cpu_identity(cpuinfo: Path = CPUINFO) -> str:
@@ -46,5 +49,5 @@ def cpu_identity(cpuinfo: Path = CPUINFO) -> str:
     if fields is None:
         return f"{machine} {platform.processor() or 'unknown CPU'}"
     name = fields.get("model name") or fields.get("CPU part") or "unknown CPU"
-    flags = " ".join(sorted((fields.get("flags") or fields.get("Features") or "").split()))
+    flags = " ".join(sorted(_flags(fields)))
     return f"{machine} {name} flags:{hashlib.sha256(flags.encode()).hexdigest()[:12]}"
