@@ -246,7 +246,8 @@ class Batcher:
         while True:
             if not lane.unbooked:
                 taken = await self._next_batch(runner)
-                if taken is None:
+                if taken is None:  # closed and empty: a worker that stood aside must see it
+                    self._workers.wake_all()
                     return
                 self._launch(lane, taken)
                 self._stage(lane)

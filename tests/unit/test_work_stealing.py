@@ -267,6 +267,36 @@ def test_a_low_load_only_worker_stands_aside_while_another_computes() -> None:
     run(scenario)
 
 
+def test_close_ends_a_low_load_only_worker_that_stood_aside_for_the_queue() -> None:
+    """Closing with requests queued while the others compute: the low-load worker, woken by
+    the close, finds them queued and stands aside; the others serve them and stop, and the
+    low-load worker stops too instead of waiting for a wake-up that never comes (a drain,
+    or an unload, that never ended)."""
+
+    async def scenario() -> None:
+        a, b = Runner("cpu/0", gated=True), Runner("cpu/1", gated=True)
+        solo = Runner("cpu/2")
+        batcher = Batcher(
+            "m/1", BatchingPolicy(max_batch_size=1, max_queue_size=100), [a, b, solo],
+            low_load_only=["cpu/2"],
+        )  # fmt: skip
+        batcher.start()
+        queued = [asyncio.ensure_future(batcher.infer(rows(i))) for i in range(6)]
+        await a.wait_started()
+        await b.wait_started()
+        closing = asyncio.ensure_future(batcher.close())
+        await asyncio.sleep(0)  # the close wakes every idle worker: cpu/2 looks, stands aside
+        for runner in (a, b):
+            runner.gated = False
+            runner.gate.set()
+        results = await asyncio.gather(*queued)
+        assert [r["y"][0, 0] for r in results] == [1.0 + i for i in range(6)]
+        await asyncio.wait_for(closing, WAIT_S)
+        assert solo.batches == []
+
+    run(scenario)
+
+
 def test_a_lone_request_wakes_the_low_load_worker_whatever_the_others_cost() -> None:
     """The 2x1 workers' cost per sample, learnt from batches of 4 under load, reads lower
     than the low-load worker's from lone requests; a lone request still goes to the
