@@ -56,6 +56,7 @@ class InferenceService:
                 ),
             ),
             observer_factory=self._observer,
+            on_version_gone=self.metrics.forget,
         )
         self.metrics.watch_state(self._version_gauges)
         self._no_metrics = NoMetrics()

@@ -83,8 +83,10 @@ class Batcher:
                 name, policy, workers=[r.label for r in self._runners], observer=self._observer
             )
         )
-        #: Which idle worker is woken for new work, and which may take it.
-        self._workers = Workers(labels, low_load_only, depth=lambda: self._queue.depth)
+        #: Which idle worker is woken for new work, and which may take it. A closure over
+        #: the queue, not self: a cycle would keep an unloaded version alive until gc runs.
+        queue = self._queue
+        self._workers = Workers(labels, low_load_only, depth=lambda: queue.depth)
         self._tasks: list[asyncio.Task[None]] = []
         self._executors: list[ThreadPoolExecutor] = []
         #: Draining: serve what is queued without waiting for fuller batches (SIGTERM).
@@ -115,14 +117,15 @@ class Batcher:
         self._workers.wake_all()
 
     async def close(self) -> None:
-        """Refuse new requests, serve every queued one, then stop the workers."""
+        """Refuse new requests, serve every queued one, then stop the workers and their
+        threads: once this returns, no thread of this batcher runs or holds its runners."""
         self._draining = self._closing = True
         self._workers.wake_all()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._queue.close()
-        for executor in self._executors:
-            executor.shutdown(wait=False)
+        for executor in self._executors:  # idle by now: its thread only has to see it may exit
+            await asyncio.to_thread(executor.shutdown, wait=True)
 
     @property
     def depth(self) -> int:

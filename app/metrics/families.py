@@ -137,6 +137,13 @@ class ServerMetrics:
             "batchserve_http_connections", "Open HTTP connections.", registry=r
         )
         self._models: dict[tuple[str, int], ModelMetrics] = {}
+        #: Every family labelled by model and version first: a version's series to drop.
+        self._per_version = (
+            self.requests, self.request_duration, self.queue_duration, self.stage_duration,
+            self.compute_duration, self.batch_size, self.inferences, self.executions,
+            self.padding, self.positions, self.decisions, self.latency_model,
+            self.shed_threshold, self.worker_busy,
+        )  # fmt: skip
 
     def watch_state(self, read: Callable[[], Iterable[VersionGauges]]) -> None:
         """Export queue depth, in-flight requests and model state from `read()` at scrape."""
@@ -159,6 +166,15 @@ class ServerMetrics:
 
     def known(self, model: str, version: int) -> ModelMetrics | None:
         return self._models.get((model, version))
+
+    def forget(self, model: str, version: int) -> None:
+        """Drop an unloaded version's series and statistics, so that /metrics of a
+        long-lived server does not grow with every version it ever served. Loaded again,
+        the version starts from zero (Prometheus reads that as a counter reset)."""
+        self._models.pop((model, version), None)
+        labels = {"model": model, "version": str(version)}
+        for family in self._per_version:
+            family.remove_by_labels(labels)
 
 
 class NoMetrics:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from app.errors import ModelLoadError, NotFoundError, UnavailableError
 from app.repository.config import load_model_config
 from app.repository.loader import MODEL_FILE, ServingDefaults, load_version
 from app.repository.state import LoadedVersion, ModelEntry, ModelState
+from app.runtime.memory import return_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 ObserverFactory = Callable[[str, int], BatchObserver | None]
+#: Told (model, version) once a version is gone for good: drained, released, not serving.
+VersionGone = Callable[[str, int], None]
 
 
 class ModelRepository:
@@ -33,12 +36,15 @@ class ModelRepository:
         root: Path,
         defaults: ServingDefaults | None = None,
         observer_factory: ObserverFactory | None = None,
+        on_version_gone: VersionGone | None = None,
     ) -> None:
         self.root = root
         self._defaults = defaults or ServingDefaults()
         self._observer_factory = observer_factory
+        self._on_version_gone = on_version_gone
         self.models: dict[str, ModelEntry] = {}
-        self._draining: set[asyncio.Task[None]] = set()
+        #: Replaced and unloaded versions still serving what they hold, then released.
+        self._retiring: set[asyncio.Task[None]] = set()
         #: One load or unload at a time per model (the API and the poller may both ask).
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -81,7 +87,7 @@ class ModelRepository:
             loaded.start()
         replaced = entry.versions
         entry.versions, entry.state, entry.reason = versions, ModelState.READY, ""
-        self._drain_later(replaced.values())
+        self._retire_later(entry.name, replaced)
 
     async def load(self, name: str) -> None:
         """Load or reload one model by name (the v2 repository extension's load)."""
@@ -98,7 +104,7 @@ class ModelRepository:
             entry = self.entry(name)
             replaced = entry.versions
             entry.versions, entry.state, entry.reason = {}, ModelState.UNAVAILABLE, "unloaded"
-            self._drain_later(replaced.values())
+            self._retire_later(name, replaced)
 
     async def remove(self, name: str) -> None:
         """Unload a model whose directory is gone and drop it from the index (new requests
@@ -117,12 +123,41 @@ class ModelRepository:
             raise NotFoundError(f"no model directory '{name}' in the repository")
         return path
 
-    def _drain_later(self, versions: Iterable[LoadedVersion]) -> None:
-        """Close replaced versions' batchers in the background: what they hold is served."""
-        for loaded in versions:
-            task = asyncio.get_running_loop().create_task(loaded.close())
-            self._draining.add(task)
-            task.add_done_callback(self._draining.discard)
+    def _retire_later(self, name: str, versions: dict[int, LoadedVersion]) -> None:
+        """Retire replaced versions in the background (`_retire`); `versions` is theirs."""
+        if not versions:
+            return
+        task = asyncio.get_running_loop().create_task(self._retire(name, versions))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, name: str, versions: dict[int, LoadedVersion]) -> None:
+        """Serve what the versions hold, stop their threads and release their sessions,
+        drop the last references to them, forget those not serving again, and hand the
+        freed memory back to the OS."""
+        numbers = list(versions)
+        for number in numbers:  # one at a time; the others serve on their workers meanwhile
+            loaded = versions.pop(number)
+            try:
+                await loaded.close()
+            except Exception as exc:  # a bug: the others are still closed and released
+                log.error("model %s v%d did not close cleanly: %r", name, number, exc)
+        del loaded  # the repository's last reference to any of them
+        if self._on_version_gone is not None:
+            # Under the model's lock: a load of the same version in progress keeps it.
+            async with self._locks[name]:
+                entry = self.models.get(name)
+                for number in numbers:
+                    if entry is None or number not in entry.versions:
+                        self._on_version_gone(name, number)
+        await asyncio.to_thread(return_freed_memory)
+        listed = ", ".join(f"v{number}" for number in numbers)
+        log.info("model %s: released %s (what they held served, sessions freed)", name, listed)
+
+    async def settled(self) -> None:
+        """Wait until every version unloaded or replaced so far is retired."""
+        while self._retiring:
+            await asyncio.gather(*self._retiring)
 
     def _load_versions(self, entry: ModelEntry) -> dict[int, LoadedVersion]:
         config = load_model_config(entry.path)
@@ -167,7 +202,7 @@ class ModelRepository:
     async def close(self) -> None:
         """Drain every batcher: queued requests are served, then workers stop."""
         versions = [v for e in self.models.values() for v in e.versions.values()]
-        await asyncio.gather(*(v.close() for v in versions), *self._draining)
+        await asyncio.gather(*(v.close() for v in versions), *self._retiring)
 
     # -- lookups --------------------------------------------------------------------------
 

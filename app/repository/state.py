@@ -89,12 +89,16 @@ class LoadedVersion:
         self.batcher.begin_drain()
 
     async def close(self) -> None:
-        """Serve what is queued (texts first: their ids still go to the model), then stop."""
+        """Serve what is queued (texts first: their ids still go to the model), stop the
+        threads, then release the sessions: their memory goes now, even while something
+        (a late request's frame, a log record) still holds this object."""
         if self.text is not None:
             await self.text.batcher.close()
         if self.image is not None:
             await self.image.close()
         await self.batcher.close()
+        for instance in self.instances:
+            instance.release()
 
     def _input_metadata(self, spec: TensorSpec) -> dict[str, Any]:
         """As Triton shows an input: one string, file or value per sample of a batching

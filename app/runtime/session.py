@@ -61,6 +61,16 @@ class InstanceOptions:
     low_load_only: bool = False
 
 
+class _Released:
+    """Stands in for a released session: any use says so instead of running."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RunFailedError("this model version was unloaded; its session is released")
+
+
+_RELEASED: Any = _Released()
+
+
 class ProviderUnavailableError(ModelLoadError):
     """The device or provider an instance asks for is not usable here (fallback applies)."""
 
@@ -145,6 +155,13 @@ class OnnxInstance:
                                      self._bind_device, graphs=gpu is not None)
                 for i, size in enumerate(sorted(set(options.fixed_batch_sizes)))
             ]  # fmt: skip
+
+    def release(self) -> None:
+        """Let go of the session and its bound buffers once its batcher has stopped: their
+        memory (weights, arena, device buffers) and the session's intra-op threads go at
+        once, whatever else still holds this object. A run after this fails."""
+        self._fixed = []
+        self._session = _RELEASED
 
     @property
     def fixed_batch_sizes(self) -> tuple[int, ...]:
