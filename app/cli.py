@@ -51,6 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
     from app.api.guard import ConnectionGuard, HttpLimits, raise_open_files_limit
     from app.api.protocol import guarded_protocol
     from app.main import create_app
+    from app.runtime.memory import fix_mmap_threshold
     from app.server import BatchserveServer
 
     settings = settings_from_args(args)
@@ -59,6 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     open_files = raise_open_files_limit()
+    fix_mmap_threshold(settings.malloc_mmap_threshold)  # before any model is loaded
     application = create_app(settings)
     metrics = application.service.metrics
     guard = ConnectionGuard(

@@ -174,6 +174,15 @@ class Settings(BaseSettings):
         default=None,
         description="When set, load and unload need `Authorization: Bearer <this token>`.",
     )
+    malloc_mmap_threshold: int = Field(
+        default=32 * 1024 * 1024,
+        ge=0,
+        le=32 * 1024 * 1024,
+        description="With glibc: memory blocks of at least this many bytes are mapped on "
+        "their own and handed back to the system when freed, so an unloaded model's memory "
+        "leaves the process; 0 keeps glibc's own threshold, which rises to the largest "
+        "block freed. MALLOC_MMAP_THRESHOLD_ or GLIBC_TUNABLES, where set, win.",
+    )
     metrics: bool = Field(
         default=True,
         description="Collect metrics and statistics. Off only to measure what they cost.",
