@@ -25,6 +25,7 @@ from app.metrics import (
 from app.repository import LoadedVersion, ModelRepository, ModelState, ServingDefaults
 from app.repository.autotune import TuneSettings
 from app.repository.poller import RepositoryPoller
+from app.repository.state import UNLOADED
 from app.settings import Settings
 
 log = logging.getLogger("batchserve")
@@ -158,7 +159,7 @@ class InferenceService:
 
     def _version_gauges(self) -> Iterator[VersionGauges]:
         for entry in list(self.repository.models.values()):
-            state = _STATE_NAMES[entry.state]
+            state = "unloaded" if entry.reason == UNLOADED else _STATE_NAMES[entry.state]
             if not entry.versions:
                 yield VersionGauges(entry.name, "", state, 0, 0)
             for version, loaded in list(entry.versions.items()):

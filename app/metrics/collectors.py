@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-STATES = ("loading", "ready", "failed")
+#: A model's states; "unloaded": on request, so no alert should page anyone for it.
+STATES = ("loading", "ready", "failed", "unloaded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,8 @@ class StateCollector(Collector):
         )
         state = GaugeMetricFamily(
             "batchserve_model_state",
-            "1 for the state each model version is in (loading, ready, failed), else 0.",
+            "1 for the state each model version is in (loading, ready, failed, unloaded on "
+            "request), else 0.",
             labels=[*labels, "state"],
         )
         workers = GaugeMetricFamily(

@@ -15,7 +15,7 @@ from app.batching import BatchObserver
 from app.errors import ModelLoadError, NotFoundError, UnavailableError
 from app.repository.config import load_model_config
 from app.repository.loader import MODEL_FILE, ServingDefaults, load_version
-from app.repository.state import LoadedVersion, ModelEntry, ModelState
+from app.repository.state import UNLOADED, LoadedVersion, ModelEntry, ModelState
 from app.runtime.memory import return_freed_memory
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class ModelRepository:
         async with self._locks[name]:
             entry = self.entry(name)
             replaced = entry.versions
-            entry.versions, entry.state, entry.reason = {}, ModelState.UNAVAILABLE, "unloaded"
+            entry.versions, entry.state, entry.reason = {}, ModelState.UNAVAILABLE, UNLOADED
             self._retire_later(name, replaced)
 
     async def remove(self, name: str) -> None:

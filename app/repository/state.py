@@ -15,6 +15,9 @@ from app.repository.tuning_result import Tuning
 from app.runtime import OnnxInstance
 from app.tensors import TensorSpec
 
+#: The reason an index row gives for a model unloaded on request (Triton's wording).
+UNLOADED = "unloaded"
+
 
 class ModelState(enum.StrEnum):
     """Triton's model states, as the repository index reports them."""
