@@ -229,6 +229,27 @@ def test_a_worker_passed_over_since_a_slowdown_is_measured_again() -> None:
     run(scenario)
 
 
+def held_pair_beside_a_low_load_worker(
+    solo_compute_s: float = 0.0,
+) -> tuple[Runner, Runner, Runner, Batcher]:
+    """A started batcher of one sample a batch: cpu/0 and cpu/1 held at their gates (on
+    their first batch), cpu/2 low-load-only."""
+    a, b = Runner("cpu/0", gated=True), Runner("cpu/1", gated=True)
+    solo = Runner("cpu/2", compute_s=solo_compute_s)
+    batcher = Batcher(
+        "m/1", BatchingPolicy(max_batch_size=1, max_queue_size=100), [a, b, solo],
+        low_load_only=["cpu/2"],
+    )  # fmt: skip
+    batcher.start()
+    return a, b, solo, batcher
+
+
+def release(*runners: Runner) -> None:
+    for runner in runners:
+        runner.gated = False
+        runner.gate.set()
+
+
 def test_a_low_load_only_worker_stands_aside_while_another_computes() -> None:
     """`low_load_only` workers (one session with every core's threads beside 1-thread ones)
     take a batch only while no other worker computes: with both others busy, queued work
@@ -236,13 +257,7 @@ def test_a_low_load_only_worker_stands_aside_while_another_computes() -> None:
     worker answers nearly every request."""
 
     async def scenario() -> None:
-        a, b = Runner("cpu/0", gated=True), Runner("cpu/1", gated=True)
-        solo = Runner("cpu/2", compute_s=0.001)
-        batcher = Batcher(
-            "m/1", BatchingPolicy(max_batch_size=1, max_queue_size=100), [a, b, solo],
-            low_load_only=["cpu/2"],
-        )  # fmt: skip
-        batcher.start()
+        a, b, solo, batcher = held_pair_beside_a_low_load_worker(solo_compute_s=0.001)
         # A burst of three: the low-load worker, woken for the first, finds three queued and
         # passes them on; a and b take one each, and the third waits for them.
         burst = [asyncio.ensure_future(batcher.infer(rows(i))) for i in range(3)]
@@ -251,9 +266,7 @@ def test_a_low_load_only_worker_stands_aside_while_another_computes() -> None:
         rest = [asyncio.ensure_future(batcher.infer(rows(100 + i))) for i in range(10)]
         await asyncio.sleep(0)
         assert batcher.depth == 11 and solo.batches == []
-        for runner in (a, b):
-            runner.gated = False
-            runner.gate.set()
+        release(a, b)
         results = await asyncio.gather(*burst, *rest)
         assert [r["y"][0, 0] for r in results] == [1.0, 2.0, 3.0] + [101.0 + i for i in range(10)]
 
@@ -274,21 +287,13 @@ def test_close_ends_a_low_load_only_worker_that_stood_aside_for_the_queue() -> N
     or an unload, that never ended)."""
 
     async def scenario() -> None:
-        a, b = Runner("cpu/0", gated=True), Runner("cpu/1", gated=True)
-        solo = Runner("cpu/2")
-        batcher = Batcher(
-            "m/1", BatchingPolicy(max_batch_size=1, max_queue_size=100), [a, b, solo],
-            low_load_only=["cpu/2"],
-        )  # fmt: skip
-        batcher.start()
+        a, b, solo, batcher = held_pair_beside_a_low_load_worker()
         queued = [asyncio.ensure_future(batcher.infer(rows(i))) for i in range(6)]
         await a.wait_started()
         await b.wait_started()
         closing = asyncio.ensure_future(batcher.close())
         await asyncio.sleep(0)  # the close wakes every idle worker: cpu/2 looks, stands aside
-        for runner in (a, b):
-            runner.gated = False
-            runner.gate.set()
+        release(a, b)
         results = await asyncio.gather(*queued)
         assert [r["y"][0, 0] for r in results] == [1.0 + i for i in range(6)]
         await asyncio.wait_for(closing, WAIT_S)
