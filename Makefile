@@ -9,7 +9,7 @@ TEXT_MODEL := models/minilm/1/model.onnx
 # Built by `make image-model` (torch and the image-build extra); `make test` builds it too.
 IMAGE_MODEL := models/effnet/1/model.onnx
 
-.PHONY: serve test lint typecheck proto models text-model image-model bench bench-text bench-latency bench-metrics bench-profile bench-zero-config bench-tuning-noise bench-image clean lock
+.PHONY: serve test lint typecheck proto models text-model image-model bench bench-text bench-latency bench-metrics bench-profile bench-zero-config bench-tuning-noise bench-image bench-reload clean lock
 
 # The virtual environment, rebuilt when pyproject.toml or the locks change. Runtime packages
 # are held at the versions the container images ship (requirements/gpu.txt, the lock of what
@@ -92,6 +92,12 @@ bench-tuning-noise: $(VENV)/.test-deps
 # (load_tests/report/IMAGE.md; ~3 min).
 bench-image: $(VENV)/.test-deps $(IMAGE_MODEL)
 	$(BIN)/python -m load_tests.bench_image --out load_tests/report
+
+# What unloading gives back: 100 unload/load cycles of the text and image models with traffic,
+# RSS per cycle plotted; glibc, its fixed mmap threshold, jemalloc and tcmalloc side by side;
+# the threshold's cost in throughput (load_tests/report/RELOAD.md; ~30 min).
+bench-reload: $(VENV)/.bench-deps $(TEXT_MODEL) $(IMAGE_MODEL)
+	$(BIN)/python -m load_tests.bench_reload --out load_tests/report
 
 # Throughput with metrics on vs off, alternating rounds in one run (load_tests/bench_metrics.py).
 bench-metrics: $(VENV)/.test-deps

@@ -38,7 +38,7 @@ _MALLOC_TRIM = _glibc_function("malloc_trim", ctypes.c_size_t)
 _MALLOPT = _glibc_function("mallopt", ctypes.c_int, ctypes.c_int)
 
 
-def threshold_set_by_environment() -> bool:
+def _threshold_set_by_environment() -> bool:
     """Whether the user set glibc's mmap threshold themselves (theirs is kept)."""
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     return "MALLOC_MMAP_THRESHOLD_" in os.environ or "malloc.mmap_threshold" in tunables
@@ -48,7 +48,7 @@ def fix_mmap_threshold(threshold_bytes: int) -> bool:
     """Map blocks of at least `threshold_bytes` on their own, for good (glibc then stops
     raising the threshold); False where glibc is not the allocator, the environment sets
     the threshold, or `threshold_bytes` is 0 (keep glibc's own)."""
-    if _MALLOPT is None or threshold_bytes <= 0 or threshold_set_by_environment():
+    if _MALLOPT is None or threshold_bytes <= 0 or _threshold_set_by_environment():
         return False
     return bool(_MALLOPT(M_MMAP_THRESHOLD, threshold_bytes))
 
