@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -53,8 +54,16 @@ def _serve(args: argparse.Namespace) -> int:
     from app.main import create_app
     from app.runtime.memory import fix_mmap_threshold
     from app.server import BatchserveServer
+    from app.startup import StartupError, bind_http, check_free, check_repository, read_settings
 
-    settings = settings_from_args(args)
+    try:
+        settings = read_settings(lambda: settings_from_args(args))
+        check_repository(settings)
+        check_free(settings)
+        http_socket = bind_http(settings)  # the port is ours before any model loads
+    except StartupError as exc:
+        print(f"batchserve: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -86,7 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
         server_header=False,
     )
     server = BatchserveServer(config, application.service)
-    server.run()
+    server.run(sockets=[http_socket])
     return 0
 
 
