@@ -11,6 +11,11 @@ fastest parser but checks nothing, so this subclass adds, per connection:
 - 503 with Retry-After past the connection limit (probes still served) or when the bodies
   held across all connections would pass their budget.
 Each refusal is counted by reason (batchserve_http_refusals_total).
+
+An answer given while the client is still sending (a refusal before its body is read) is
+followed by nginx's lingering close: the write side is shut, and what the client still sends
+is read and dropped, bounded in bytes and time, before the connection closes. Closed at once,
+the client's TCP stack would see a reset and throw the answer away unread.
 """
 
 from __future__ import annotations
@@ -28,6 +33,12 @@ from app.api.guard import PROBE_PATHS, ConnectionGuard
 log = logging.getLogger("batchserve")
 
 IDLE, HEADERS, BODY, APP = range(4)
+
+#: A lingering connection closes once the client has sent this much more, or after this long
+#: in all, or once it has been quiet this long (nginx: 30 s and 5 s, no byte bound).
+LINGER_MAX_BYTES = 256 * 1024 * 1024
+LINGER_MAX_S = 30.0
+LINGER_QUIET_S = 2.0
 
 
 class Refusal(Exception):
@@ -56,11 +67,17 @@ class GuardedProtocol(HttpToolsProtocol):
         self._watched = False
         self._idle = False
         self._refused = False
+        #: While lingering: bytes the client may still send before the connection closes.
+        self._linger_left: int | None = None
+        self._linger_heard = False
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._linger_until = 0.0
 
     # -- connection -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._for_cycles = _CycleTransport(transport, self._close_after_answer)
         if not self.guard.opened(self):
             self._refuse(Refusal(503, "too_many_connections", _TOO_MANY, retry_after=1))
             return
@@ -70,6 +87,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._watch()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         self.guard.closed(self, self._body_bytes)
         self._body_bytes = 0
         super().connection_lost(exc)
@@ -92,6 +111,12 @@ class GuardedProtocol(HttpToolsProtocol):
     # -- bytes in -------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_left is not None:  # answered: dropped unread
+            self._linger_heard = True
+            self._linger_left -= len(data)
+            if self._linger_left <= 0:
+                self.transport.close()
+            return
         if self._refused:
             return
         self._unset_keepalive_if_required()
@@ -164,6 +189,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if length and guard.pending_body_bytes + length > limits.max_pending_body_bytes:
             raise Refusal(503, "body_budget", _BODIES, retry_after=1)
         super().on_headers_complete()
+        self.cycle.transport = self._for_cycles  # type: ignore[assignment]
         self._body_bytes += length
         guard.pending_body_bytes += length
         if length or chunked:
@@ -195,6 +221,9 @@ class GuardedProtocol(HttpToolsProtocol):
         if not self.pipeline:  # nothing else in flight on this connection
             self.guard.pending_body_bytes -= self._body_bytes
             self._body_bytes = 0
+        if self._linger_left is not None:  # no keep-alive, nothing more to parse
+            self.server_state.total_requests += 1
+            return
         super().on_response_complete()
         if self._phase == APP and not self.pipeline:  # else its body is still arriving
             self._rest()
@@ -250,7 +279,9 @@ class GuardedProtocol(HttpToolsProtocol):
         )
 
     def _refuse(self, refusal: Refusal) -> None:
-        """Answer `refusal` (unless a response is under way) and close the connection."""
+        """Answer `refusal` (unless a response is under way) and close the connection:
+        lingering where the client may still be sending its request, at once where it was
+        too slow (408) or one connection too many (lingering would hold it longer)."""
         if self._refused:
             return
         self._refused = True
@@ -268,7 +299,53 @@ class GuardedProtocol(HttpToolsProtocol):
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # the app stops reading this request
             cycle.message_event.set()
-        self.transport.close()
+        if refusal.status == 408 or refusal.reason == "too_many_connections":
+            self.transport.close()
+        else:
+            self._linger()
+
+    # -- lingering close ------------------------------------------------------------------
+
+    def _close_after_answer(self) -> None:
+        """The app's answer went out with `connection: close`: linger if the request's body
+        is still arriving, else close."""
+        if self._phase == BODY:
+            self._linger()
+        else:
+            self.transport.close()
+
+    def _linger(self) -> None:
+        """Shut the write side (the answer is sent first), then drop what arrives until
+        the client closes or a LINGER_* bound is reached."""
+        transport = self.transport
+        if self._linger_left is not None or transport.is_closing():
+            return
+        self._linger_left = LINGER_MAX_BYTES
+        self._linger_until = self.loop.time() + LINGER_MAX_S
+        self.guard.unwatch(self)
+        if transport.can_write_eof():
+            transport.write_eof()
+        transport.resume_reading()  # flow control may have paused it for a full buffer
+        self._linger_timer = self.loop.call_later(LINGER_QUIET_S, self._linger_check)
+
+    def _linger_check(self) -> None:
+        if not self._linger_heard or self.loop.time() >= self._linger_until:
+            self.transport.close()
+            return
+        self._linger_heard = False
+        self._linger_timer = self.loop.call_later(LINGER_QUIET_S, self._linger_check)
+
+
+class _CycleTransport:
+    """The transport a request's response cycle writes to: the connection's own, but its
+    close() is the protocol's (which may linger)."""
+
+    __slots__ = ("close", "is_closing", "write")
+
+    def __init__(self, transport: asyncio.Transport, close: Any) -> None:
+        self.write = transport.write
+        self.is_closing = transport.is_closing
+        self.close = close
 
 
 _TOO_MANY = "too many connections (BATCHSERVE_MAX_CONNECTIONS); retry later"

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.api.protocol import LINGER_MAX_BYTES
 from load_tests.server_process import ServerProcess
 from load_tests.synthetic_models import write_sum_model
 from tests.conftest import MODELS
@@ -146,8 +147,9 @@ def test_oversized_headers_and_urls_are_refused_at_once(
 def test_a_body_larger_than_the_model_takes_is_413_before_it_is_read(
     server: ServerProcess,
 ) -> None:
-    """digits takes at most 64 rows of 64 floats: a 63 MB body is refused on its headers
-    (and its connection closed rather than drained), however the bytes would decode."""
+    """digits takes at most 64 rows of 64 floats: a 63 MB body is refused on its headers,
+    however the bytes would decode, and the server shuts its side at once (what the client
+    still sends is dropped unread: test_early_refusals)."""
     sock = connect(server)
     sock.sendall(
         b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -158,6 +160,24 @@ def test_a_body_larger_than_the_model_takes_is_413_before_it_is_read(
     assert received.startswith(b"HTTP/1.1 413 "), received[:80]
     assert b"larger than any request model 'digits' accepts" in received
     assert closed - started < 1.0
+
+
+def test_a_client_sending_on_after_its_answer_is_cut_off(server: ServerProcess) -> None:
+    """After an early answer the server reads and drops what the client still sends, but
+    not without end: past LINGER_MAX_BYTES the connection is closed under the client."""
+    sock = connect(server)
+    sock.sendall(
+        b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % (2 * LINGER_MAX_BYTES)
+    )
+    chunk = b" " * 2**20
+    sent = 0
+    with pytest.raises(OSError):  # reset or broken pipe, once the server has had enough
+        while sent < 2 * LINGER_MAX_BYTES:
+            sock.sendall(chunk)
+            sent += len(chunk)
+    assert LINGER_MAX_BYTES <= sent < 2 * LINGER_MAX_BYTES
+    assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
 
 
 @pytest.mark.parametrize(
