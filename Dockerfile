@@ -11,6 +11,11 @@
 # Python packages come only from the locks in requirements/ (every package pinned with `==`
 # and its hashes, installed with --no-deps; `make lock` regenerates them). Base images are
 # pinned by exact tag; add @sha256 digests where your registry policy asks for them.
+# Behind a TLS-intercepting proxy, or to install from a mirror of PyPI, give the build a CA
+# bundle and an index URL as build secrets (docker and podman alike; neither is kept in the
+# image, requirements/with-build-secrets.sh applies them):
+#   docker build --secret id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt \
+#                --secret id=index_url,src=index-url.txt -t batchserve:cpu .
 # The tests (tests/deploy) lint this file with hadolint and start its ENTRYPOINT/CMD with its
 # ENV outside Docker, so keep both final stages' runtime instructions alike.
 
@@ -29,19 +34,23 @@ FROM ${UV_IMAGE} AS uv
 FROM ${CUDA_IMAGE} AS gpu-build
 ARG PYTHON_VERSION
 COPY --from=uv /uv /usr/local/bin/uv
+COPY requirements/with-build-secrets.sh /usr/local/bin/with-build-secrets
 ENV UV_NO_CACHE=1 \
     UV_COMPILE_BYTECODE=1 \
     UV_PYTHON_INSTALL_DIR=/opt/python \
     UV_PYTHON_PREFERENCE=only-managed
-RUN uv python install "${PYTHON_VERSION}" \
+RUN --mount=type=secret,id=ca_bundle --mount=type=secret,id=index_url \
+    with-build-secrets uv python install "${PYTHON_VERSION}" \
  && uv venv --python "${PYTHON_VERSION}" /opt/venv
 WORKDIR /src
 COPY requirements/gpu.txt requirements/build.txt requirements/
-RUN uv pip install --python /opt/venv/bin/python --require-hashes --no-deps \
-      -r requirements/gpu.txt
+RUN --mount=type=secret,id=ca_bundle --mount=type=secret,id=index_url \
+    with-build-secrets uv pip install --python /opt/venv/bin/python --require-hashes \
+      --no-deps -r requirements/gpu.txt
 COPY pyproject.toml README.md ./
 COPY app app
-RUN uv pip install --python /opt/venv/bin/python --no-deps \
+RUN --mount=type=secret,id=ca_bundle --mount=type=secret,id=index_url \
+    with-build-secrets uv pip install --python /opt/venv/bin/python --no-deps \
       --build-constraints requirements/build.txt . \
  && uv pip check --python /opt/venv/bin/python
 
@@ -71,19 +80,22 @@ ENTRYPOINT ["batchserve", "serve"]
 # ---- cpu: build stage ----------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS cpu-build
 COPY --from=uv /uv /usr/local/bin/uv
+COPY requirements/with-build-secrets.sh /usr/local/bin/with-build-secrets
 ENV UV_NO_CACHE=1 \
     UV_COMPILE_BYTECODE=1 \
     UV_PYTHON_DOWNLOADS=never
 RUN uv venv --python /usr/local/bin/python3 /opt/venv
 WORKDIR /src
 COPY requirements/cpu.txt requirements/build.txt requirements/
-RUN uv pip install --python /opt/venv/bin/python --require-hashes --no-deps \
-      -r requirements/cpu.txt
+RUN --mount=type=secret,id=ca_bundle --mount=type=secret,id=index_url \
+    with-build-secrets uv pip install --python /opt/venv/bin/python --require-hashes \
+      --no-deps -r requirements/cpu.txt
 COPY pyproject.toml README.md ./
 COPY app app
 # No `uv pip check` here: pyproject.toml asks for onnxruntime-gpu on Linux x86-64, and this
 # image has the CPU build instead, on purpose; check that it imports instead.
-RUN uv pip install --python /opt/venv/bin/python --no-deps \
+RUN --mount=type=secret,id=ca_bundle --mount=type=secret,id=index_url \
+    with-build-secrets uv pip install --python /opt/venv/bin/python --no-deps \
       --build-constraints requirements/build.txt . \
  && /opt/venv/bin/python -c "import onnxruntime, app.cli"
 

@@ -24,6 +24,7 @@ import pytest
 from load_tests.server_process import ANNOUNCE, free_port
 from tests.conftest import MODELS, ROOT
 from tests.deploy import dockerfile
+from tests.deploy.podman import TIMINGS
 
 DOCKERFILE = ROOT / "Dockerfile"
 IMAGE_VENV = "/opt/venv"
@@ -136,3 +137,10 @@ def image_server() -> Iterator[ImageProcess]:
     process = ImageProcess(image_command())
     yield process
     process.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The container check's step timings, where it ran (test_container_image.py)."""
+    if TIMINGS:
+        steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in TIMINGS.items())
+        terminalreporter.write_line(f"container check (podman, stand-in bases): {steps}")
