@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -29,6 +27,7 @@ from load_tests.reload_cycles import resident
 from load_tests.server_process import ServerProcess
 from load_tests.synthetic_models import write_sum_model
 from tests.conftest import MODELS
+from tests.liveness import probing
 
 pytestmark = pytest.mark.integration
 
@@ -142,22 +141,6 @@ REFUSALS = [
     ("main", "digits", auth("wrong"), 403, "not valid"),
 ]
 
-#: A kubelet's probe: another process, every 20 ms, until its stdin closes; prints the
-#: latencies as JSON.
-PROBE = """
-import json, sys, threading, time, httpx
-stop = threading.Event()
-threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-latencies = []
-with httpx.Client(base_url=sys.argv[1], timeout=10) as client:
-    while not stop.is_set():
-        started = time.perf_counter()
-        assert client.get("/v2/health/live").status_code == 200
-        latencies.append(time.perf_counter() - started)
-        stop.wait(0.02)
-print(json.dumps(latencies))
-"""
-
 
 @contextlib.contextmanager
 def watched(server: ServerProcess) -> Iterator[dict[str, object]]:
@@ -174,15 +157,13 @@ def watched(server: ServerProcess) -> Iterator[dict[str, object]]:
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    probe = subprocess.Popen([sys.executable, "-c", PROBE, server.url], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        yield seen
-        seen["latencies"] = json.loads(probe.communicate(timeout=30)[0])
+        with probing(server.url) as latencies:
+            yield seen
     finally:
-        probe.kill()
         stop.set()
         sampler.join()
+    seen["latencies"] = latencies
     seen["growth_mib"] = peak[0] - before
 
 

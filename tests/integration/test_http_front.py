@@ -10,8 +10,6 @@ import json
 import resource
 import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ from app.api.protocol import LINGER_MAX_BYTES
 from load_tests.server_process import ServerProcess
 from load_tests.synthetic_models import write_sum_model
 from tests.conftest import MODELS
+from tests.liveness import probing
 
 pytestmark = pytest.mark.integration
 
@@ -242,23 +241,6 @@ def test_past_the_connection_limit_idle_ones_give_way(tmp_path: Path) -> None:
         server.stop()
 
 
-#: A kubelet's probe: another process, every 20 ms, until its stdin closes; prints the
-#: latencies as JSON.
-PROBE = """
-import json, sys, threading, time, httpx
-stop = threading.Event()
-threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-latencies = []
-with httpx.Client(base_url=sys.argv[1], timeout=10) as client:
-    while not stop.is_set():
-        started = time.perf_counter()
-        assert client.get("/v2/health/live").status_code == 200
-        latencies.append(time.perf_counter() - started)
-        stop.wait(0.02)
-print(json.dumps(latencies))
-"""
-
-
 @pytest.fixture(scope="module")
 def big_json() -> bytes:
     values = 63 * 2**20 // 19  # "0.123456789012345, " is 19 bytes
@@ -288,17 +270,12 @@ def liveness_while_uploading(
                 if time.monotonic() > until:
                     return
 
-    probe = subprocess.Popen([sys.executable, "-c", PROBE, server.url], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)  # fmt: skip
-    try:
+    with probing(server.url) as latencies:
         uploads = [threading.Thread(target=upload) for _ in range(clients)]
         for thread in uploads:
             thread.start()
         for thread in uploads:
             thread.join()
-        latencies: list[float] = json.loads(probe.communicate(timeout=30)[0])
-    finally:
-        probe.kill()
     assert set(statuses) <= {200, 413}, statuses
     assert len(latencies) > 20
     return latencies
