@@ -352,23 +352,23 @@ class Batcher:
             loop.call_soon_threadsafe(self._finish, lane, launched, result)
 
     def _finish(
-        self,
-        lane: Lane,
-        launched: Launched,
-        result: BatchResult,
-        *,
-        stage: bool = True,
+        self, lane: Lane, launched: Launched, result: BatchResult, *, stage: bool = True
     ) -> None:
-        """On the loop: answer the batch's requests, queue the worker's next batch behind
-        the one now computing, then wake its worker task for the bookkeeping. In that
-        order: woken tasks run in the order they were woken, so the requests' handlers
-        send their answers before the bookkeeping (metrics) runs."""
+        """On the loop: answer the batch's requests, hand the idle worker its next batch
+        (or queue one behind the batch it computes), then wake its task for the
+        bookkeeping. In that order: woken tasks run in the order they were woken, so the
+        requests' handlers send their answers before the bookkeeping (metrics) runs, and a
+        busy loop, slow to run that task, does not hold the thread a turn per batch."""
         ended = asyncio.get_running_loop().time()
         began = launched.started_at or launched.launched_at  # a staged batch's own start
         if launched.batch:
             lane.last_compute_s = result.compute_s
         launched.computed = True
         self._deliver(launched.batch, result, lane.runner, free=not lane.computing)
+        if stage and not lane.computing and self._queue.depth:
+            taken = self._take_now(lane.runner, waited=False)
+            if isinstance(taken, tuple):
+                self._launch(lane, taken)
         if stage:
             self._stage(lane)
         if not launched.finished.done():
