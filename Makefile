@@ -9,7 +9,7 @@ TEXT_MODEL := models/minilm/1/model.onnx
 # Built by `make image-model` (torch and the image-build extra); `make test` builds it too.
 IMAGE_MODEL := models/effnet/1/model.onnx
 
-.PHONY: serve test lint typecheck proto models text-model image-model bench bench-text bench-latency bench-metrics bench-profile bench-zero-config bench-tuning-noise bench-image bench-reload clean lock
+.PHONY: serve test lint typecheck proto models text-model image-model bench bench-text bench-latency bench-metrics bench-profile bench-zero-config bench-tuning-noise bench-image bench-reload bench-overload clean lock
 
 # The virtual environment, rebuilt when pyproject.toml or the locks change. Runtime packages
 # are held at the versions the container images ship (requirements/gpu.txt, the lock of what
@@ -98,6 +98,9 @@ bench-image: $(VENV)/.test-deps $(IMAGE_MODEL)
 # the threshold's cost in throughput (load_tests/report/RELOAD.md; ~30 min).
 bench-reload: $(VENV)/.bench-deps $(TEXT_MODEL) $(IMAGE_MODEL)
 	$(BIN)/python -m load_tests.bench_reload --out load_tests/report
+
+bench-overload: $(VENV)/.bench-deps
+	$(BIN)/python -m load_tests.bench_overload --out load_tests/report
 
 # Throughput with metrics on vs off, alternating rounds in one run (load_tests/bench_metrics.py).
 bench-metrics: $(VENV)/.test-deps

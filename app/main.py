@@ -17,6 +17,7 @@ from app import __version__
 from app.api import errors, health, json_pool, metrics, models, openapi, repository
 from app.api.auth import BearerAuth
 from app.api.infer import ASGIApp, InferenceEndpoint
+from app.api.side_listener import LoopHeartbeat, SideListener, start_side_listener
 from app.dataplane.dataplane import DataPlane
 from app.service import InferenceService
 from app.settings import Settings
@@ -45,13 +46,17 @@ def create_app(settings: Settings | None = None) -> Application:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        metrics_port = service.start_metrics_listener()
-        if metrics_port is not None:
-            log.info("metrics on http://%s:%d/metrics", settings.host, metrics_port)
+        heartbeat = LoopHeartbeat(
+            stall_s=settings.liveness_stall_s, not_ready=service.not_ready_reason
+        )
+        heartbeat.start(asyncio.get_running_loop())
+        service.on_drain(heartbeat.beat_now)
+        side = _start_side_listener(service, heartbeat)
         grpc_server = await _start_grpc(service, dataplane) if settings.grpc_port else None
 
         async def load() -> None:
             await service.load()
+            heartbeat.beat_now()  # ready on the side port as soon as the log says so
             if grpc_server is not None:
                 await grpc_server.health.update()
 
@@ -64,6 +69,9 @@ def create_app(settings: Settings | None = None) -> Application:
             if grpc_server is not None:
                 await grpc_server.stop(settings.drain_timeout_s)
             await service.close()
+            if side is not None:
+                side.close()
+            heartbeat.stop()
             json_pool.shutdown()
             log.info("batchserve stopped: every queued request was served")
 
@@ -90,6 +98,27 @@ def create_app(settings: Settings | None = None) -> Application:
         token = settings.api_token.get_secret_value().encode()
         asgi = BearerAuth(asgi, token, management_token_set=settings.management_token is not None)
     return Application(asgi=asgi, service=service, dataplane=dataplane, api=api)
+
+
+def _start_side_listener(
+    service: InferenceService, heartbeat: LoopHeartbeat
+) -> SideListener | None:
+    """/metrics and the probes on --metrics-port, when it is set."""
+    settings = service.settings
+    if settings.metrics_port is None:
+        return None
+    side = start_side_listener(
+        host=settings.host,
+        port=settings.metrics_port,
+        registry=service.metrics.registry,
+        heartbeat=heartbeat,
+    )
+    log.info(
+        "metrics and health probes on http://%s:%d (/metrics, /v2/health/live, /ready)",
+        settings.host,
+        side.port,
+    )
+    return side
 
 
 async def _start_grpc(service: InferenceService, dataplane: DataPlane) -> GrpcServer:

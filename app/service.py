@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
-from wsgiref.simple_server import WSGIServer
-
-from prometheus_client import start_http_server
 
 from app.batching import BatchObserver
 from app.metrics import (
@@ -61,7 +57,6 @@ class InferenceService:
         )
         self.metrics.watch_state(self._version_gauges)
         self._no_metrics = NoMetrics()
-        self._metrics_server: tuple[WSGIServer, threading.Thread] | None = None
         #: Set once the startup load has finished, whatever failed in it.
         self.loaded = asyncio.Event()
         self.draining = False
@@ -72,16 +67,6 @@ class InferenceService:
         self._poller: RepositoryPoller | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
-
-    def start_metrics_listener(self) -> int | None:
-        """Serve /metrics on settings.metrics_port from a thread; returns the bound port."""
-        if self.settings.metrics_port is None:
-            return None
-        server, thread = start_http_server(
-            self.settings.metrics_port, addr=self.settings.host, registry=self.metrics.registry
-        )
-        self._metrics_server = (server, thread)
-        return int(server.server_port)
 
     async def load(self) -> None:
         """Load the repository; the server stays live (not ready) while this runs."""
@@ -115,11 +100,6 @@ class InferenceService:
         if self._poller is not None:
             await self._poller.stop()
         await self.repository.close()
-        if self._metrics_server is not None:
-            server, thread = self._metrics_server
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
 
     # -- readiness ------------------------------------------------------------------------
 

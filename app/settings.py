@@ -191,8 +191,16 @@ class Settings(BaseSettings):
         default=None,
         ge=0,
         le=65535,
-        description="Also serve /metrics on this port (as Triton's 8002), from a thread of its "
-        "own, so it can stay private and answers while the API is saturated.",
+        description="Also serve /metrics and the health probes (/v2/health/live, /ready) on "
+        "this port (as Triton's 8002), from threads of their own, so they can stay private and "
+        "answer while the API is saturated. Point Kubernetes' probes here.",
+    )
+    liveness_stall_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="The probes on --metrics-port answer 503 once the event loop has not run "
+        "for this long: liveness there fails when the loop is wedged, not when it is busy.",
     )
     latency_buckets: tuple[float, ...] = Field(
         default=LATENCY_BUCKETS,

@@ -53,6 +53,7 @@ def image_command(stage_name: str = "cpu") -> ImageCommand:
         env[key] = value.replace(IMAGE_VENV, sys.prefix)
     env.update(LOCAL)
     env["BATCHSERVE_GRPC_PORT"] = str(free_port())  # gRPC has no "any port"
+    env["BATCHSERVE_METRICS_PORT"] = str(free_port())  # as deploy/k8s sets it, for its probes
     argv = stage.command()
     assert argv, "the Dockerfile's cpu stage has no ENTRYPOINT or CMD"
     executable = shutil.which(argv[0], path=env["PATH"])
@@ -99,6 +100,11 @@ class ImageProcess:
         with self._logged:
             self._ended = True
             self._logged.notify_all()
+
+    @property
+    def side_url(self) -> str:
+        """The --metrics-port listener: /metrics and the probes, from threads of their own."""
+        return f"http://127.0.0.1:{self.command.env['BATCHSERVE_METRICS_PORT']}"
 
     def wait_for_log(self, text: str, timeout: float) -> None:
         """Block until the process has logged `text` (or ended, or `timeout` passed)."""
