@@ -99,6 +99,8 @@ bench-image: $(VENV)/.test-deps $(IMAGE_MODEL)
 bench-reload: $(VENV)/.bench-deps $(TEXT_MODEL) $(IMAGE_MODEL)
 	$(BIN)/python -m load_tests.bench_reload --out load_tests/report
 
+# Digits at five times capacity against de468f5: liveness on both ports, answers by status
+# (load_tests/report/OVERLOAD.md; ~12 min).
 bench-overload: $(VENV)/.bench-deps
 	$(BIN)/python -m load_tests.bench_overload --out load_tests/report
 

@@ -19,7 +19,6 @@ from typing import Any
 
 from app.api.json_pool import decode_in_process
 from app.api.responses import JSON, send_error
-from app.dataplane import InferenceRequest, InferenceResponse
 from app.dataplane.dataplane import DataPlane
 from app.errors import (
     ClientGoneError,
@@ -28,6 +27,7 @@ from app.errors import (
     ServingError,
     UnsupportedMediaTypeError,
 )
+from app.inference import InferenceRequest, InferenceResponse
 from app.protocol.checks import describe_specs
 from app.protocol.codec import (
     EncodedResponse,

@@ -18,8 +18,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from typing import Any
 
-from app.dataplane import InferenceRequest
 from app.errors import InternalError
+from app.inference import InferenceRequest
 from app.protocol.codec import RequestBody, decode_infer_request
 
 #: Parsing processes: each large body takes one for a fraction of a second.

@@ -1,7 +1,7 @@
 """The transport-free request path: every transport (REST, gRPC) calls DataPlane.infer
-(app.dataplane.dataplane). The package itself holds only the types the transports and
-codecs share, so a codec can import them without the server's machinery."""
+(app.dataplane.dataplane) and lends it a TransportCall. The request and response types live in
+app.inference, below every room."""
 
-from app.dataplane.types import InferenceRequest, InferenceResponse, TransportCall
+from app.dataplane.types import TransportCall
 
-__all__ = ["InferenceRequest", "InferenceResponse", "TransportCall"]
+__all__ = ["TransportCall"]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from app.dataplane.classify import classified_spec, top_classes
-from app.dataplane.types import Body, Encoded, InferenceRequest, InferenceResponse, TransportCall
+from app.dataplane.types import Body, Encoded, TransportCall
 from app.errors import (
     ClientGoneError,
     InvalidInputError,
@@ -26,6 +26,7 @@ from app.errors import (
     UnavailableError,
     describe,
 )
+from app.inference import InferenceRequest, InferenceResponse
 from app.logs import log_unexpected
 from app.metrics import ModelMetrics, NoMetrics
 from app.preprocess.image import ImageStage

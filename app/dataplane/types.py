@@ -1,53 +1,18 @@
-"""What passes between a transport and the data plane."""
+"""What a transport lends the data plane for one call (the request and response types
+themselves live in app.inference, where every layer may use them)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-import numpy as np
+from app.inference import InferenceRequest, InferenceResponse
 
-from app.tensors import TensorSpec
-
-if TYPE_CHECKING:  # the codecs import this module: keep it light
+if TYPE_CHECKING:
     from app.repository import LoadedVersion
 
 Body = TypeVar("Body")
 Encoded = TypeVar("Encoded", covariant=True)
-
-
-@dataclass(slots=True)
-class InferenceRequest:
-    """One decoded inference request, whatever transport carried it."""
-
-    #: Named input arrays, checked against the model's specs (batch axis first).
-    inputs: dict[str, np.ndarray]
-    #: The v2 request's parameters: `timeout` (microseconds) and `priority` are read here.
-    parameters: Mapping[str, Any] = field(default_factory=dict)
-    #: Output names wanted, in the client's order; None: the model's default outputs.
-    outputs: Sequence[str] | None = None
-    request_id: str | None = None
-    #: An absolute deadline the transport itself carries (a gRPC call's), in loop time.
-    deadline: float | None = None
-    #: Outputs the client wants in the transport's binary form (REST's binary tensor
-    #: extension); the data plane passes them through to the transport's encoder.
-    binary_outputs: frozenset[str] = frozenset()
-    #: Outputs asked for as their top K classes (Triton's classification extension:
-    #: an output's `parameters.classification = K`), by name.
-    classification: Mapping[str, int] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class InferenceResponse:
-    """The outputs of one request, ready for the transport to encode."""
-
-    model: str
-    version: str
-    request_id: str | None
-    outputs: dict[str, np.ndarray]
-    specs: Mapping[str, TensorSpec]
-    binary_outputs: frozenset[str] = frozenset()
 
 
 class TransportCall(Protocol[Body, Encoded]):

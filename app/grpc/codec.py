@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from app.dataplane import InferenceRequest, InferenceResponse
 from app.grpc.proto import grpc_service_pb2 as pb
+from app.inference import InferenceRequest, InferenceResponse
 from app.protocol.binary import decode_binary_tensor, encode_binary_tensor
 from app.protocol.checks import (
     check_output,

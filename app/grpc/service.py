@@ -17,7 +17,6 @@ from google.protobuf import json_format
 
 from app import __version__
 from app.api.health import EXTENSIONS
-from app.dataplane import InferenceRequest, InferenceResponse
 from app.dataplane.dataplane import DataPlane
 from app.errors import (
     ClientGoneError,
@@ -31,6 +30,7 @@ from app.errors import (
 from app.grpc.codec import decode_request, encode_response
 from app.grpc.proto import grpc_service_pb2 as pb
 from app.grpc.proto import grpc_service_pb2_grpc as pb_grpc
+from app.inference import InferenceRequest, InferenceResponse
 from app.logs import log_unexpected
 from app.repository import LoadedVersion
 from app.repository.triton_config import model_config

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
-from app.dataplane.types import InferenceRequest
+from app.inference import InferenceRequest
 from app.protocol.binary import decode_binary_tensor, encode_binary_tensor
 from app.protocol.checks import (
     check_output,

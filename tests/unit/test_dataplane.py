@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from app.dataplane import InferenceRequest, InferenceResponse
 from app.dataplane.dataplane import DataPlane
 from app.errors import (
     ClientGoneError,
@@ -26,6 +25,7 @@ from app.errors import (
     OverloadedError,
     UnavailableError,
 )
+from app.inference import InferenceRequest, InferenceResponse
 from app.repository import LoadedVersion
 from app.service import InferenceService
 from app.settings import Settings
