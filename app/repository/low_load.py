@@ -161,11 +161,20 @@ def low_load_instance(
     reference, off, on = _rotated(
         model_path, ((narrow, False), (wide, False), (wide, True)), feeds_for(min(own)), settings
     )
-    spinning = not spins_slower(off, on)
-    quickest = on if spinning else off
-    # The layout's own session as it serves: spinning only where tuning chose it for them.
-    gained = reference - quickest
-    if quickest > (1 - LOW_LOAD_GAIN) * reference or gained < LOW_LOAD_MIN_GAIN_MS:
+    return low_load_choice(wide, reference_ms=reference, off_ms=off, on_ms=on)
+
+
+def low_load_choice(
+    wide: Layout, *, reference_ms: float, off_ms: float, on_ms: float
+) -> LowLoad | None:
+    """The rule, on timings of a lone request: one of the layout's sessions alone
+    (`reference_ms`), the `wide` session of every core sleeping (`off_ms`) and spinning
+    (`on_ms`). It spins unless spinning was slower; it joins only where the quicker of the
+    two saves LOW_LOAD_GAIN of the reference and LOW_LOAD_MIN_GAIN_MS."""
+    spinning = not spins_slower(off_ms, on_ms)
+    quickest = on_ms if spinning else off_ms
+    gained = reference_ms - quickest
+    if quickest > (1 - LOW_LOAD_GAIN) * reference_ms or gained < LOW_LOAD_MIN_GAIN_MS:
         return None
     return LowLoad(threads=wide.threads, spinning=spinning)
 

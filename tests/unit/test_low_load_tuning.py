@@ -1,12 +1,11 @@
-"""Tuning for lone requests (app.repository.low_load): when a low-load-only instance joins
-the tuned layout, measured on real models, and how it reaches the config, the metadata and
-the cache."""
+"""Tuning for lone requests (app.repository.low_load): the rules on given timings (when a
+low-load-only instance joins the tuned layout, when sessions spin), the early answers on a
+real model, and how the choice reaches the config, the metadata and the cache."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from app.profile.recommend import Layout, Point
 from app.repository.config import ModelConfig
 from app.repository.low_load import (
     LowLoad,
+    low_load_choice,
     low_load_instance,
     spinning_helps,
     spins_faster,
@@ -23,7 +23,6 @@ from app.repository.low_load import (
 )
 from app.repository.tuning_result import Tuning, from_dict
 from app.timing import Stability
-from load_tests.synthetic_models import write_heavy_model
 from tests.conftest import MODELS
 
 DIGITS = MODELS / "digits" / "1" / "model.onnx"
@@ -46,21 +45,26 @@ def profiled(layout: Layout) -> list[Point]:
     return [Point(layout, 1, 1.0, 1.0, 1000.0)]
 
 
-@two_cores
-def test_a_compute_bound_model_gets_a_low_load_instance_of_every_core(tmp_path: Path) -> None:
-    # ~270 MFLOP a sample in 2048-wide MatMuls: two threads compute a lone one in about
-    # 0.55 of one thread's time, milliseconds apart.
-    # A measurement, so up to three tries: another process on the cores (the CI machine is
-    # shared) can slow the 2-thread session more than the 1-thread one.
-    model = tmp_path / "mlp.onnx"
-    write_heavy_model(model, width=16, hidden=2048, blocks=32)
-    chosen = None
-    for _ in range(3):
-        chosen = low_load_instance(model, Layout(2, 1), profiled(Layout(2, 1)), zeros(16, "x"),
-                                   SETTINGS)  # fmt: skip
-        if chosen is not None:
-            break
-    assert isinstance(chosen, LowLoad) and chosen.threads == 2
+@pytest.mark.parametrize(
+    ("reference_ms", "off_ms", "on_ms", "expected"),
+    [
+        # A compute-bound model: every core's session takes 0.55 of one core's time.
+        (40.0, 22.0, 21.5, LowLoad(threads=2, spinning=True)),
+        # ... where spinning made it slower, the instance sleeps.
+        (40.0, 22.0, 26.0, LowLoad(threads=2, spinning=False)),
+        # Saves only 10%: not worth breaking up batches for.
+        (10.0, 9.0, 9.0, None),
+        # 40% of a tiny request is under LOW_LOAD_MIN_GAIN_MS.
+        (1.0, 0.6, 0.6, None),
+        # Slower on every core (threads contending): none.
+        (5.0, 6.0, 6.5, None),
+    ],
+)
+def test_a_low_load_instance_joins_where_every_core_saves_enough(
+    reference_ms: float, off_ms: float, on_ms: float, expected: LowLoad | None
+) -> None:
+    chosen = low_load_choice(Layout(1, 2), reference_ms=reference_ms, off_ms=off_ms, on_ms=on_ms)
+    assert chosen == expected
 
 
 def test_a_tiny_model_or_a_single_instance_gets_none() -> None:
