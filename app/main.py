@@ -18,6 +18,8 @@ from app.api import errors, health, json_pool, metrics, models, openapi, reposit
 from app.api.auth import BearerAuth
 from app.api.infer import ASGIApp, InferenceEndpoint
 from app.api.side_listener import LoopHeartbeat, SideListener, start_side_listener
+from app.dataplane.access import AccessPolicy
+from app.dataplane.control import ControlPlane
 from app.dataplane.dataplane import DataPlane
 from app.service import InferenceService
 from app.settings import Settings
@@ -43,6 +45,13 @@ def create_app(settings: Settings | None = None) -> Application:
     while they load and readiness turns 200 only when they have."""
     service = InferenceService(settings or Settings())
     settings = service.settings
+    control = ControlPlane(
+        repository=service.repository,
+        metrics=service.metrics,
+        not_ready=service.not_ready_reason,
+        model_control=settings.model_control,
+    )
+    policy = access_policy(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,7 +61,11 @@ def create_app(settings: Settings | None = None) -> Application:
         heartbeat.start(asyncio.get_running_loop())
         service.on_drain(heartbeat.beat_now)
         side = _start_side_listener(service, heartbeat)
-        grpc_server = await _start_grpc(service, dataplane) if settings.grpc_port else None
+        grpc_server = (
+            await _start_grpc(service, dataplane=dataplane, control=control, policy=policy)
+            if settings.grpc_port
+            else None
+        )
 
         async def load() -> None:
             await service.load()
@@ -83,6 +96,7 @@ def create_app(settings: Settings | None = None) -> Application:
         redoc_url=None,
     )
     api.state.service = service
+    api.state.control = control
     errors.install(api)
     for module in (health, models, repository, metrics):
         api.include_router(module.router)
@@ -94,10 +108,16 @@ def create_app(settings: Settings | None = None) -> Application:
         max_request_bytes=settings.max_request_bytes,
         in_process_bytes=settings.decode_in_process_bytes,
     )
-    if settings.api_token is not None:
-        token = settings.api_token.get_secret_value().encode()
-        asgi = BearerAuth(asgi, token, management_token_set=settings.management_token is not None)
+    if policy.guards_anything:
+        asgi = BearerAuth(asgi, policy)
     return Application(asgi=asgi, service=service, dataplane=dataplane, api=api)
+
+
+def access_policy(settings: Settings) -> AccessPolicy:
+    """The tokens the server was started with, as both transports check them."""
+    tokens = (settings.api_token, settings.management_token)
+    api, management = (t.get_secret_value().encode() if t else None for t in tokens)
+    return AccessPolicy(api_token=api, management_token=management)
 
 
 def _start_side_listener(
@@ -114,19 +134,21 @@ def _start_side_listener(
         heartbeat=heartbeat,
     )
     log.info(
-        "metrics and health probes on http://%s:%d (/metrics, /v2/health/live, /ready)",
+        "metrics on http://%s:%d/metrics, with the health probes (/v2/health/live, /ready)",
         settings.host,
         side.port,
     )
     return side
 
 
-async def _start_grpc(service: InferenceService, dataplane: DataPlane) -> GrpcServer:
+async def _start_grpc(
+    service: InferenceService, *, dataplane: DataPlane, control: ControlPlane, policy: AccessPolicy
+) -> GrpcServer:
     """Serve gRPC beside REST. Imported only then: the protobuf package `inference` it
     registers would clash, in one process, with tritonclient's copy of it."""
     from app.grpc.server import GrpcServer
 
-    server = GrpcServer(service, dataplane)
+    server = GrpcServer(service, dataplane=dataplane, control=control, policy=policy)
     await server.start()
     service.grpc_url = server.url
     draining: set[asyncio.Task[None]] = set()

@@ -6,12 +6,10 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from app.batching import BatchObserver
 from app.metrics import (
     ModelMetrics,
-    ModelStatistics,
     NoMetrics,
     ServerMetrics,
     TuningInfo,
@@ -157,24 +155,6 @@ class InferenceService:
                     ),
                     _tuning_info(loaded),
                 )
-
-    def statistics(self, model: str | None, version: str | None) -> list[dict[str, Any]]:
-        """Triton's `model_stats` for one version, every version of a model, or everything."""
-        if model is None:
-            targets = [
-                (name, v) for name, e in self.repository.models.items() for v in sorted(e.versions)
-            ]
-        elif version is None:
-            targets = [(model, v) for v in sorted(self.repository.entry(model).versions)]
-        else:
-            targets = [(model, self.repository.version(model, version).version)]
-        stats = []
-        for name, v in targets:
-            metrics = self.metrics.known(name, v)
-            stats.append(
-                (metrics.statistics if metrics else ModelStatistics(name, str(v))).as_dict()
-            )
-        return stats
 
 
 def _tuning_info(loaded: LoadedVersion) -> TuningInfo | None:

@@ -5,21 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app import __version__
-from app.api.deps import service_of
+from app.api.deps import control_of
 from app.api.responses import error_response, json_response
 from app.api.schemas import Live, Ready, ServerMetadata, errors
+from app.dataplane.control import ControlPlane
 from app.errors import UnavailableError
 
 router = APIRouter(tags=["health"])
-
-EXTENSIONS = [
-    "binary_tensor_data",
-    "model_configuration",
-    "model_repository",
-    "parameters",
-    "statistics",
-]
 
 
 @router.get("/v2/health/live", responses={200: {"model": Live}})
@@ -29,7 +21,7 @@ async def live() -> Response:
 
 @router.get("/v2/health/ready", responses={200: {"model": Ready}, **errors(503)})
 async def ready(request: Request) -> Response:
-    reason = service_of(request).not_ready_reason()
+    reason = control_of(request).not_ready_reason()
     if reason is not None:
         return error_response(UnavailableError(reason))
     return json_response({"ready": True})
@@ -37,4 +29,4 @@ async def ready(request: Request) -> Response:
 
 @router.get("/v2", responses={200: {"model": ServerMetadata}})
 async def server_metadata() -> Response:
-    return json_response({"name": "batchserve", "version": __version__, "extensions": EXTENSIONS})
+    return json_response(ControlPlane.server_metadata())

@@ -1,14 +1,14 @@
-"""GET /v2/models/{m}[/versions/{v}] metadata and .../ready."""
+"""GET /v2/models/{m}[/versions/{v}] metadata, .../ready, .../config and the statistics:
+REST's adapter over the control plane."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.api.deps import service_of
+from app.api.deps import control_of
 from app.api.responses import json_response
 from app.api.schemas import ModelConfiguration, ModelMetadata, ModelReady, ModelStatistics, errors
-from app.repository.triton_config import model_config
 
 #: Every /v2/models route: unknown model or version, not ready, and the token when one is set.
 _ERRORS = errors(400, 401, 403, 404, 503)
@@ -27,7 +27,7 @@ async def model_statistics(
 ) -> Response:
     """Triton's statistics extension: counts and cumulative ns of success, fail, queue,
     compute; inference and execution counts; per batch size."""
-    stats = service_of(request).statistics(model_name, model_version)
+    stats = control_of(request).statistics(model_name, model_version)
     return json_response({"model_stats": stats})
 
 
@@ -39,12 +39,7 @@ async def model_statistics(
 async def model_metadata(
     request: Request, model_name: str, model_version: str | None = None
 ) -> Response:
-    repository = service_of(request).repository
-    loaded = repository.version(model_name, model_version)
-    versions = sorted(repository.entry(model_name).versions)
-    if model_version is not None:
-        versions = [loaded.version]
-    return json_response(loaded.metadata(versions))
+    return json_response(control_of(request).model_metadata(model_name, model_version))
 
 
 @router.get("/v2/models/{model_name}/ready", responses={200: {"model": ModelReady}, **_ERRORS})
@@ -56,9 +51,7 @@ async def model_ready(
     request: Request, model_name: str, model_version: str | None = None
 ) -> Response:
     """200 when the model (version) can serve; 404 unknown, 503 not ready, with the reason."""
-    service = service_of(request)
-    loaded = service.repository.version(model_name, model_version)
-    return json_response({"name": model_name, "version": str(loaded.version), "ready": True})
+    return json_response(control_of(request).model_ready(model_name, model_version))
 
 
 @router.get(
@@ -72,5 +65,4 @@ async def model_configuration(
     request: Request, model_name: str, model_version: str | None = None
 ) -> Response:
     """Triton's model configuration extension (perf_analyzer and Model Analyzer read it)."""
-    loaded = service_of(request).repository.version(model_name, model_version)
-    return json_response(model_config(loaded))
+    return json_response(control_of(request).model_config(model_name, model_version))

@@ -1,43 +1,59 @@
-"""The v2 model repository extension: the index, and load/unload when model control is on."""
+"""The v2 model repository extension over the control plane: the index, and load/unload
+when model control is on. Tokens are checked in front of the routes (app.api.auth)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.api.auth import refusal
-from app.api.deps import service_of
-from app.api.responses import error_response, json_response
+from app.api.deps import control_of
+from app.api.responses import json_response
 from app.api.schemas import Empty, RepositoryModel, errors
-from app.errors import InvalidInputError, ModelLoadError, NotFoundError, PermissionDeniedError
+from app.errors import InvalidInputError
 
 router = APIRouter(tags=["repository"])
+
+_INDEX_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"ready": {"type": "boolean", "default": False}},
+                }
+            }
+        },
+    }
+}
 
 
 @router.post(
     "/v2/repository/index",
-    responses={200: {"model": list[RepositoryModel]}, **errors(401, 403)},
+    responses={200: {"model": list[RepositoryModel]}, **errors(400, 401, 403)},
+    openapi_extra=_INDEX_BODY,
 )
 async def repository_index(request: Request) -> Response:
-    """Every model found, with its state and, when it failed, the reason."""
-    return json_response(service_of(request).repository.index())
+    """Every model found, with its state and, when it failed, the reason; with
+    `{"ready": true}`, only the models ready to serve."""
+    body = await request.body()
+    return json_response(control_of(request).repository_index(ready=_ready_only(body)))
 
 
-def _refused(request: Request) -> Response | None:
-    settings = service_of(request).settings
-    if not settings.model_control:
-        return error_response(
-            PermissionDeniedError(
-                "model control is off; start the server with BATCHSERVE_MODEL_CONTROL=true"
-            )
-        )
-    if settings.management_token is not None:
-        token = settings.management_token.get_secret_value().encode()
-        if refusal(request.scope["headers"], token) is not None:
-            return error_response(
-                PermissionDeniedError("load and unload need the management token")
-            )
-    return None
+def _ready_only(body: bytes) -> bool:
+    if not body.strip():
+        return False
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInputError(f"the index request is not JSON: {exc}") from exc
+    ready = parsed.get("ready", False) if isinstance(parsed, dict) else None
+    if not isinstance(ready, bool):
+        raise InvalidInputError('the index request is {"ready": true|false} or empty')
+    return ready
 
 
 @router.post(
@@ -47,16 +63,7 @@ def _refused(request: Request) -> Response | None:
 async def load_model(request: Request, model_name: str) -> Response:
     """Load or reload a model: new versions are warmed before they take traffic, and the
     versions they replace finish what they hold. A failed reload keeps the old ones."""
-    refused = _refused(request)
-    if refused is not None:
-        return refused
-    # "failed to load 'NAME'" is Triton's wording, which its clients' scripts match.
-    try:
-        await service_of(request).repository.load(model_name)
-    except ModelLoadError as exc:
-        return error_response(InvalidInputError(f"failed to load '{model_name}': {exc}"))
-    except NotFoundError as exc:
-        return error_response(NotFoundError(f"failed to load '{model_name}': {exc.message}"))
+    await control_of(request).load(model_name)
     return json_response({})
 
 
@@ -66,8 +73,5 @@ async def load_model(request: Request, model_name: str) -> Response:
 )
 async def unload_model(request: Request, model_name: str) -> Response:
     """Stop serving a model; requests already queued are still answered."""
-    refused = _refused(request)
-    if refused is not None:
-        return refused
-    await service_of(request).repository.unload(model_name)
+    await control_of(request).unload(model_name)
     return json_response({})

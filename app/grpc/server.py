@@ -20,7 +20,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from app.api.auth import refusal
+from app.dataplane.access import POLICY, AccessPolicy, Operation
+from app.dataplane.control import ControlPlane
 from app.dataplane.dataplane import DataPlane
 from app.errors import ServingError, describe
 from app.grpc.proto import grpc_service_pb2_grpc as pb_grpc
@@ -30,23 +31,33 @@ from app.service import InferenceService
 log = logging.getLogger("batchserve")
 
 SERVICE = "inference.GRPCInferenceService"
-#: Calls that need the API token when one is set (health and server metadata stay open).
-PROTECTED = frozenset({"ModelReady", "ModelMetadata", "ModelInfer", "ModelStreamInfer",
-                       "ModelConfig", "ModelStatistics", "RepositoryIndex",
-                       "RepositoryModelLoad", "RepositoryModelUnload"})  # fmt: skip
-MODEL_CONTROL = frozenset({"RepositoryModelLoad", "RepositoryModelUnload"})
+#: The operation each GRPCInferenceService method carries, for the access policy.
+OPERATIONS = {
+    "ServerLive": Operation.SERVER_LIVE,
+    "ServerReady": Operation.SERVER_READY,
+    "ServerMetadata": Operation.SERVER_METADATA,
+    "ModelReady": Operation.MODEL_READY,
+    "ModelMetadata": Operation.MODEL_METADATA,
+    "ModelConfig": Operation.MODEL_CONFIG,
+    "ModelStatistics": Operation.MODEL_STATISTICS,
+    "RepositoryIndex": Operation.REPOSITORY_INDEX,
+    "RepositoryModelLoad": Operation.MODEL_LOAD,
+    "RepositoryModelUnload": Operation.MODEL_UNLOAD,
+    "ModelInfer": Operation.INFER,
+    "ModelStreamInfer": Operation.INFER,
+}
 
 
 class Health(health.aio.HealthServicer):  # type: ignore[misc]
     """grpc.health.v1: SERVING while the server is ready, NOT_SERVING while it loads or
     drains (for the whole server, "", and for GRPCInferenceService)."""
 
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, control: ControlPlane) -> None:
         super().__init__()
-        self._service = service
+        self._control = control
 
     def status(self) -> Any:
-        ready = self._service.not_ready_reason() is None
+        ready = self._control.not_ready_reason() is None
         return (
             health_pb2.HealthCheckResponse.SERVING
             if ready
@@ -65,22 +76,20 @@ class Health(health.aio.HealthServicer):  # type: ignore[misc]
 
 
 class BearerTokens(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """The API token on protected calls, the management token (when set) on load and
-    unload; refused calls end UNAUTHENTICATED or PERMISSION_DENIED."""
+    """The token each call's operation needs, from the `authorization` metadata; refused
+    calls end UNAUTHENTICATED or PERMISSION_DENIED with REST's message. Calls that are no
+    operation (grpc.health.v1, reflection) stay open."""
 
-    def __init__(self, api: bytes | None, management: bytes | None) -> None:
-        self._api = api
-        self._management = management
+    def __init__(self, policy: AccessPolicy) -> None:
+        self._policy = policy
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        method = details.method.rsplit("/", 1)[-1]
-        token = self._api if method in PROTECTED else None
-        if method in MODEL_CONTROL and self._management is not None:
-            token = self._management
-        if token is not None:
+        service, _, method = details.method.lstrip("/").rpartition("/")
+        operation = OPERATIONS.get(method) if service == SERVICE else None
+        if operation is not None:
             headers = [(str(k).lower().encode(), v.encode() if isinstance(v, str) else v)
                        for k, v in details.invocation_metadata or ()]  # fmt: skip
-            refused = refusal(headers, token)
+            refused = self._policy.refusal(POLICY[operation], headers)
             if refused is not None:
                 return _refusing(refused, streaming=method == "ModelStreamInfer")
         return await continuation(details)
@@ -147,14 +156,19 @@ class InFlight(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 class GrpcServer:
     """The gRPC side of one batchserve process."""
 
-    def __init__(self, service: InferenceService, dataplane: DataPlane) -> None:
+    def __init__(
+        self,
+        service: InferenceService,
+        *,
+        dataplane: DataPlane,
+        control: ControlPlane,
+        policy: AccessPolicy,
+    ) -> None:
         settings = service.settings
-        tokens = [settings.api_token, settings.management_token]
-        api, management = (t.get_secret_value().encode() if t else None for t in tokens)
         self._in_flight = InFlight()
         interceptors: list[Any] = [self._in_flight]
-        if api or management:
-            interceptors.insert(0, BearerTokens(api, management))
+        if policy.guards_anything:
+            interceptors.insert(0, BearerTokens(policy))
         self._server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -171,9 +185,9 @@ class GrpcServer:
             ],
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            InferenceServicer(service, dataplane), self._server
+            InferenceServicer(dataplane=dataplane, control=control), self._server
         )
-        self.health = Health(service)
+        self.health = Health(control)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
         self.port = self._server.add_insecure_port(f"{host}:{settings.grpc_port}")

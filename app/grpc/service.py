@@ -1,7 +1,7 @@
 """GRPCInferenceService: the gRPC adapter of the data plane, and Triton's extensions.
 
 Inference goes through the same DataPlane.infer as REST (GrpcCall is its TransportCall);
-the rest reads the same repository and statistics as the REST routes. Errors leave through
+everything else through the same ControlPlane as REST's routes. Errors leave through
 the one table (app.errors) as its gRPC status codes, with REST's messages. A client that
 cancels its call cancels the handler, and with it the queued request (never computed).
 """
@@ -15,26 +15,15 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from app import __version__
-from app.api.health import EXTENSIONS
+from app.dataplane.control import ControlPlane
 from app.dataplane.dataplane import DataPlane
-from app.errors import (
-    ClientGoneError,
-    InvalidInputError,
-    ModelLoadError,
-    NotFoundError,
-    PermissionDeniedError,
-    ServingError,
-    describe,
-)
+from app.errors import ClientGoneError, InvalidInputError, ServingError, describe
 from app.grpc.codec import decode_request, encode_response
 from app.grpc.proto import grpc_service_pb2 as pb
 from app.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 from app.inference import InferenceRequest, InferenceResponse
 from app.logs import log_unexpected
 from app.repository import LoadedVersion
-from app.repository.triton_config import model_config
-from app.service import InferenceService
 
 
 class GrpcCall:
@@ -105,12 +94,12 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """The calls of GRPCInferenceService over one server's service and data plane."""
+    """The calls of GRPCInferenceService: inference through the data plane, the rest
+    through the control plane, each translated to its protobuf message."""
 
-    def __init__(self, service: InferenceService, dataplane: DataPlane) -> None:
-        self._service = service
-        self._repository = service.repository
+    def __init__(self, *, dataplane: DataPlane, control: ControlPlane) -> None:
         self._dataplane = dataplane
+        self._control = control
 
     # -- health and metadata --------------------------------------------------------------
 
@@ -118,29 +107,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self._service.not_ready_reason() is None)
+        return pb.ServerReadyResponse(ready=self._control.not_ready_reason() is None)
 
     async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(
-            name="batchserve", version=__version__, extensions=EXTENSIONS
-        )
+        return pb.ServerMetadataResponse(**self._control.server_metadata())
 
     async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
         try:
-            self._repository.version(request.name, requested_version(request.name, request.version))
+            self._control.model_ready(
+                request.name, requested_version(request.name, request.version)
+            )
         except ServingError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
     async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
         try:
-            loaded = self._repository.version(
+            metadata = self._control.model_metadata(
                 request.name, requested_version(request.name, request.version)
             )
         except ServingError as exc:
             await abort(context, exc)
-        versions = sorted(self._repository.entry(request.name).versions)
-        metadata = loaded.metadata([loaded.version] if request.version else versions)
         return pb.ModelMetadataResponse(
             name=metadata["name"],
             versions=metadata["versions"],
@@ -151,19 +138,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
         try:
-            loaded = self._repository.version(
+            config = self._control.model_config(
                 request.name, requested_version(request.name, request.version)
             )
         except ServingError as exc:
             await abort(context, exc)
         response = pb.ModelConfigResponse()
-        json_format.ParseDict(model_config(loaded), response.config, ignore_unknown_fields=True)
+        json_format.ParseDict(config, response.config, ignore_unknown_fields=True)
         return response
 
     async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
         try:
             version = requested_version(request.name, request.version)
-            stats = self._service.statistics(request.name or None, version)
+            stats = self._control.statistics(request.name or None, version)
         except ServingError as exc:
             await abort(context, exc)
         response = pb.ModelStatisticsResponse()
@@ -173,9 +160,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # -- the repository extension ---------------------------------------------------------
 
     async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
-        rows = self._repository.index()
-        if request.ready:
-            rows = [row for row in rows if row["state"] == "READY"]
+        rows = self._control.repository_index(ready=request.ready)
         return pb.RepositoryIndexResponse(
             models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows]
         )
@@ -183,34 +168,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: Any, context: Any
     ) -> pb.RepositoryModelLoadResponse:
-        await self._model_control(context)
-        # "failed to load 'NAME'" is Triton's wording, which its clients' scripts match.
         try:
-            await self._repository.load(request.model_name)
-        except ModelLoadError as exc:
-            await abort(context, InvalidInputError(f"failed to load '{request.model_name}': {exc}"))
-        except NotFoundError as exc:
-            await abort(context, NotFoundError(f"failed to load '{request.model_name}': {exc}"))
+            await self._control.load(request.model_name)
+        except ServingError as exc:
+            await abort(context, exc)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: Any, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
-        await self._model_control(context)
         try:
-            await self._repository.unload(request.model_name)
+            await self._control.unload(request.model_name)
         except ServingError as exc:
             await abort(context, exc)
         return pb.RepositoryModelUnloadResponse()
-
-    async def _model_control(self, context: Any) -> None:
-        if not self._service.settings.model_control:
-            await abort(
-                context,
-                PermissionDeniedError(
-                    "model control is off; start the server with BATCHSERVE_MODEL_CONTROL=true"
-                ),
-            )
 
     # -- inference ------------------------------------------------------------------------
 

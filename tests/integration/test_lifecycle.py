@@ -89,7 +89,8 @@ def test_loading_something_not_in_the_repository_is_404(server: ServerProcess) -
 def test_load_and_unload_need_the_management_token(server: ServerProcess) -> None:
     assert control(server, "spare", "load", token="wrong").status_code == 403
     no_header = httpx.post(f"{server.url}/v2/repository/models/spare/load")
-    assert no_header.status_code == 403
+    assert no_header.status_code == 401
+    assert "BATCHSERVE_MANAGEMENT_TOKEN" in no_header.json()["error"]
 
 
 def test_model_control_is_off_unless_enabled(tmp_path: Path) -> None:

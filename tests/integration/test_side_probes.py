@@ -31,7 +31,7 @@ def test_probes_on_the_metrics_port_follow_the_server_through_a_drain(tmp_path: 
         assert httpx.get(f"{side}/v2/health/live").json() == {"live": True}
         assert httpx.get(f"{side}/v2/health/ready").json() == {"ready": True}
         assert "batchserve_queue_depth" in httpx.get(f"{side}/metrics").text
-        assert f"health probes on http://127.0.0.1:{side_port}" in server.log
+        assert f"metrics on http://127.0.0.1:{side_port}/metrics, with the health" in server.log
 
         # A request whose body is still arriving holds the drain open until it is sent.
         host, port = server.url.removeprefix("http://").split(":")
