@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None) -> Application:
     for module in (health, models, repository, metrics):
         api.include_router(module.router)
     openapi.install(api)
-    dataplane = DataPlane(service)
+    dataplane = dataplane_of(service)
     asgi: ASGIApp = InferenceEndpoint(
         api,
         dataplane,
@@ -111,6 +111,16 @@ def create_app(settings: Settings | None = None) -> Application:
     if policy.guards_anything:
         asgi = BearerAuth(asgi, policy)
     return Application(asgi=asgi, service=service, dataplane=dataplane, api=api)
+
+
+def dataplane_of(service: InferenceService) -> DataPlane:
+    """The request path over the service's repository, metrics and drain state."""
+    return DataPlane(
+        repository=service.repository,
+        recorder=service.recorder,
+        draining=lambda: service.draining,
+        decode_in_thread_bytes=service.settings.decode_in_thread_bytes,
+    )
 
 
 def access_policy(settings: Settings) -> AccessPolicy:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -31,33 +31,39 @@ from app.logs import log_unexpected
 from app.metrics import ModelMetrics, NoMetrics
 from app.preprocess.image import ImageStage
 from app.preprocess.text import TextStage, cut_to_own_length
-from app.repository import LoadedVersion
+from app.repository import LoadedVersion, ModelRepository
 from app.tensors import TensorSpec
-
-if TYPE_CHECKING:
-    from app.service import InferenceService
 
 Outputs = dict[str, np.ndarray]
 
 
 class DataPlane:
-    """The transport-free request path over the service's repository and metrics."""
+    """The transport-free request path over the repository, with each request's metrics
+    from `recorder` and new work refused once `draining()` says so."""
 
-    def __init__(self, service: InferenceService) -> None:
-        self._service = service
-        self._repository = service.repository
-        self._decode_in_thread_bytes = service.settings.decode_in_thread_bytes
+    def __init__(
+        self,
+        *,
+        repository: ModelRepository,
+        recorder: Callable[[str, int], ModelMetrics | NoMetrics],
+        draining: Callable[[], bool],
+        decode_in_thread_bytes: int,
+    ) -> None:
+        self._repository = repository
+        self._recorder = recorder
+        self._draining = draining
+        self._decode_in_thread_bytes = decode_in_thread_bytes
 
     async def infer(self, call: TransportCall[Body, Encoded]) -> Encoded:
         """Serve one call; raises ServingError (already counted) for the transport to send."""
         started = time.perf_counter()
         arrived = asyncio.get_running_loop().time()
         loaded = self._repository.version(call.model, call.version)
-        metrics = self._service.recorder(call.model, loaded.version)
+        metrics = self._recorder(call.model, loaded.version)
         protocol = call.protocol
         metrics.request_started()
         try:
-            if self._service.draining:
+            if self._draining():
                 raise UnavailableError("server is shutting down; retry on another replica")
             loaded.batcher.check_admission(call.announce(loaded))
             body = await call.receive()

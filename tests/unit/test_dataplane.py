@@ -26,6 +26,7 @@ from app.errors import (
     UnavailableError,
 )
 from app.inference import InferenceRequest, InferenceResponse
+from app.main import dataplane_of
 from app.repository import LoadedVersion
 from app.service import InferenceService
 from app.settings import Settings
@@ -95,7 +96,7 @@ def served(
         service = InferenceService(Settings(model_repository=tmp_path))
         await service.load()
         try:
-            return await asyncio.wait_for(scenario(DataPlane(service), service), 30)
+            return await asyncio.wait_for(scenario(dataplane_of(service), service), 30)
         finally:
             await service.close()
 
