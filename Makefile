@@ -9,7 +9,7 @@ TEXT_MODEL := models/minilm/1/model.onnx
 # Built by `make image-model` (torch and the image-build extra); `make test` builds it too.
 IMAGE_MODEL := models/effnet/1/model.onnx
 
-.PHONY: serve test lint typecheck proto models text-model image-model bench bench-text bench-latency bench-metrics bench-profile bench-zero-config bench-tuning-noise bench-image bench-reload bench-overload clean lock
+.PHONY: serve test test-unit lint typecheck proto models text-model image-model bench bench-text bench-latency bench-metrics bench-profile bench-zero-config bench-tuning-noise bench-image bench-reload bench-overload clean lock
 
 # The virtual environment, rebuilt when pyproject.toml or the locks change. Runtime packages
 # are held at the versions the container images ship (requirements/gpu.txt, the lock of what
@@ -50,6 +50,10 @@ typecheck: $(VENV)/.test-deps
 
 test: lint typecheck $(TEXT_MODEL) $(IMAGE_MODEL)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The quick loop: lint, types and the unit tests, no model builds (their checks skip).
+test-unit: lint typecheck
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 $(VENV)/.bench-deps: $(VENV)/.test-deps
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[test,bench]'
