@@ -42,8 +42,8 @@ proto: $(VENV)/.test-deps
 	$(BIN)/python -m app.grpc.proto.generate
 
 lint: $(VENV)/.test-deps
-	$(BIN)/ruff check app tests models load_tests
-	$(BIN)/ruff format --check app tests models load_tests
+	$(BIN)/ruff check app tests models load_tests testing
+	$(BIN)/ruff format --check app tests models load_tests testing
 
 typecheck: $(VENV)/.test-deps
 	$(BIN)/mypy app

@@ -39,9 +39,9 @@ import onnxruntime as ort
 
 from load_tests.bench_report import Measurement, Report, write_report
 from load_tests.loadgen import Result, settle
-from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import write_cnn_model
 from load_tests.targets import Target, loading
+from testing.server_process import ServerProcess
+from testing.synthetic_models import write_cnn_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)

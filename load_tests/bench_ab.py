@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from load_tests.loadgen import LoadGenerator, client_session, prepare_request
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -31,7 +31,7 @@ import httpx
 
 from load_tests.bench import free_port
 from load_tests.bench_ab import closed_loop_at
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 15.0  # how long a hostile connection is watched for the server to close it

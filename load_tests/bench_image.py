@@ -43,7 +43,7 @@ from app.preprocess.image import ImageTransform
 from app.repository.config import ModelConfig
 from load_tests.bench_zero_config import paired_ratio
 from load_tests.loadgen import BINARY_HEADER, LoadGenerator, PreparedRequest, client_session
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = ROOT / "models" / "effnet"

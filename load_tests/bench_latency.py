@@ -1,7 +1,7 @@
 """Latency-target batching against hand-tuned fixed configurations (issue: hardware-sized
 batches). `make bench-latency` writes load_tests/report/LATENCY.md and latency.json.
 
-A compute-bound model (the heavy CNN of load_tests/synthetic_models.py, batch-1 run over
+A compute-bound model (the heavy CNN of testing/synthetic_models.py, batch-1 run over
 10 ms here) is served under open-loop Poisson load at 50%, 80% and 95% of its capacity by:
 - fixed configurations: max_queue_delay_ms in (0, 1, 2, 5, 10) x max_batch_size in (4, 16);
 - latency-target mode: latency_target_ms = TARGET, max_batch_size 16, nothing else tuned.
@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from load_tests.loadgen import LoadGenerator, PreparedRequest, client_session
-from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import write_cnn_model
+from testing.server_process import ServerProcess
+from testing.synthetic_models import write_cnn_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (0.5, 0.8, 0.95)

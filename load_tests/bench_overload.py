@@ -26,7 +26,7 @@ from typing import Any
 
 from load_tests.bench_ab import checkout
 from load_tests.loadgen import LoadGenerator, PreparedRequest, Result, client_session
-from load_tests.server_process import ServerProcess, free_port
+from testing.server_process import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"

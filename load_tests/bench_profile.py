@@ -40,7 +40,7 @@ from typing import Any
 from app.profile.recommend import Layout, Recommendation
 from app.profile.write import apply
 from load_tests.loadgen import LoadGenerator, PreparedRequest, client_session, prepare_request
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"

@@ -31,7 +31,7 @@ from load_tests.reload_cycles import (
     resident,
     text_bodies,
 )
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"

@@ -38,7 +38,7 @@ from tokenizers import Tokenizer
 
 from load_tests.bench import external_server, uvicorn
 from load_tests.loadgen import LoadGenerator, PreparedRequest, Result, client_session
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "models" / "minilm"

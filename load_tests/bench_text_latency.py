@@ -31,7 +31,7 @@ import onnxruntime as ort
 from load_tests.bench import external_server, uvicorn
 from load_tests.bench_text import floor_server
 from load_tests.loadgen import LoadGenerator, PreparedRequest, client_session
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 MINILM = ROOT / "models" / "minilm"

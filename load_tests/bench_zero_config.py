@@ -32,8 +32,8 @@ from typing import Any
 import httpx
 
 from load_tests.bench_ab import closed_loop_at
-from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import write_cnn_model
+from testing.server_process import ServerProcess
+from testing.synthetic_models import write_cnn_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = 32

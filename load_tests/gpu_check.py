@@ -43,7 +43,7 @@ from load_tests.gpu_check_measure import (
 )
 from load_tests.gpu_check_models import ROOT, Settings, write_repository
 from load_tests.gpu_check_report import ModelResult, criteria, table
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 
 # -- the run ----------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 
 #: How a cycle replaces the model: unload then load it, load it while it is loaded (a
 #: reload), or rewrite one of its version's files for the repository poll to pick up.

@@ -16,9 +16,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from onnx import TensorProto, helper
 
-from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import _save, write_token_model, write_word_tokenizer
-from load_tests.triton_models import write_repository
+from testing.server_process import ServerProcess
+from testing.synthetic_models import _save, write_token_model, write_word_tokenizer
+from testing.triton_models import write_repository
 from tests.conftest import DIGITS_ONNX, MODELS
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon"]

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import (
+from testing.server_process import ServerProcess
+from testing.synthetic_models import (
     write_heavy_model,
     write_token_model,
     write_word_tokenizer,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from load_tests.server_process import ANNOUNCE, free_port
+from testing.server_process import ANNOUNCE, free_port
 from tests.conftest import MODELS, ROOT
 from tests.deploy import dockerfile
 from tests.deploy.podman import TIMINGS

@@ -30,7 +30,7 @@ import httpx
 import numpy as np
 import pytest
 
-from load_tests.server_process import free_port
+from testing.server_process import free_port
 from tests.conftest import MODELS, ROOT
 from tests.deploy.podman import (
     HOST_CA_BUNDLE,

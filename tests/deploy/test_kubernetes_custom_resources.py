@@ -12,7 +12,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from load_tests.server_process import free_port
+from testing.server_process import free_port
 from tests.conftest import MODELS
 from tests.deploy import kustomize
 from tests.deploy.conftest import ImageCommand, ImageProcess, image_command

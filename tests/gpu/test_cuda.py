@@ -29,8 +29,8 @@ from app.runtime.providers import (
     preload_cuda_libraries,
     visible_gpus,
 )
-from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import write_heavy_model
+from testing.server_process import ServerProcess
+from testing.synthetic_models import write_heavy_model
 from tests.conftest import DIGITS_ONNX
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import write_cnn_model
+from testing.server_process import ServerProcess
+from testing.synthetic_models import write_cnn_model
 
 pytestmark = pytest.mark.integration
 

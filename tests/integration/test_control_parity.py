@@ -19,7 +19,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from app.dataplane.access import POLICY, Access, Operation
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 from tests.conftest import MODELS
 
 pytestmark = pytest.mark.integration

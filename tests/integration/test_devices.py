@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 from tests.conftest import DIGITS_ONNX
 
 pytestmark = pytest.mark.integration

@@ -24,8 +24,8 @@ import pytest
 import requests
 
 from load_tests.reload_cycles import resident
-from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import write_sum_model
+from testing.server_process import ServerProcess
+from testing.synthetic_models import write_sum_model
 from tests.conftest import MODELS
 from tests.liveness import probing
 

@@ -20,7 +20,7 @@ from app.repository.config import load_model_config
 from app.repository.image import image_transform
 from app.repository.tuning_inputs import tuning_inputs
 from app.tensors import TensorSpec
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 from tests.conftest import MODELS
 
 MODEL_DIR = MODELS / "effnet"

@@ -18,7 +18,7 @@ import tritonclient.grpc.aio as aioclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 from tests.grpc_helpers import client as client  # fixture: a client of this module's server
 from tests.grpc_helpers import executions, held_inputs, tensor
 from tests.grpc_helpers import server as server  # fixture: a server per test module
@@ -111,7 +111,7 @@ def health_status(target: str) -> object:
 def test_sigterm_answers_200_calls_in_flight_and_health_turns_not_serving(
     tmp_path: Path,
 ) -> None:
-    from load_tests.synthetic_models import write_cnn_model
+    from testing.synthetic_models import write_cnn_model
 
     # About 60 samples/s here: 200 calls take seconds to compute.
     write_cnn_model(tmp_path / "cnn" / "1" / "model.onnx", channels=(128, 256, 512), size=56)

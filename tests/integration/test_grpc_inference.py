@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import deserialize_bytes_tensor
 
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 from tests.conftest import ROOT
 from tests.grpc_helpers import client as client  # fixture: a client of this module's server
 from tests.grpc_helpers import digits_reference, tensor

@@ -12,8 +12,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from load_tests.server_process import ServerProcess
-from load_tests.triton_models import write_repository
+from testing.server_process import ServerProcess
+from testing.triton_models import write_repository
 from tests.grpc_helpers import client as client  # fixture: a client of this module's server
 from tests.grpc_helpers import server as server  # fixture: a server per test module
 from tests.grpc_helpers import tensor

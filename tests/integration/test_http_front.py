@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from app.api.protocol import LINGER_MAX_BYTES
-from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import write_sum_model
+from testing.server_process import ServerProcess
+from testing.synthetic_models import write_sum_model
 from tests.conftest import MODELS
 from tests.liveness import probing
 

@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from PIL import Image
 
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 from tests.image_models import encoded, plain, png_declaring, write_colour_model
 
 pytestmark = pytest.mark.integration

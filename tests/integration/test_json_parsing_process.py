@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import write_sum_model
+from testing.server_process import ServerProcess
+from testing.synthetic_models import write_sum_model
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from load_tests.loadgen import LoadGenerator, client_session, prepare_request
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 from tests.conftest import MODELS
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 from tests.conftest import MODELS
 
 MODEL_DIR = MODELS / "minilm"

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 from tests.observability_helpers import repository as repository  # fixture
 from tests.observability_helpers import server as server  # fixture: a server per test module
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 from tests.observability_helpers import DEPLOY, WORDS, heavy_body, poll
 from tests.observability_helpers import repository as repository  # fixture
 from tests.observability_helpers import server as server  # fixture: a server per test module

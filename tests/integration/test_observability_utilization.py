@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import write_heavy_model
+from testing.server_process import ServerProcess
+from testing.synthetic_models import write_heavy_model
 from tests.observability_helpers import heavy_body
 from tests.observability_helpers import repository as repository  # fixture
 

@@ -23,7 +23,7 @@ from schemathesis.checks import (
 
 from app.main import create_app
 from app.settings import Settings
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 from tests.conftest import MODELS
 
 pytestmark = pytest.mark.integration

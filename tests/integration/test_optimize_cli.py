@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from app.cli import main
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 from tests.conftest import MODELS
 from tests.optimize_models import run, write_data, write_mlp, write_softmax_between
 

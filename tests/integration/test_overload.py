@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from load_tests.loadgen import LoadGenerator, PreparedRequest, client_session
-from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import write_cnn_model, write_heavy_model
+from testing.server_process import ServerProcess
+from testing.synthetic_models import write_cnn_model, write_heavy_model
 
 pytestmark = pytest.mark.integration
 

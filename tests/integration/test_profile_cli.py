@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from app.cli import main
-from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import write_token_model
+from testing.server_process import ServerProcess
+from testing.synthetic_models import write_token_model
 from tests.conftest import MODELS
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
-from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import write_gather_model
+from testing.server_process import ServerProcess
+from testing.synthetic_models import write_gather_model
 from tests.conftest import MODELS
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from load_tests.reload_cycles import ReloadCycles, copy_model, text_bodies
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 from tests.conftest import MODELS
 
 MODEL_DIR = MODELS / "minilm"

@@ -18,7 +18,7 @@ import onnxruntime as ort
 import orjson
 import pytest
 
-from load_tests.server_process import ServerProcess
+from testing.server_process import ServerProcess
 from tests.conftest import DIGITS_ONNX, MODELS, ROOT
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from load_tests.server_process import ServerProcess, free_port
+from testing.server_process import ServerProcess, free_port
 
 pytestmark = pytest.mark.integration
 

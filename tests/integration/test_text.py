@@ -18,8 +18,8 @@ import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
-from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import write_token_model, write_word_tokenizer
+from testing.server_process import ServerProcess
+from testing.synthetic_models import write_token_model, write_word_tokenizer
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,7 @@
 simple_http_infer_client, simple_http_async_infer_client, simple_http_aio_infer_client,
 simple_http_string_infer_client, simple_http_health_metadata) call and check, made with
 tritonclient against `batchserve serve` on the ONNX builds of their models
-(load_tests/triton_models.py). Written here from what they do; none of their code."""
+(testing/triton_models.py). Written here from what they do; none of their code."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from load_tests.server_process import ServerProcess
-from load_tests.triton_models import write_repository
+from testing.server_process import ServerProcess
+from testing.triton_models import write_repository
 
 pytestmark = pytest.mark.integration
 

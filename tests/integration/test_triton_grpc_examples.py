@@ -18,8 +18,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from load_tests.server_process import ServerProcess
-from load_tests.triton_models import write_repository
+from testing.server_process import ServerProcess
+from testing.triton_models import write_repository
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from load_tests.server_process import ServerProcess
-from load_tests.synthetic_models import write_text_identity_model
+from testing.server_process import ServerProcess
+from testing.synthetic_models import write_text_identity_model
 from tests.conftest import DIGITS_ONNX, MODELS
 
 pytestmark = pytest.mark.integration

@@ -25,7 +25,7 @@ import pytest
 from app.main import Application, create_app
 from app.repository import LoadedVersion
 from app.settings import Settings
-from load_tests.synthetic_models import write_token_model, write_word_tokenizer
+from testing.synthetic_models import write_token_model, write_word_tokenizer
 from tests.image_models import encoded, plain, write_colour_model
 
 pytestmark = pytest.mark.integration

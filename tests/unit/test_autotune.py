@@ -30,7 +30,7 @@ from app.repository.tuning_inputs import tuning_inputs
 from app.repository.tuning_result import Tuning
 from app.service import _layout
 from app.tensors import TensorSpec
-from load_tests.synthetic_models import _save, write_heavy_model
+from testing.synthetic_models import _save, write_heavy_model
 from tests.conftest import MODELS
 from tests.image_models import encoded, plain, write_colour_model
 

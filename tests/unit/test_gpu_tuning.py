@@ -80,7 +80,7 @@ def test_a_gpu_without_a_cuda_session_tunes_the_cpu(tmp_path: Path) -> None:
     from app.repository.tuning_inputs import tuning_inputs
     from app.runtime import OnnxInstance
     from app.runtime.session import ProviderUnavailableError
-    from load_tests.synthetic_models import write_heavy_model
+    from testing.synthetic_models import write_heavy_model
 
     model = tmp_path / "mlp" / "1" / "model.onnx"
     write_heavy_model(model, width=16, hidden=64, blocks=1)

@@ -23,7 +23,7 @@ from app.errors import InvalidInputError, ModelLoadError
 from app.repository.config import PaddingConfig
 from app.repository.padding import build_padding_plan
 from app.runtime import OnnxInstance
-from load_tests.synthetic_models import write_token_model
+from testing.synthetic_models import write_token_model
 
 WAIT_S = 10.0
 PLAN = PaddingPlan(

@@ -13,7 +13,7 @@ from app.profile import measure
 from app.profile.measure import ProfileSettings, open_instances, profile, synthetic_feeds
 from app.profile.recommend import Layout, Point
 from app.timing import Stability, Window, time_concurrent, until_stable
-from load_tests.synthetic_models import write_heavy_model
+from testing.synthetic_models import write_heavy_model
 from tests.optimize_models import write_mlp
 
 

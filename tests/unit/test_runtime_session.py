@@ -29,7 +29,7 @@ from app.runtime.providers import (
 )
 from app.runtime.session import ProviderUnavailableError, check_fixed_shapes, pad_rows
 from app.tensors import TensorSpec
-from load_tests.synthetic_models import write_text_identity_model, write_token_model
+from testing.synthetic_models import write_text_identity_model, write_token_model
 from tests.conftest import DIGITS_ONNX
 
 

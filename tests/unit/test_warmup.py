@@ -16,8 +16,8 @@ from app.errors import ModelLoadError
 from app.repository.config import load_model_config
 from app.repository.loader import ServingDefaults, load_version
 from app.repository.repository import ModelRepository
-from load_tests.synthetic_models import _save
-from load_tests.triton_models import write_repository
+from testing.synthetic_models import _save
+from testing.triton_models import write_repository
 
 
 def write_reshape_model(root: Path, config: str) -> Path:

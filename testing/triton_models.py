@@ -1,6 +1,6 @@
 """ONNX builds of the models Triton's example clients call, as a batchserve repository.
 
-    python -m load_tests.triton_models DIR     # then: batchserve serve --model-repository DIR
+    python -m testing.triton_models DIR     # then: batchserve serve --model-repository DIR
 
 Triton's examples (triton-inference-server/client, src/python/examples) run against its QA
 models; these are the same contracts built as ONNX graphs here, nothing downloaded:
@@ -21,7 +21,7 @@ from onnx import TensorProto, helper
 
 MAX_BATCH_SIZE = 8
 CONFIG = f"""\
-# Triton's example model {{name}} (load_tests/triton_models.py), for its example clients.
+# Triton's example model {{name}} (testing/triton_models.py), for its example clients.
 max_batch_size = {MAX_BATCH_SIZE}
 
 [[instances]]
