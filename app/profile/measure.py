@@ -202,9 +202,11 @@ def profile(
         pass_started(index + 1)
         order = [(p.layout, p.batch_size) for p in reversed(points)]
         again = _measure_pass(path, settings, feeds_for, progress, order)
+        # A pass whose budget ran out measured only some points: the rest keep the first.
         redo = {(p.layout, p.batch_size): p for p in again.points}
         points = [
-            max(p, redo[(p.layout, p.batch_size)], key=lambda q: q.throughput_sps) for p in points
+            max(p, redo.get((p.layout, p.batch_size), p), key=lambda q: q.throughput_sps)
+            for p in points
         ]
     return Profile(points=sorted(points, key=_by_layout), providers=first.providers)
 

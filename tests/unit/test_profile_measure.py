@@ -112,3 +112,26 @@ def test_layouts_too_large_to_hold_at_once_are_measured_one_after_another(
     assert not measure.interleaves(path, layouts)
     order, _, _ = two_passes(path)
     assert order[:6] == [(x, n) for x in ("1x1", "2x1") for n in (1, 2, 4)]
+
+
+def test_a_second_pass_cut_short_by_its_budget_keeps_the_first_pass_points(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under a budget the second pass may stop before it has measured every point (a busy
+    machine slows each window): those points keep their first measurement, and the ones it
+    did measure keep the faster of the two."""
+    one, two = Layout(1, 1), Layout(2, 1)
+
+    def point(layout: Layout, size: int, throughput: float) -> Point:
+        return Point(layout, size, 1.0, 1.0, throughput)
+
+    passes = iter(
+        [
+            measure.Profile([point(one, 1, 100.0), point(two, 1, 150.0)], ["CPU"]),
+            measure.Profile([point(two, 1, 180.0)], ["CPU"]),  # then the budget ran out
+        ]
+    )
+    monkeypatch.setattr(measure, "_measure_pass", lambda *args: next(passes))
+    settings = ProfileSettings(device="cpu", layouts=(one, two), batch_sizes=(1,), passes=2)
+    result = profile(Path("unused.onnx"), settings, lambda size: {})
+    assert [(p.layout, p.throughput_sps) for p in result.points] == [(one, 100.0), (two, 180.0)]
