@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 class Batcher:
     """Queue and workers of one model version; see the module docstring for the semantics."""
 
-    #: Workers stage their next batch only where batches compute this long (lanes.py).
+    #: Workers stage a partial next batch only where batches compute this long (lanes.py).
     stage_after_s = STAGE_AFTER_S
 
     def __init__(
@@ -73,6 +73,7 @@ class Batcher:
             )
         self.name = name
         self.policy = policy
+        self._whole_batch = max(policy.target_batch_size, 1)  # a batch waiting cannot grow
         self._runners = list(runners)
         self._observer = observer or BatchObserver()
         self._queue = RequestQueue(name, policy, self._observer.queue_depth)
@@ -297,16 +298,17 @@ class Batcher:
                 self._workers.observe_cost(runner.label, busy_s / samples)
 
     def _stage(self, lane: Lane) -> None:
-        """Queue the worker's next batch behind the one it computes, if requests wait and
-        no other worker is idle to take them: its thread then goes from one batch to the
-        next without waiting for a turn of the (busy) event loop."""
-        label = lane.runner.label
+        """Queue the worker's next batch behind the one it computes, if requests wait and no
+        other worker is idle to take them: its thread goes on without a turn of the busy
+        loop; for a model computing in microseconds, only where two whole batches wait."""
+        batch = self._whole_batch  # batches of one keep to the shared queue
+        two_batches = batch > 1 and self._queue.queued_samples >= 2 * batch
         if (
             lane.computing != 1
-            or lane.last_compute_s < self.stage_after_s
+            or (lane.last_compute_s < self.stage_after_s and not two_batches)
             or self._strategy.per_request  # latency targets plan for a batch starting now
             or not self._queue.depth
-            or label in self._workers.low_load_only
+            or lane.runner.label in self._workers.low_load_only
             or self._workers.idle_may_take()
         ):
             return
@@ -354,18 +356,16 @@ class Batcher:
     def _finish(
         self, lane: Lane, launched: Launched, result: BatchResult, *, stage: bool = True
     ) -> None:
-        """On the loop: answer the batch's requests, hand the idle worker its next batch
-        (or queue one behind the batch it computes), then wake its task for the
-        bookkeeping. In that order: woken tasks run in the order they were woken, so the
-        requests' handlers send their answers before the bookkeeping (metrics) runs, and a
-        busy loop, slow to run that task, does not hold the thread a turn per batch."""
+        """On the loop: answer the batch's requests; hand the idle worker a whole batch at
+        once (its task's turn would idle the thread; a partial one gathers more meanwhile),
+        or stage one; wake its task for the bookkeeping, after the answers' handlers."""
         ended = asyncio.get_running_loop().time()
         began = launched.started_at or launched.launched_at  # a staged batch's own start
         if launched.batch:
             lane.last_compute_s = result.compute_s
         launched.computed = True
         self._deliver(launched.batch, result, lane.runner, free=not lane.computing)
-        if stage and not lane.computing and self._queue.depth:
+        if stage and not lane.computing and self._queue.queued_samples >= self._whole_batch:
             taken = self._take_now(lane.runner, waited=False)
             if isinstance(taken, tuple):
                 self._launch(lane, taken)

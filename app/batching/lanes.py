@@ -24,8 +24,9 @@ from app.batching.queue import Pending, deadline_exceeded
 from app.batching.runner import BatchRunner
 
 #: A worker's next batch is staged behind its current one only where batches compute this
-#: long: a shorter one ends before a busy loop would have answered it anyway, and a batch
-#: staged early loses the requests that would have joined it.
+#: long, or where two whole batches already wait: a shorter one ends before a busy loop
+#: would have answered it anyway, and a partial batch staged early loses the requests that
+#: would have joined it.
 STAGE_AFTER_S = 0.001
 #: A batch taken from the queue, and when (loop time).
 Taken = tuple[list[Pending], float]

@@ -1,7 +1,8 @@
 """Staged batches (app/batching/lanes.py): under load a worker's next batch is queued on its
 thread while it computes, so the thread goes on to it without a turn of the event loop; a
 staged request whose deadline passes or whose caller goes away before it starts is not
-computed; and a model whose batches compute in microseconds never stages.
+computed; and a model whose batches compute in microseconds stages only when two whole
+batches wait (overload), never a batch that could still grow.
 
 The runner computes y = 2x + 1 and holds each batch until the test gives it a permit, so
 every state is reached by synchronisation. Blocking the event loop on purpose (a plain
@@ -56,11 +57,11 @@ class SteppedRunner:
 
 
 async def busy_worker(
-    runner: SteppedRunner, stage_after_s: float
+    runner: SteppedRunner, stage_after_s: float, max_batch_size: int = 1
 ) -> tuple[Batcher, asyncio.Future[dict[str, np.ndarray]]]:
-    """A batcher (batches of one request) whose worker computes a first request `head`,
-    held until the test steps it."""
-    batcher = Batcher("m/1", policy(max_batch_size=1), [runner])
+    """A batcher (batches of one request unless `max_batch_size` is larger) whose worker
+    computes a first request `head`, held until the test steps it."""
+    batcher = Batcher("m/1", policy(max_batch_size=max_batch_size), [runner])
     batcher.stage_after_s = stage_after_s
     batcher.start()
     head = asyncio.ensure_future(batcher.infer(rows(1)))
@@ -183,6 +184,29 @@ def test_a_staged_request_whose_caller_went_away_is_not_computed() -> None:
         np.testing.assert_array_equal((await after)["y"], rows(1, start=30)["x"] * 2 + 1)
         await asyncio.wait_for(head, WAIT_S)
         assert [float(b[0, 0]) for b in runner.batches] == [0.0, 10.0, 30.0]
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_a_quick_model_stages_when_two_whole_batches_wait() -> None:
+    # Under overload the loop's turn bounds a microsecond model's batches: with two whole
+    # batches (of 2) queued behind the one computing, the next is staged however quick it is.
+    async def scenario() -> None:
+        runner = SteppedRunner()
+        batcher, head = await busy_worker(runner, stage_after_s=3600.0, max_batch_size=2)
+        queued = [batcher.submit(rows(1, start=10 * (i + 1))) for i in range(6)]
+        await runner.next_computes()  # head ends: a batch of 2 computes, the next is staged
+        await asyncio.wait_for(head, WAIT_S)
+        runner.step()  # it ends, with the loop blocked
+        assert runner.began(), "the staged batch did not start while the loop was blocked"
+        runner.step()
+        await runner.wait_started()  # the last two, taken by the loop
+        runner.step()
+        results = await asyncio.gather(*queued)
+        for i, result in enumerate(results):
+            np.testing.assert_array_equal(result["y"], rows(1, start=10 * (i + 1))["x"] * 2 + 1)
+        assert [len(b) for b in runner.batches] == [1, 2, 2, 2]
         await batcher.close()
 
     run(scenario)
