@@ -2,6 +2,7 @@
 
     python -m load_tests.bench_ab --baseline main        # a git ref against the working tree
     python -m load_tests.bench_ab --env-b BATCHSERVE_METRICS=false   # one tree, two settings
+    python -m load_tests.bench_ab --baseline main --encodings json,binary,grpc
 
 Server A runs the code of `--baseline` (checked out into a temporary git worktree, run with
 this interpreter: the ref must need no package this environment lacks) or, without it, the
@@ -22,32 +23,46 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from load_tests.loadgen import LoadGenerator, client_session, prepare_request
+from load_tests.loadgen import LoadGenerator, Loops, client_session, prepare_request
+from load_tests.loadgen_grpc import GrpcLoadGenerator, open_channels, prepare_grpc_request
 from testing.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
+#: HTTP/2 connections the gRPC encoding spreads its calls over (as loadgen --channels).
+GRPC_CHANNELS = 4
 
 
 async def closed_loop(
-    server: ServerProcess, model: str, *, binary: bool, concurrency: int, seconds: float
+    server: ServerProcess, model: str, *, encoding: str, concurrency: int, seconds: float
 ) -> tuple[float, float]:
     """Requests/s of one window (after a short warm-up), and the server's CPU time per
     request in microseconds (less noisy than throughput on a shared machine: the load
-    generator's share of the cores does not count); raises on failures."""
-    url = server.url
-    async with client_session(concurrency) as http:
-        request = await prepare_request(http, url, model, rows=1, binary=binary)
-        generator = LoadGenerator(url, model, request)
-        await generator.closed_loop(http, concurrency, min(1.0, seconds))  # warm-up
+    generator's share of the cores does not count); raises on failures. `encoding`: json
+    or binary over REST, or grpc (ModelInfer with raw contents over GRPC_CHANNELS)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if encoding == "grpc":
+            session: Any = open_channels(server.grpc_target, GRPC_CHANNELS)
+            for channel in session:
+                stack.push_async_callback(channel.close)
+            grpc_request = await prepare_grpc_request(session[0], model, rows=1)
+            generator: Loops = GrpcLoadGenerator(grpc_request, 1)
+        else:
+            session = await stack.enter_async_context(client_session(concurrency))
+            request = await prepare_request(
+                session, server.url, model, rows=1, binary=encoding == "binary"
+            )
+            generator = LoadGenerator(server.url, model, request)
+        await generator.closed_loop(session, concurrency, min(1.0, seconds))  # warm-up
         cpu_before = cpu_seconds(server.pid)
         executions_before = server.metric("batchserve_executions_total", model=model)
-        result = await generator.closed_loop(http, concurrency, seconds)
+        result = await generator.closed_loop(session, concurrency, seconds)
         cpu = cpu_seconds(server.pid) - cpu_before
         executions = server.metric("batchserve_executions_total", model=model) - executions_before
     print(f"  mean batch {result.ok / max(executions, 1):.1f}", end="")
     if result.failures:
-        raise RuntimeError(f"{url}: {result.failures} failed responses: {result.summary()}")
+        raise RuntimeError(f"{server.url}: {result.failures} failed responses: {result.summary()}")
     return result.throughput, 1e6 * cpu / max(result.ok, 1)
 
 
@@ -104,7 +119,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--encodings", default="json,binary")
+    parser.add_argument("--encodings", default="json,binary", help="of json, binary, grpc")
     args = parser.parse_args()
     label_a = (
         f"A ({args.baseline or 'working tree'}{' ' + ' '.join(args.env_a) if args.env_a else ''})"
@@ -114,10 +129,13 @@ def main() -> None:
 
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(checkout(args.baseline)) if args.baseline else None
+        grpc = "grpc" in encodings
         servers = {
-            label_a: ServerProcess(args.model_repository, env=parse_env(args.env_a), source=source),
+            label_a: ServerProcess(
+                args.model_repository, env=parse_env(args.env_a), source=source, grpc=grpc
+            ),
             label_b: ServerProcess(
-                args.repository_b or args.model_repository, env=parse_env(args.env_b)
+                args.repository_b or args.model_repository, env=parse_env(args.env_b), grpc=grpc
             ),
         }
         for server in servers.values():
@@ -131,7 +149,7 @@ def main() -> None:
                     order.reverse()  # neither server always goes first
                 for name, server in order:
                     rps, cpu_us = asyncio.run(
-                        closed_loop(server, args.model, binary=encoding == "binary",
+                        closed_loop(server, args.model, encoding=encoding,
                                     concurrency=args.concurrency, seconds=args.duration)
                     )  # fmt: skip
                     rounds.setdefault((encoding, name), []).append(rps)
