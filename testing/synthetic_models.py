@@ -11,13 +11,15 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def _save(graph: onnx.GraphProto, path: Path) -> None:
-    """Check and write a graph as an opset-17 model (IR 8, loadable by any current ORT)."""
+def save_graph(graph: onnx.GraphProto, path: Path) -> Path:
+    """Check and write a graph as an opset-17 model (IR 8, loadable by any current ORT);
+    returns `path`."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
+    return path
 
 
 def write_sum_model(path: Path) -> None:
@@ -29,7 +31,7 @@ def write_sum_model(path: Path) -> None:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])],
         initializer=[numpy_helper.from_array(np.array([1], dtype=np.int64), "axis")],
     )
-    _save(graph, path)
+    save_graph(graph, path)
 
 
 def write_heavy_model(path: Path, width: int = 16, hidden: int = 2048, blocks: int = 16) -> None:
@@ -62,7 +64,7 @@ def write_heavy_model(path: Path, width: int = 16, hidden: int = 2048, blocks: i
             numpy_helper.from_array(weight(hidden, width), "w_out"),
         ],
     )
-    _save(graph, path)
+    save_graph(graph, path)
 
 
 def write_text_identity_model(path: Path) -> None:
@@ -73,7 +75,7 @@ def write_text_identity_model(path: Path) -> None:
         [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
         [helper.make_tensor_value_info("echo", TensorProto.STRING, ["batch"])],
     )
-    _save(graph, path)
+    save_graph(graph, path)
 
 
 def write_cnn_model(
@@ -125,7 +127,7 @@ def write_cnn_model(
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
         initializer=initializers,
     )
-    _save(graph, path)
+    save_graph(graph, path)
 
 
 def write_gather_model(path: Path, rows: int = 10, width: int = 4) -> None:
@@ -140,7 +142,7 @@ def write_gather_model(path: Path, rows: int = 10, width: int = 4) -> None:
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 1, width])],
         initializer=[numpy_helper.from_array(table, "table")],
     )
-    _save(graph, path)
+    save_graph(graph, path)
 
 
 def write_token_model(path: Path, vocab: int = 1000, width: int = 32) -> None:
@@ -181,7 +183,7 @@ def write_token_model(path: Path, vocab: int = 1000, width: int = 32) -> None:
             numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
         ],
     )
-    _save(graph, path)
+    save_graph(graph, path)
 
 
 def write_word_tokenizer(path: Path, words: list[str]) -> None:

@@ -19,6 +19,8 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
+from testing.synthetic_models import save_graph
+
 MAX_BATCH_SIZE = 8
 CONFIG = f"""\
 # Triton's example model {{name}} (testing/triton_models.py), for its example clients.
@@ -32,11 +34,7 @@ threads = 1
 
 
 def _save(graph: onnx.GraphProto, root: Path, name: str) -> None:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    (root / name / "1").mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(root / name / "1" / "model.onnx"))
+    save_graph(graph, root / name / "1" / "model.onnx")
     (root / name / "config.toml").write_text(CONFIG.format(name=name))
 
 

@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 from onnx import TensorProto, helper
 
 from testing.server_process import ServerProcess
-from testing.synthetic_models import _save, write_token_model, write_word_tokenizer
+from testing.synthetic_models import save_graph, write_token_model, write_word_tokenizer
 from testing.triton_models import write_repository
 from tests.conftest import DIGITS_ONNX, MODELS
 
@@ -37,7 +37,7 @@ def write_half_model(path: Path) -> None:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["batch", 4])],
     )
-    _save(graph, path)
+    save_graph(graph, path)
 
 
 def write_score_model(path: Path) -> None:
@@ -53,7 +53,7 @@ def write_score_model(path: Path) -> None:
         [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
         initializer=[helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])],
     )
-    _save(graph, path)
+    save_graph(graph, path)
 
 
 def repository(root: Path) -> Path:

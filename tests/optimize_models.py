@@ -11,6 +11,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from testing.synthetic_models import save_graph as write_graph
+
 FEATURES, HIDDEN1, HIDDEN2, CLASSES = 8, 32, 24, 4
 
 
@@ -29,16 +31,6 @@ def _save(
         initializer=[numpy_helper.from_array(v, k) for k, v in initializers.items()],
     )
     return write_graph(graph, path)
-
-
-def write_graph(graph: onnx.GraphProto, path: Path) -> Path:
-    """The graph as a checked opset-17 model file at `path`."""
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
 
 
 def mlp_weights(seed: int = 0) -> dict[str, np.ndarray]:

@@ -30,7 +30,7 @@ from app.repository.tuning_inputs import tuning_inputs
 from app.repository.tuning_result import Tuning
 from app.service import _layout
 from app.tensors import TensorSpec
-from testing.synthetic_models import _save, write_heavy_model
+from testing.synthetic_models import save_graph, write_heavy_model
 from tests.conftest import MODELS
 from tests.image_models import encoded, plain, write_colour_model
 
@@ -231,7 +231,7 @@ def write_batch_of_one_model(path: Path) -> None:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
         initializer=[numpy_helper.from_array(np.array([1, 4], dtype=np.int64), "shape")],
     )
-    _save(graph, path)
+    save_graph(graph, path)
 
 
 def test_a_model_whose_profile_fails_serves_on_the_defaults(

@@ -16,7 +16,7 @@ from app.errors import ModelLoadError
 from app.repository.config import load_model_config
 from app.repository.loader import ServingDefaults, load_version
 from app.repository.repository import ModelRepository
-from testing.synthetic_models import _save
+from testing.synthetic_models import save_graph
 from testing.triton_models import write_repository
 
 
@@ -33,7 +33,7 @@ def write_reshape_model(root: Path, config: str) -> Path:
         [helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", "columns"])],
     )  # fmt: skip
-    _save(graph, root / "reshape" / "1" / "model.onnx")
+    save_graph(graph, root / "reshape" / "1" / "model.onnx")
     (root / "reshape" / "config.toml").write_text(config)
     return root / "reshape"
 
