@@ -1,4 +1,4 @@
-"""The device check (issue 10): batchserve on cuda:0 against raw ONNX Runtime on the same GPU.
+"""The GPU check: batchserve on cuda:0 against raw ONNX Runtime on the same GPU.
 
 Serves digits and the text model (models/minilm v1, fp32) on cuda:0, each twice: batching on
 (dynamic batching up to 64, work-conserving) and off (max_batch_size = 0, each request alone).
@@ -10,7 +10,7 @@ Then, in one run:
      plain session.run: samples/s and the best batch size;
   3. served: p50 at concurrency 1 and saturation throughput (the best of a concurrency
      sweep, load from several load generator processes) with batching on and off;
-and prints one table with the issue's criteria (batching on >= 3x off on digits at
+and prints one table with its bars (batching on >= 3x off on digits at
 saturation; served >= 80% of raw ONNX Runtime at its best batch).
 
     python -m load_tests.gpu_check                         # on a GPU machine (gpu_check.sh)

@@ -1,20 +1,18 @@
 #!/usr/bin/env bash
-# The device check of issue 10: batchserve on cuda:0 of a lent GPU machine (H100/H200), run
-# through the device tool, against raw ONNX Runtime on the same GPU; prints one table.
+# The GPU check: batchserve on cuda:0 against raw ONNX Runtime on the same GPU, after the
+# CUDA tests (tests/gpu); prints one table. For a host without network, from the offline
+# bundle load_tests/gpu_transfer.py packs (the onnxruntime-gpu wheel, a few small wheels, the
+# text model), installed into a folder of its own ahead of the host's python3 packages; with
+# network, `make gpu-check` runs the same check from the project's .venv.
 #
-# The machine has python3 with torch, onnx, onnxruntime (CPU) and CUDA 13 as pip packages,
-# and no network; load_tests/gpu_transfer.py pack (here) splits what it lacks (the
-# onnxruntime-gpu wheel, a few small wheels, the text model) into parts for successive calls:
+#   bash load_tests/gpu_check.sh --receive     after each part copied in: keep it aside
+#   bash load_tests/gpu_check.sh [ARGS]        once every part is there: join, install,
+#                                              run tests/gpu and the check (ARGS go to
+#                                              load_tests/gpu_check.py)
+#   bash load_tests/gpu_check.sh --cpu [ARGS]  no GPU: the same check on the CPU with .venv
+#                                              (--quick for a small one; the suite runs it so)
 #
-#   bash load_tests/gpu_check.sh --receive     each call but the last: keep the carried part
-#   bash load_tests/gpu_check.sh [ARGS]        the last call: keep its part, join all, install
-#                                              into a folder of its own, run tests/gpu and
-#                                              the check (ARGS go to load_tests/gpu_check.py)
-#   bash load_tests/gpu_check.sh --cpu [ARGS]  here, no GPU: the same check on the CPU with
-#                                              .venv (--quick for a small one; the suite runs
-#                                              it so)
-#
-# README "GPU" has the device calls in order. Whole check: ~3 minutes of the 8 allowed.
+# README "Check it on a GPU" has the steps. Whole check: about 3 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STATE="${BATCHSERVE_GPU_STATE:-/tmp/batchserve-gpu}"

@@ -1,4 +1,4 @@
-"""The device check's three measurements (load_tests/gpu_check.py): correctness against ONNX
+"""The GPU check's three measurements (load_tests/gpu_check.py): correctness against ONNX
 Runtime on the CPU, raw ONNX Runtime per batch size on the device, and the served p50 at
 concurrency 1 and saturation sweep, with batching on and off."""
 

@@ -1,4 +1,4 @@
-"""The device check's models and data (load_tests/gpu_check.py): its settings, the model
+"""The GPU check's models and data (load_tests/gpu_check.py): its settings, the model
 repository it serves (each model twice, batching on and off), the digits rows and the text
 model's reference, and the binary v2 requests it sends and the responses it reads back."""
 

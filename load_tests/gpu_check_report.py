@@ -1,5 +1,5 @@
-"""The device check's results and report (load_tests/gpu_check.py): what it found per model,
-the one table it prints, and the issue's criteria."""
+"""The GPU check's results and report (load_tests/gpu_check.py): what it found per model,
+the one table it prints, and its bars."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def table_row(r: ModelResult) -> str:
 
 
 def criteria(results: list[ModelResult]) -> dict[str, Any]:
-    """The issue's bars: batching on >= 3x off on digits at saturation; served >= 80% of raw
+    """The check's bars: batching on >= 3x off on digits at saturation; served >= 80% of raw
     ONNX Runtime at its best batch (per model); outputs as the CPU's."""
     found: dict[str, Any] = {}
     for r in results:

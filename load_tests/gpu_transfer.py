@@ -1,21 +1,22 @@
-"""Carry what load_tests/gpu_check.sh needs to a lent GPU machine, in parts.
+"""An offline bundle for load_tests/gpu_check.sh, for a GPU host that cannot download.
 
-The device tool copies the working tree (plus named ignored paths) to the GPU machine, at
-most 64 MiB a call; nothing there can download. The check needs more: the onnxruntime-gpu
-wheel (~244 MiB), the few small wheels batchserve needs that the machine's image lacks, and
-the text model (models/minilm, ~87 MiB of fp32 ONNX, built here by `make text-model`). So:
+The check needs what a host without network may lack: the onnxruntime-gpu wheel (~244 MiB),
+the few small wheels batchserve needs beyond what such an image often has (torch's CUDA
+libraries as pip packages, numpy, onnx), and the text model (models/minilm, ~87 MiB of fp32
+ONNX, built by `make text-model`). The bundle is split into parts under 60 MiB, for links
+and media that limit the size of a file:
 
     here:   python3 load_tests/gpu_transfer.py pack
-            -> .gpu-transfer/part-00 .. part-NN (< 60 MiB each) and MANIFEST.json, and the
-               list of device calls to make, one part each, in a row (the machine stays
-               warm only ~30 s between calls)
-    there:  bash load_tests/gpu_check.sh --receive      (each call: keep the part it carried)
-            bash load_tests/gpu_check.sh                (the last call: join, install, check)
+            -> .gpu-transfer/part-00 .. part-NN and MANIFEST.json, and what to run there
+    there:  copy .gpu-transfer/ into the host's checkout of the project, then
+            bash load_tests/gpu_check.sh          (join, install, check)
+            or, one part at a time, `bash load_tests/gpu_check.sh --receive` after each
+            part arrives (it keeps the part outside the checkout), the last without it
 
-`receive` moves the carried part out of the working tree into the state folder (outside the
-repository, so later calls' copies of the tree leave it alone) and checks its sha256;
-`join` checks that every part is there, joins them, checks the whole and unpacks it. Both
-say which parts are still owed. Standard library only: it runs on the machine's python3.
+`receive` moves the parts found in .gpu-transfer/ into the state folder (outside the
+repository) and checks each sha256; `join` checks that every part is there, joins them,
+checks the whole and unpacks it. Both say which parts are still owed. Standard library
+only: it runs on the host's python3.
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ OUT = ROOT / ".gpu-transfer"
 STATE = Path(tempfile.gettempdir()) / "batchserve-gpu"
 MANIFEST = "MANIFEST.json"
 MIB = 1024 * 1024
-#: The device machine's python3 (KINDS.md: Python 3.12 on x86-64).
+#: The host's python3 the wheels are downloaded for (x86-64 Linux).
 PYTHON_VERSION = "3.12"
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64")  # fmt: skip
-#: What batchserve imports that the GPU machine's image lacks (KINDS.md lists what it has:
-#: numpy, onnx, tokenizers, prometheus-client, nvidia-ml-py, uvloop, anyio, h11, click,
-#: aiohttp, httpx, annotated-doc ...), at the versions of the lock. fastapi imports
+#: What batchserve imports beyond what a CUDA host's ML image commonly has (numpy, onnx,
+#: tokenizers, prometheus-client, nvidia-ml-py, uvloop, anyio, h11, click, aiohttp, httpx,
+#: annotated-doc ...), at the versions of the lock. fastapi imports
 #: opentelemetry-api; pydantic needs a typing-extensions newer than an image may have.
 WHEELS = ("onnxruntime-gpu", "fastapi", "starlette", "pydantic", "pydantic-core",
           "pydantic-settings", "python-dotenv", "uvicorn", "httptools", "orjson",
@@ -152,19 +153,22 @@ def join(state: Path) -> Path:
 
 
 def plan(manifest: dict[str, object], out: Path, root: Path = ROOT) -> str:
-    """The device calls to make, as the device tool takes them (paths from `root`)."""
+    """What to copy to the GPU host and run there, in order (paths from `root`): all the
+    parts at once, or one part at a time."""
     parts = manifest["parts"]
     assert isinstance(parts, list)
     rel = out.relative_to(root) if out.is_relative_to(root) else out
-    lines = [f"{len(parts)} parts, {manifest['bytes'] / MIB:.1f} MiB; device calls, in a row "
-             "(status first; the machine stays warm ~30 s between calls):"]  # fmt: skip
+    lines = [
+        f"{len(parts)} parts, {manifest['bytes'] / MIB:.1f} MiB. On the GPU host, in a "
+        "checkout of this project:",
+        f"  copy {rel}/ there whole, then run: bash load_tests/gpu_check.sh",
+        "or, one part at a time:",
+    ]
     for i, entry in enumerate(parts):
         last = i == len(parts) - 1
         command = "bash load_tests/gpu_check.sh" + ("" if last else " --receive")
-        carry = [f"{rel}/{entry['name']}", f"{rel}/{MANIFEST}"]
-        timeout = ", timeout_s=540" if last else ", timeout_s=120"
-        lines.append(f"  run(command={command!r}, carry={json.dumps(carry)}{timeout})")
-    lines.append("then give_back; the table is at the end of the last call's output.")
+        lines.append(f"  copy {rel}/{entry['name']} {rel}/{MANIFEST}, then run: {command}")
+    lines.append("The table is at the end of the last command's output.")
     return "\n".join(lines)
 
 

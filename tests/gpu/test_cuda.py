@@ -4,7 +4,7 @@ reports the GPU in metadata, worker info and NVML metrics.
 
 Skipped, saying why, where no session gets CUDAExecutionProvider (onnxruntime-gpu lists the
 provider even on machines without a GPU, so a real session decides). load_tests/gpu_check.sh
-runs these on a lent GPU machine besides its measurements.
+runs these on the GPU host besides its measurements.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""load_tests/gpu_check.sh --cpu: the GPU device check's whole flow, run on the CPU with a
-tiny budget (real server, real load generators, raw ONNX Runtime), so the script a lent GPU
+"""load_tests/gpu_check.sh --cpu: the GPU check's whole flow, run on the CPU with a
+tiny budget (real server, real load generators, raw ONNX Runtime), so the script a GPU
 machine runs is known to work up to what only a GPU changes: the device, and the numbers.
 """
 
