@@ -90,7 +90,7 @@ def summarize(started: float, cycles: list[Cycle]) -> dict[str, Any]:
     loaded = [c.loaded_mib for c in cycles]
     unloaded = [c.unloaded_mib or 0.0 for c in cycles]
     before = [started, *loaded[:-1]]
-    give_back = [
+    returned = [
         (previous - low) / (high - low)
         for previous, low, high in zip(before, unloaded, loaded, strict=True)
         if high > low
@@ -107,8 +107,8 @@ def summarize(started: float, cycles: list[Cycle]) -> dict[str, Any]:
         "unexpected": sum(len(c.unexpected) for c in cycles),
         "slope_mib": slope,
         "slope_share": slope / statistics.fmean(tail),
-        "give_back_median": statistics.median(give_back),
-        "give_back_min": min(give_back),
+        "returned_median": statistics.median(returned),
+        "returned_min": min(returned),
         "load_cost_mib": statistics.median(h - lo for h, lo in zip(loaded, unloaded, strict=True)),
     }
 
@@ -192,8 +192,8 @@ def report(data: dict[str, Any]) -> str:
         lines.append(
             f"| {model} | {row['started_mib']:.0f} MiB | {row['loaded_mib'][0]:.0f} MiB | "
             f"{row['loaded_mib'][-1]:.0f} MiB | {row['slope_mib']:+.2f} MiB/cycle "
-            f"({row['slope_share']:+.3%}) | {row['give_back_median']:.0%}, "
-            f"{row['give_back_min']:.0%} of {row['load_cost_mib']:.0f} MiB | "
+            f"({row['slope_share']:+.3%}) | {row['returned_median']:.0%}, "
+            f"{row['returned_min']:.0%} of {row['load_cost_mib']:.0f} MiB | "
             f"{row['threads'][0]}, {row['threads'][-1]} | {row['statuses']['200']} / "
             f"{row['statuses']['503']} / {row['unexpected']} |"
         )
@@ -211,7 +211,7 @@ def report(data: dict[str, Any]) -> str:
             lines.append(
                 f"| {model} | {name} | {row['loaded_mib'][0]:.0f} MiB | "
                 f"{row['loaded_mib'][-1]:.0f} MiB | {unloaded[0]:.0f} -> {unloaded[-1]:.0f} "
-                f"MiB | {row['slope_mib']:+.2f} MiB/cycle | {row['give_back_median']:.0%} |"
+                f"MiB | {row['slope_mib']:+.2f} MiB/cycle | {row['returned_median']:.0%} |"
             )
     lines += [
         "",
