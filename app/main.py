@@ -55,12 +55,7 @@ def create_app(settings: Settings | None = None) -> Application:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        heartbeat = LoopHeartbeat(
-            stall_s=settings.liveness_stall_s, not_ready=service.not_ready_reason
-        )
-        heartbeat.start(asyncio.get_running_loop())
-        service.on_drain(heartbeat.beat_now)
-        side = _start_side_listener(service, heartbeat)
+        side = _start_side_listener(service)
         grpc_server = (
             await _start_grpc(service, dataplane=dataplane, control=control, policy=policy)
             if settings.grpc_port
@@ -69,7 +64,8 @@ def create_app(settings: Settings | None = None) -> Application:
 
         async def load() -> None:
             await service.load()
-            heartbeat.beat_now()  # ready on the side port as soon as the log says so
+            if side is not None:
+                side.heartbeat.beat_now()  # ready on the side port as soon as the log says
             if grpc_server is not None:
                 await grpc_server.health.update()
 
@@ -84,7 +80,6 @@ def create_app(settings: Settings | None = None) -> Application:
             await service.close()
             if side is not None:
                 side.close()
-            heartbeat.stop()
             json_pool.shutdown()
             log.info("batchserve stopped: every queued request was served")
 
@@ -130,13 +125,15 @@ def access_policy(settings: Settings) -> AccessPolicy:
     return AccessPolicy(api_token=api, management_token=management)
 
 
-def _start_side_listener(
-    service: InferenceService, heartbeat: LoopHeartbeat
-) -> SideListener | None:
-    """/metrics and the probes on --metrics-port, when it is set."""
+def _start_side_listener(service: InferenceService) -> SideListener | None:
+    """/metrics and the probes on --metrics-port, when it is set, with the loop's heartbeat
+    (beaten at once on drain, so readiness there turns 503 with the main port's)."""
     settings = service.settings
     if settings.metrics_port is None:
         return None
+    heartbeat = LoopHeartbeat(stall_s=settings.liveness_stall_s, not_ready=service.not_ready_reason)
+    heartbeat.start(asyncio.get_running_loop())
+    service.on_drain(heartbeat.beat_now)
     side = start_side_listener(
         host=settings.host,
         port=settings.metrics_port,

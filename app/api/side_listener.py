@@ -102,9 +102,11 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
 
 class SideListener:
-    """The WSGI server on --metrics-port and the thread that accepts its connections."""
+    """The WSGI server on --metrics-port, the thread that accepts its connections, and the
+    heartbeat its probes read."""
 
-    def __init__(self, *, host: str, port: int, app: WSGIApp) -> None:
+    def __init__(self, *, host: str, port: int, app: WSGIApp, heartbeat: LoopHeartbeat) -> None:
+        self.heartbeat = heartbeat
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_class = type("SideServer", (_ThreadingServer,), {"address_family": family})
         self._server: WSGIServer = make_server(
@@ -120,6 +122,8 @@ class SideListener:
         return int(self._server.server_port)
 
     def close(self) -> None:
+        """Stop answering (on the loop: the heartbeat stops too)."""
+        self.heartbeat.stop()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
@@ -129,4 +133,5 @@ def start_side_listener(
     *, host: str, port: int, registry: CollectorRegistry, heartbeat: LoopHeartbeat
 ) -> SideListener:
     """Serve /metrics and the probes on host:port; the heartbeat must be started on the loop."""
-    return SideListener(host=host, port=port, app=probe_app(heartbeat, make_wsgi_app(registry)))
+    app = probe_app(heartbeat, make_wsgi_app(registry))
+    return SideListener(host=host, port=port, app=app, heartbeat=heartbeat)

@@ -13,7 +13,7 @@ from typing import Any
 from app import __version__
 from app.errors import InvalidInputError, ModelLoadError, NotFoundError, PermissionDeniedError
 from app.metrics import ModelStatistics, ServerMetrics
-from app.repository import LoadedVersion, ModelRepository
+from app.repository import ModelRepository
 from app.repository.triton_config import model_config
 
 #: The v2 extensions this server implements, as GET /v2 and ServerMetadata list them.
@@ -68,7 +68,7 @@ class ControlPlane:
 
     def model_config(self, model: str, version: str | None) -> dict[str, Any]:
         """Triton's model configuration (perf_analyzer and Model Analyzer read it)."""
-        return model_config(self._loaded(model, version))
+        return model_config(self._repository.version(model, version))
 
     def statistics(self, model: str | None, version: str | None) -> list[dict[str, Any]]:
         """Triton's `model_stats` for one version, every version of a model, or everything."""
@@ -78,7 +78,7 @@ class ControlPlane:
         elif version is None:
             targets = [(model, v) for v in sorted(self._repository.entry(model).versions)]
         else:
-            targets = [(model, self._loaded(model, version).version)]
+            targets = [(model, self._repository.version(model, version).version)]
         stats = []
         for name, v in targets:
             metrics = self._metrics.known(name, v)
@@ -86,9 +86,6 @@ class ControlPlane:
                 (metrics.statistics if metrics else ModelStatistics(name, str(v))).as_dict()
             )
         return stats
-
-    def _loaded(self, model: str, version: str | None) -> LoadedVersion:
-        return self._repository.version(model, version)
 
     # -- the repository -------------------------------------------------------------------
 

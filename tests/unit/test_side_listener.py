@@ -74,9 +74,8 @@ def side() -> Iterator[Side]:
     try:
         yield side
     finally:
+        side.loop.close()  # first: the heartbeat's timer is then cancelled on a stopped loop
         side.listener.close()
-        side.loop.call(side.heartbeat.stop)
-        side.loop.close()
 
 
 def test_liveness_fails_while_the_loop_is_wedged_and_returns_after(side: Side) -> None:
