@@ -149,4 +149,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """The container check's step timings, where it ran (test_container_image.py)."""
     if TIMINGS:
         steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in TIMINGS.items())
-        terminalreporter.write_line(f"container check (podman, stand-in bases): {steps}")
+        terminalreporter.write_line(
+            "container check (podman) on stand-in bases, not the real ones: Debian bookworm's "
+            f"Python 3.11.2 for python:3.11-slim, uv's wheel for the uv image: {steps}"
+        )
