@@ -46,7 +46,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     # The server is imported here, not at the top: worker processes that multiprocessing
     # starts (app.api.json_pool) re-import this console script, and should not pay for
-    # importing the whole server (0.8 s of a core each).
+    # importing the whole server (a noticeable amount of core time each).
     import uvicorn
 
     from app.api.guard import ConnectionGuard, HttpLimits, raise_open_files_limit

@@ -1,7 +1,7 @@
 """Large JSON request bodies are parsed in a process of their own.
 
-The JSON parser and numpy's list conversion hold the GIL for as long as they run (measured
-here: 0.2 s and 0.08 s for a 63 MB body), so a worker thread would still stop the event
+The JSON parser and numpy's list conversion hold the GIL for as long as they run (a
+noticeable while for a large body), so a worker thread would still stop the event
 loop, probes included, for that long. A separate process parses it. The body goes to it
 straight from its receive buffer through a pipe (the writes release the GIL), not through
 ProcessPoolExecutor, whose pickling copies the body twice with the GIL held; only the

@@ -3,8 +3,8 @@ staged behind it.
 
 Under load a worker's next batch is taken while it still computes the current one and queued
 on its thread (staged), so the thread goes from one batch to the next without waiting for a
-turn of the event loop, which on a busy server answers a finished batch's callback late: a
-2-instance image model in batches of 1 sat idle 14% of the time between batches, and 3% once
+turn of the event loop, which on a busy server answers a finished batch's callback late: an
+image model's workers sat idle a sizeable share of the time between batches, far less once
 staged. A staged batch is checked again as it starts, in the worker's thread: a request whose
 deadline passed meanwhile is answered 504, uncomputed, and one whose caller went away is
 dropped, as they would have been in the queue.

@@ -213,12 +213,11 @@ class InstanceConfig(Strict):
     def resolved_threads(self) -> int:
         """Threads per session; by default the cores shared out among this line's workers.
 
-        Measured on a 2-core machine (load_tests/bench.py, load generator on the same cores):
-        one 2-thread worker served a compute-bound CNN at 94-95% of raw ONNX Runtime's best
-        and a medium one at 78%, with batch-1 latency 1.8x lower than two 1-thread workers,
-        whose saturation throughput was the same (heavy) or 3% higher (medium). Half the
-        cores (the earlier default) left compute-bound models at half speed. Tiny models
-        (digits) are faster on 1 thread (0.015 vs 0.046 ms per batch-1 run): set threads = 1.
+        Measured with load_tests/bench.py (load_tests/report/REPORT.md): one worker with
+        every core's threads served compute-bound models close to raw ONNX Runtime's best,
+        with markedly lower batch-1 latency than 1-thread workers, whose saturation throughput
+        was about the same. Half the cores (the earlier default) left compute-bound models
+        markedly slower. Tiny models (digits) are faster on 1 thread: set threads = 1.
         """
         if self.threads is not None:
             return self.threads
