@@ -17,10 +17,10 @@ from app.metrics import (
     WorkerInfo,
 )
 from app.repository import LoadedVersion, ModelRepository, ModelState, ServingDefaults
-from app.repository.autotune import TuneSettings
 from app.repository.poller import RepositoryPoller
 from app.repository.state import UNLOADED
 from app.settings import Settings
+from app.tuning.at_load import TuneSettings
 
 log = logging.getLogger("batchserve")
 

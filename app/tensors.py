@@ -8,6 +8,7 @@ importing one another.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,3 +82,9 @@ def numpy_dtype(datatype: str) -> np.dtype[np.generic]:
 def triton_data_type(datatype: str) -> str:
     """Triton's model configuration name of a v2 datatype: TYPE_FP32, ..., TYPE_STRING."""
     return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+
+
+def fixed_batch_input(specs: Sequence[TensorSpec]) -> TensorSpec | None:
+    """The first input whose first axis is fixed (or a scalar), or None: a model batches
+    only where every input's first axis is dynamic."""
+    return next((spec for spec in specs if not spec.shape or spec.shape[0] >= 0), None)

@@ -37,8 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.profile.recommend import Layout, Recommendation
 from app.profile.write import apply
+from app.tuning.plan import Plan
+from app.tuning.points import Layout
 from load_tests.loadgen import LoadGenerator, PreparedRequest, client_session, prepare_request
 from testing.server_process import ServerProcess
 
@@ -101,9 +102,10 @@ def profile(subject: Subject, root: Path, out: Path) -> dict[str, Any]:
 
 def sweep_config(shipped: str, layout: Layout, max_batch_size: int) -> str:
     """The shipped config with only the swept keys changed (the same editor as --write)."""
-    choice = Recommendation(
+    choice = Plan(
         target_ms=0.0, target_source="sweep", layout=layout, max_batch_size=max_batch_size,
-        preferred_batch_sizes=[], throughput_sps=0.0, latency_ms_p50=0.0, meets_target=True,
+        batch_size=max_batch_size, preferred_batch_sizes=[], throughput_sps=0.0,
+        latency_ms_p50=0.0, meets_target=True,
     )  # fmt: skip
     return apply(shipped, choice, "cpu")
 

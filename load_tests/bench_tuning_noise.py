@@ -16,19 +16,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.profile import measure
-from app.profile.recommend import DEFAULT_MAX_BATCH_SIZE, recommend
-from app.repository.autotune import (
-    CPU_PASSES,
-    SERVING_COST_PER_BATCH_MS,
-    TuneSettings,
-    chosen_tuning,
-    one_pass_settings,
-    split_passes,
-)
-from app.repository.config import ModelConfig
 from app.runtime import OnnxInstance
-from app.timing import Feeds
+from app.tuning import measure
+from app.tuning.at_load import CPU_PASSES, TuneSettings, one_pass_settings, split_passes
+from app.tuning.plan import DEFAULT_MAX_BATCH_SIZE, SERVING_COST_PER_BATCH_MS, plan
+from app.tuning.timing import Feeds
 from load_tests.bench_zero_config import CASES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,10 +62,8 @@ def tunings(path: Path, runs: int) -> dict[str, Runs]:
     for run in range(runs):
         for name, settings in variants.items():
             points = measure.profile(path, settings, feeds).points
-            chosen = recommend(points, None, True)
-            tuning = chosen_tuning(chosen, points, ModelConfig(), batching=True,
-                                   inputs="synthetic inputs", device="cpu")  # fmt: skip
-            found[name].picks.append(f"{tuning.count}x{tuning.threads}/{tuning.batch_size}")
+            chosen = plan(points)
+            found[name].picks.append(f"{chosen.layout.label}/{chosen.batch_size}")
             for p in points:
                 served = p.batch_size / (p.latency_ms_p50 + SERVING_COST_PER_BATCH_MS)
                 found[name].served[(p.layout.label, p.batch_size)].append(served)

@@ -34,7 +34,7 @@ class VersionGauges:
     inflight: int
     queue_bytes: int = 0
     workers: tuple[WorkerInfo, ...] = ()
-    #: Where its layout came from and what it is (app.repository.tuning_result.Tuning), if known.
+    #: Where its layout came from and what it is (app.tuning.result.Tuning), if known.
     tuning: TuningInfo | None = None
 
 

@@ -25,7 +25,7 @@ from app.optimize.errors import OptimizeError
 from app.optimize.versions import model_files
 from app.runtime import OnnxInstance
 from app.tensors import TensorSpec
-from app.timing import Window, time_window, warm_up
+from app.tuning.timing import Window, time_window, warm_up
 
 #: Samples per run when computing outputs over a whole data set (models with a dynamic batch).
 EVAL_CHUNK = 256
@@ -225,7 +225,7 @@ def benchmark(
     instances: dict[str, OnnxInstance], data: Dataset, settings: BenchSettings
 ) -> dict[str, list[BatchPerf]]:
     """Latency and throughput of every instance per batch size, measured interleaved: each
-    round times every instance for one window (app.timing), in a rotated order."""
+    round times every instance for one window (app.tuning.timing), in a rotated order."""
     names = list(instances)
     results: dict[str, list[BatchPerf]] = {name: [] for name in names}
     for size in settings.batch_sizes:

@@ -13,7 +13,9 @@ from typing import Any
 
 from app.optimize.errors import OptimizeError
 from app.profile.errors import ProfileError
-from app.profile.recommend import DEFAULT_MAX_BATCH_SIZE, DEFAULT_SEQUENCE_LENGTH, Layout
+from app.tuning.errors import TuningError
+from app.tuning.plan import DEFAULT_MAX_BATCH_SIZE, DEFAULT_SEQUENCE_LENGTH
+from app.tuning.points import Layout
 
 EXIT_ERROR = 1
 
@@ -29,12 +31,15 @@ def add_parser(commands: Any) -> None:
         "latency target, and with --write put them into the model's config.toml. Writes "
         "profile.md, profile.json and profile.png to --out. The plot and --write need the "
         "optimize extra: pip install 'batchserve[optimize]'.",
-        epilog="Rule: a batch may compute for at most half the latency target (at saturation "
-        "a request waits for about one batch and computes in the next); the layout with the "
-        "best throughput within that bound wins (past 20,000 samples/s, more than the HTTP "
-        "path carries, layouts tie and fewer instances win); max_batch_size is its largest "
-        "batch within the bound; preferred sizes are those within 3% of its best "
-        "throughput. Default target: max(10 x batch-1 latency, 5 ms). Exit status: 0 done, "
+        epilog="Rule (the one tuning at load uses): a batch may compute for at most half the "
+        "latency target (at saturation a request waits for about one batch and computes in "
+        "the next); the layout with the best throughput within that bound wins (past 20,000 "
+        "samples/s, more than the HTTP path carries, layouts tie and fewer instances win); "
+        "the batch the server forms is, among the layout's batches within the bound (25 ms "
+        "at least on a CPU with the default target), the largest (one instance) or the "
+        "middle one (several) of those within 5% of the best served throughput; "
+        "max_batch_size is that batch on a CPU, the largest within the bound on a GPU, 32 at "
+        "least. Default target: max(10 x batch-1 latency, 5 ms). Exit status: 0 done, "
         "1 error, 2 bad arguments.",
     )
     parser.add_argument("model", help="model name (its directory in the repository)")
@@ -103,13 +108,13 @@ def add_parser(commands: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     try:
         return _profile(args)
-    except (ProfileError, OptimizeError) as exc:
+    except (ProfileError, TuningError, OptimizeError) as exc:
         print(f"batchserve profile: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
 
 
 def _layouts(text: str | None, device: str, cores: int) -> tuple[Layout, ...]:
-    from app.profile.measure import default_layouts
+    from app.tuning.measure import default_layouts
 
     if text is None:
         return default_layouts(device, cores)
@@ -126,11 +131,13 @@ def _profile(args: argparse.Namespace) -> int:
     from app.errors import ModelLoadError
     from app.optimize import versions
     from app.optimize.errors import require
-    from app.profile import measure, report
-    from app.profile.recommend import recommend
+    from app.profile import report
     from app.profile.write import write_config
     from app.repository.config import load_model_config
-    from app.timing import Stability
+    from app.tensors import fixed_batch_input
+    from app.tuning import measure
+    from app.tuning.plan import plan
+    from app.tuning.timing import Stability
 
     if args.device != "cpu" and not re.fullmatch(r"cuda:\d+", args.device):
         raise ProfileError(f"--device {args.device!r}: use 'cpu' or 'cuda:N' (N = GPU index)")
@@ -157,8 +164,8 @@ def _profile(args: argparse.Namespace) -> int:
     cores = measure.cpu_cores()
     layouts = _layouts(args.layouts, args.device, cores)
     specs = measure.open_instances(path, args.device, Layout(1, 1))[0].inputs
-    fixed = [s for s in specs if not s.shape or s.shape[0] >= 0]
-    batching = not fixed
+    fixed = fixed_batch_input(specs)
+    batching = fixed is None
     variable = any(d < 0 for s in specs for d in s.shape[1:])
     sequence_length = None
     if args.data is not None:
@@ -183,7 +190,7 @@ def _profile(args: argparse.Namespace) -> int:
         extra = [*config.batching.preferred_batch_sizes, config.max_batch_size or 0]
         sizes = measure.batch_sizes(args.max_batch_size or DEFAULT_MAX_BATCH_SIZE, extra)
     else:
-        sizes = (fixed[0].shape[0] if fixed[0].shape else 1,)
+        sizes = (fixed.shape[0] if fixed is not None and fixed.shape else 1,)
     settings = measure.ProfileSettings(
         device=args.device,
         layouts=layouts,
@@ -217,9 +224,10 @@ def _profile(args: argparse.Namespace) -> int:
                   "counts):", file=sys.stderr, flush=True)  # fmt: skip
 
     result = measure.profile(path, settings, feeds_for, progress, pass_started)
-    recommendation = recommend(result.points, args.latency_target_ms, batching)
+    recommendation = plan(result.points, batching=batching, device=args.device,
+                          target_ms=args.latency_target_ms)  # fmt: skip
     if args.device == "cpu":
-        from app.repository.low_load import for_lone_requests
+        from app.tuning.low_load import for_lone_requests
 
         print(" lone requests: spinning, and a low-load-only instance", file=sys.stderr)
         recommendation = for_lone_requests(path, recommendation, result.points, feeds_for,

@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from app.profile.measure import Profile
-from app.profile.recommend import Point, Recommendation
+from app.tuning.measure import Profile
+from app.tuning.plan import Plan
+from app.tuning.points import Point
 
 PROFILE_SCHEMA = "batchserve.profile/1"
 
@@ -27,7 +28,7 @@ class Context:
     data: str
 
 
-def to_dict(context: Context, result: Profile, recommendation: Recommendation) -> dict[str, Any]:
+def to_dict(context: Context, result: Profile, recommendation: Plan) -> dict[str, Any]:
     rec = asdict(recommendation)
     rec["layout"] = {"count": recommendation.layout.count, "threads": recommendation.layout.threads}
     return {
@@ -50,7 +51,7 @@ def to_json(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
-def instance_tables(recommendation: Recommendation, device: str) -> list[dict[str, Any]]:
+def instance_tables(recommendation: Plan, device: str) -> list[dict[str, Any]]:
     """The recommendation's `[[instances]]` lines for `device`: its layout (spinning where
     chosen), then the low-load-only instance where there is one."""
     layout = recommendation.layout
@@ -67,7 +68,7 @@ def instance_tables(recommendation: Recommendation, device: str) -> list[dict[st
     return [main, low_load]
 
 
-def config_snippet(recommendation: Recommendation, device: str) -> str:
+def config_snippet(recommendation: Plan, device: str) -> str:
     """The recommendation as the config.toml lines it stands for."""
     lines = []
     if recommendation.max_batch_size is not None:
@@ -85,7 +86,7 @@ def config_snippet(recommendation: Recommendation, device: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_markdown(context: Context, result: Profile, recommendation: Recommendation) -> str:
+def to_markdown(context: Context, result: Profile, recommendation: Plan) -> str:
     bound = recommendation.target_ms / 2
     length = context.sequence_length
     length_text = "" if length is None else f", sequence length {length}"
@@ -101,10 +102,7 @@ def to_markdown(context: Context, result: Profile, recommendation: Recommendatio
         "|---|---:|---:|---:|---:|:---:|:---:|",
     ]
     for p in result.points:
-        chosen = (
-            p.layout == recommendation.layout
-            and p.batch_size in recommendation.preferred_batch_sizes
-        )
+        chosen = p.layout == recommendation.layout and p.batch_size == recommendation.batch_size
         lines.append(
             f"| {p.layout.label} | {p.batch_size}{' *' if chosen else ''} | "
             f"{p.latency_ms_p50:.3f} | {p.latency_ms_p90:.3f} | {p.throughput_sps:,.0f} | "
@@ -115,7 +113,7 @@ def to_markdown(context: Context, result: Profile, recommendation: Recommendatio
     lines += [
         "",
         f"Latency target T = {recommendation.target_ms:.3g} ms ({recommendation.target_source}); "
-        f"a batch may compute for T/2 = {bound:.3g} ms. * = preferred sizes.",
+        f"a batch may compute for T/2 = {bound:.3g} ms. * = the batch the server forms.",
         "",
         f"Recommended: {layout.count} instance(s) x {layout.threads} thread(s)"
         + (" (spinning)" if recommendation.spinning else "")
@@ -126,8 +124,8 @@ def to_markdown(context: Context, result: Profile, recommendation: Recommendatio
             else ""
         )
         + (
-            f", max_batch_size {recommendation.max_batch_size}, preferred_batch_sizes "
-            f"{recommendation.preferred_batch_sizes}"
+            f", batches of {recommendation.batch_size}, max_batch_size "
+            f"{recommendation.max_batch_size}"
             if recommendation.max_batch_size is not None
             else " (the model's batch axis is fixed: max_batch_size stays as it is)"
         )
@@ -138,7 +136,7 @@ def to_markdown(context: Context, result: Profile, recommendation: Recommendatio
     return "\n".join(lines)
 
 
-def plot(context: Context, result: Profile, recommendation: Recommendation, path: Path) -> None:
+def plot(context: Context, result: Profile, recommendation: Plan, path: Path) -> None:
     """Latency and throughput against batch size, a line per layout (matplotlib, imported
     here: only the plot needs it)."""
     import matplotlib

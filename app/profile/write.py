@@ -20,15 +20,15 @@ from pydantic import ValidationError
 
 from app.optimize.errors import require
 from app.profile.errors import ProfileError
-from app.profile.recommend import Recommendation
 from app.profile.report import instance_tables
 from app.repository.config import CONFIG_FILE, ModelConfig
+from app.tuning.plan import Plan
 
 #: Inline comment on keys that --write adds (keys it replaces keep their own comments).
 MARK = "batchserve profile"
 
 
-def apply(text: str, recommendation: Recommendation, device: str) -> str:
+def apply(text: str, recommendation: Plan, device: str) -> str:
     """`text` (a config.toml, possibly empty) with the recommendation in it."""
     require("tomlkit", "batchserve profile --write")
     import tomlkit
@@ -111,7 +111,7 @@ def validate(text: str, path: Path) -> ModelConfig:
     )
 
 
-def write_config(model_dir: Path, recommendation: Recommendation, device: str) -> Path:
+def write_config(model_dir: Path, recommendation: Plan, device: str) -> Path:
     """Apply the recommendation to `<model_dir>/config.toml` (created if absent)."""
     path = model_dir / CONFIG_FILE
     try:

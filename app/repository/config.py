@@ -35,9 +35,6 @@ from app.runtime.providers import CUDA, NVIDIA_PROVIDERS, TENSORRT, known_provid
 
 CONFIG_FILE = "config.toml"
 
-#: max_batch_size given to a model with no config whose graph has a dynamic first axis.
-AUTO_MAX_BATCH_SIZE = 32
-
 
 class CudaConfig(Strict):
     """`[instances.cuda]`: CUDAExecutionProvider settings of a GPU instance, under ONNX

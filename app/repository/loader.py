@@ -10,17 +10,19 @@ from pathlib import Path
 
 from app.batching import Batcher, BatchingPolicy, BatchObserver
 from app.errors import ModelLoadError
-from app.repository.autotune import TuneSettings, tune
-from app.repository.config import AUTO_MAX_BATCH_SIZE, ModelConfig
+from app.repository.autotune import apply_tuning, tune_version
+from app.repository.config import ModelConfig
 from app.repository.image import build_image_stage, load_labels
 from app.repository.instances import build_instances
 from app.repository.model_files import check_model_files
 from app.repository.padding import build_padding_plan
+from app.repository.samples import load_sample, tuning_samples
 from app.repository.state import LoadedVersion
 from app.repository.text import build_text_stage
-from app.repository.tuning_inputs import tuning_inputs
-from app.repository.warmup import load_sample, warm_up
-from app.tensors import TensorSpec
+from app.repository.warmup import warm_up
+from app.tensors import TensorSpec, fixed_batch_input
+from app.tuning.at_load import TuneSettings
+from app.tuning.plan import AUTO_MAX_BATCH_SIZE
 
 MODEL_FILE = "model.onnx"
 
@@ -38,11 +40,10 @@ class ServingDefaults:
 
 def resolve_max_batch_size(config: ModelConfig, inputs: tuple[TensorSpec, ...]) -> int:
     """The config's max_batch_size checked against the graph, or the auto-complete default."""
-    fixed = [s for s in inputs if not s.shape or s.shape[0] >= 0]
+    spec = fixed_batch_input(inputs)
     if config.max_batch_size is None:
-        return 0 if fixed else AUTO_MAX_BATCH_SIZE
-    if config.max_batch_size > 0 and fixed:
-        spec = fixed[0]
+        return 0 if spec else AUTO_MAX_BATCH_SIZE
+    if config.max_batch_size > 0 and spec:
         raise ModelLoadError(
             f"max_batch_size = {config.max_batch_size} needs a dynamic first (batch) axis, but "
             f"input '{spec.name}' has shape {list(spec.shape)}; set max_batch_size = 0 or "
@@ -65,11 +66,11 @@ def load_version(
     check_model_files(model_path, version_dir)
     label = f"model {model} v{version}"
     model_dir = version_dir.parent
-    tuning = tune(
+    tuning = tune_version(
         model_path, config, settings=defaults.tuning, label=label,
-        inputs=tuning_inputs(config, model_dir, max_image_pixels=defaults.max_image_pixels),
+        samples=tuning_samples(config, model_dir, max_image_pixels=defaults.max_image_pixels),
     )  # fmt: skip
-    config = tuning.apply(config)
+    config = apply_tuning(tuning, config)
     instances = build_instances(model, version, model_path, config)
     first = instances[0]
     max_batch_size = resolve_max_batch_size(config, first.inputs)

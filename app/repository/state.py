@@ -11,9 +11,9 @@ from app.batching import Batcher
 from app.preprocess import TextStage
 from app.preprocess.image import ImageStage
 from app.repository.config import ModelConfig
-from app.repository.tuning_result import Tuning
 from app.runtime import OnnxInstance
 from app.tensors import TensorSpec
+from app.tuning.result import Tuning
 
 #: The reason an index row gives for a model unloaded on request (Triton's wording).
 UNLOADED = "unloaded"

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from app.errors import ModelLoadError
-from app.repository.sections import WarmupConfig
 from app.runtime import OnnxInstance
-from app.tensors import TensorSpec, numpy_dtype
 
 log = logging.getLogger(__name__)
 
@@ -43,41 +40,3 @@ def warm_up(
                 label, instance.label, exc,
             )  # fmt: skip
             return
-
-
-def load_sample(
-    config: WarmupConfig | None, model_dir: Path, inputs: Sequence[TensorSpec]
-) -> dict[str, np.ndarray] | None:
-    """The `[warmup]` sample as model inputs (checked against their specs), or None."""
-    if config is None:
-        return None
-    path = (model_dir / config.file).resolve()
-    if model_dir.resolve() not in path.parents or not path.is_file():
-        raise ModelLoadError(
-            f"warmup.file '{config.file}' is not a file inside {model_dir}; put the .npz "
-            "next to config.toml"
-        )
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except Exception as exc:  # not an .npz, or object arrays (which would need pickle)
-        raise ModelLoadError(f"warmup.file {path} is not a NumPy .npz of arrays: {exc}") from None
-    names = [spec.name for spec in inputs]
-    if sorted(arrays) != sorted(names):
-        raise ModelLoadError(
-            f"warmup.file {path} holds arrays {sorted(arrays)}; the model's inputs are {names}"
-        )
-    sample = {}
-    for spec in inputs:
-        array = arrays[spec.name]
-        if spec.datatype == "BYTES":
-            sample[spec.name] = array.astype(str).astype(object)
-            continue
-        try:
-            sample[spec.name] = array.astype(numpy_dtype(spec.datatype), casting="same_kind")
-        except TypeError:
-            raise ModelLoadError(
-                f"warmup.file {path}: '{spec.name}' is {array.dtype}, the model takes "
-                f"{spec.datatype}"
-            ) from None
-    return sample

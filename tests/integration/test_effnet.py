@@ -18,7 +18,7 @@ from PIL import Image
 
 from app.repository.config import load_model_config
 from app.repository.image import image_transform
-from app.repository.tuning_inputs import tuning_inputs
+from app.repository.samples import tuning_samples
 from app.tensors import TensorSpec
 from testing.server_process import ServerProcess
 from tests.conftest import MODELS
@@ -109,7 +109,7 @@ def test_the_readme_sample_request_is_a_cat(server: ServerProcess, version: str)
 def test_tuning_at_load_measures_on_the_sample_photo_decoded_as_served() -> None:
     config = load_model_config(MODEL_DIR)
     specs = (TensorSpec("input", "FP32", (-1, 3, 224, 224)),)
-    inputs = tuning_inputs(config, MODEL_DIR)
+    inputs = tuning_samples(config, MODEL_DIR)
     feeds = inputs.read(specs, (TensorSpec("logits", "FP32", (-1, 1000)),))
     assert inputs.label == "sample_request.json" and feeds is not None
     assert config.image is not None

@@ -57,7 +57,9 @@ def test_the_cli_profiles_a_text_model_and_the_server_serves_what_it_wrote(
     assert all(p["throughput_sps"] > 0 and p["latency_ms_p50"] > 0 for p in document["points"])
     rec = document["recommendation"]
     assert rec["target_source"].startswith("default") and rec["target_ms"] >= 5.0
-    assert rec["max_batch_size"] == 8  # a model this small computes 8 well within 2.5 ms
+    # The batch the server forms is a measured one; max_batch_size keeps what the defaults
+    # accept (32) on a CPU.
+    assert rec["batch_size"] in (1, 2, 4, 8) and rec["max_batch_size"] == 32
     assert "profiling tok v1 on cpu" in captured.err and "1x1 batch 8:" in captured.err
     assert json.loads((out / "profile.json").read_text())["points"] == document["points"]
     assert "| layout | batch | p50 ms |" in (out / "profile.md").read_text()
@@ -66,7 +68,7 @@ def test_the_cli_profiles_a_text_model_and_the_server_serves_what_it_wrote(
     written = (repo / "tok" / "config.toml").read_text()
     assert document["written_to"] == str(repo / "tok" / "config.toml")
     assert written.startswith("# a tiny text encoder built by the test\n")
-    assert "max_batch_size = 8   # will be profiled" in written
+    assert "max_batch_size = 32   # will be profiled" in written
     assert "inputs = { input_ids = 0, attention_mask = 0 }  # kept as it is" in written
     config = tomllib.loads(written)
     assert config["batching"]["max_queue_size"] == 100
@@ -108,7 +110,7 @@ def test_write_on_a_copy_of_digits_keeps_its_comments_and_the_server_loads_it(
         if line.startswith("#") or line.startswith("max_queue_size"):
             assert line in written.splitlines()
     config = tomllib.loads(written)
-    assert config["max_batch_size"] == 1 and config["batching"]["preferred_batch_sizes"] == []
+    assert config["max_batch_size"] == 32 and config["batching"]["preferred_batch_sizes"] == [1]
     assert config["version_policy"] == {"latest": 1}
 
     server = ServerProcess(repo)

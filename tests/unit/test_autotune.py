@@ -1,4 +1,4 @@
-"""Tuning at load (app.repository.autotune) on real ONNX models: what it chooses and when,
+"""Tuning at load (app.tuning.at_load) on real ONNX models: what it chooses and when,
 what its cache holds and when it is not trusted, and what a failing profile leaves."""
 
 from __future__ import annotations
@@ -20,16 +20,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from app.cores import available_cores
 from app.cpuinfo import cpu_identity
-from app.profile import measure
-from app.profile.recommend import Layout, Point
-from app.repository.autotune import TuneSettings, _cache_key, serving_batch_size, tune
+from app.repository.autotune import apply_tuning, model_limits, tune_version
 from app.repository.config import ModelConfig, load_model_config
 from app.repository.loader import ServingDefaults, load_version
-from app.repository.tuning_cache import TuningCache
-from app.repository.tuning_inputs import tuning_inputs
-from app.repository.tuning_result import Tuning
+from app.repository.samples import tuning_samples
 from app.service import _layout
 from app.tensors import TensorSpec
+from app.tuning import measure
+from app.tuning.at_load import TuneSettings, _cache_key
+from app.tuning.cache import TuningCache
+from app.tuning.points import Point
+from app.tuning.result import Tuning
 from testing.synthetic_models import save_graph, write_heavy_model
 from tests.conftest import MODELS
 from tests.image_models import encoded, plain, write_colour_model
@@ -52,8 +53,8 @@ def model(tmp_path: Path) -> Path:
 
 def run_tune(model: Path, settings: TuneSettings, config: ModelConfig | None = None) -> Tuning:
     config = config or ModelConfig()
-    inputs = tuning_inputs(config, model.parent.parent)
-    return tune(model, config, settings=settings, label="test", inputs=inputs)
+    samples = tuning_samples(config, model.parent.parent)
+    return tune_version(model, config, settings=settings, label="test", samples=samples)
 
 
 def entries(settings: TuneSettings) -> list[Path]:
@@ -78,7 +79,7 @@ def test_a_bare_model_is_tuned_once_then_read_from_the_cache(
         tuned.count, tuned.threads, tuned.max_batch_size,
     )  # fmt: skip
 
-    config = again.apply(ModelConfig())
+    config = apply_tuning(again, ModelConfig())
     assert [(line.device, line.count, line.threads) for line in config.instances] == [
         ("cpu", tuned.count, tuned.threads)
     ]
@@ -121,7 +122,7 @@ def test_what_the_config_sets_is_kept(model: Path, settings: TuneSettings, tmp_p
     config = load_model_config(tmp_path / "mlp")
     tuned = run_tune(model, settings, config)
     assert tuned.source == "tuned"
-    applied = tuned.apply(config)
+    applied = apply_tuning(tuned, config)
     assert applied.max_batch_size == 8
     assert applied.batching.preferred_batch_sizes == [8]
 
@@ -165,7 +166,8 @@ def test_an_entry_for_another_onnxruntime_or_cpu_is_not_used(
     machine's key is (the control: the entry itself is a valid tuning)."""
     assert settings.cache_dir is not None
     cache = TuningCache(settings.cache_dir)
-    key = _cache_key(model, ModelConfig(), tuning_inputs(ModelConfig(), model.parent.parent))
+    samples = tuning_samples(ModelConfig(), model.parent.parent)
+    key = _cache_key(model, model_limits(ModelConfig()), samples)
     stored = {"source": "tuned", "count": 3, "threads": 5, "max_batch_size": 64,
               "batch_size": 64, "seconds": 1.0, "inputs": "synthetic inputs",
               "reason": "", "spinning": False, "low_load_threads": None,
@@ -205,7 +207,7 @@ def test_instances_in_the_config_are_never_tuned(
     (tmp_path / "mlp" / "config.toml").write_text("[[instances]]\ncount = 1\n")
     tuning = run_tune(model, settings, load_model_config(tmp_path / "mlp"))
     assert tuning.source == "config"
-    assert tuning.apply(ModelConfig()) == ModelConfig()
+    assert apply_tuning(tuning, ModelConfig()) == ModelConfig()
     assert entries(settings) == []
 
 
@@ -317,7 +319,7 @@ def test_an_image_models_sample_image_is_decoded_to_measure_on(
 ) -> None:
     model, config = colours_with_request(tmp_path, encoded(plain((255, 0, 0)), "JPEG"))
     specs = (TensorSpec("input", "FP32", (-1, 3, 32, 32)),)
-    feeds = tuning_inputs(config, model.parent.parent).read(specs, ())
+    feeds = tuning_samples(config, model.parent.parent).read(specs, ())
     assert feeds is not None and feeds["input"].shape == (1, 3, 32, 32)
     # Decoded and scaled as the server's [image] step does (mean 0, std 1: pixels / 255).
     np.testing.assert_allclose(feeds["input"][0].mean(axis=(1, 2)), [1, 0, 0], atol=0.01)
@@ -333,36 +335,6 @@ def test_a_sample_image_that_cannot_be_decoded_fails_the_profile_saying_so(
     assert tuning.source == "failed"
     assert "sample_request.json does not fit the model" in tuning.reason
     assert "image 0: not an image file" in tuning.reason
-
-
-def points(latencies_ms: dict[int, float]) -> list[Point]:
-    return [
-        Point(Layout(1, 2), size, latency, latency, 1000 * size / latency)
-        for size, latency in latencies_ms.items()
-    ]
-
-
-def test_the_served_batch_is_near_the_best_with_the_cost_of_a_batch() -> None:
-    """One instance takes the largest batch near the best served throughput; several take
-    the middle one, so that a burst is shared between them and noise on a flat profile
-    does not make every request a batch of its own."""
-    # A small CNN: compute per sample lowest at 2-4, 6% more at 16, 16% at 32; the
-    # server's cost per batch makes 4, 8 and 16 as good.
-    cnn = points({1: 1.05, 2: 2.0, 4: 4.0, 8: 8.3, 16: 16.9, 32: 37.0})
-    assert serving_batch_size(cnn) == 16
-    assert serving_batch_size(cnn, instances=2) == 8
-    # A transformer at 128 tokens: compute per sample grows with the batch past 4.
-    text = points({1: 30.0, 2: 58.0, 4: 112.0, 8: 250.0, 16: 560.0})
-    assert serving_batch_size(text) == 4
-    assert serving_batch_size(text, instances=2) == 4
-    # A medium CNN, compute per sample flat: batch 1 is within reach of the best, but
-    # several instances still batch (smallest near batch 1, served 0.87 of batches of 4-16).
-    flat = points({1: 2.1, 2: 4.6, 4: 9.3, 8: 18.6})
-    assert serving_batch_size(flat, instances=2) == 4
-    assert serving_batch_size(flat) == 8
-    # A tiny model: the cost of a batch is most of its time; the largest batch wins.
-    tiny = points({1: 0.02, 4: 0.04, 16: 0.09, 64: 0.3})
-    assert serving_batch_size(tiny) == serving_batch_size(tiny, instances=2) == 64
 
 
 def test_spinning_reaches_the_sessions_from_the_config_or_a_tuning(tmp_path: Path) -> None:
@@ -386,7 +358,7 @@ def test_spinning_reaches_the_sessions_from_the_config_or_a_tuning(tmp_path: Pat
     config_file.write_text('[[instances]]\ndevice = "cpu"\nthreads = 2\nspinning = true\n')
     assert load_model_config(tmp_path).instances[0].spinning is True
     tuned = Tuning("tuned", count=1, threads=2, max_batch_size=32, batch_size=8, spinning=True)
-    assert tuned.apply(ModelConfig()).instances[0].spinning is True
+    assert apply_tuning(tuned, ModelConfig()).instances[0].spinning is True
     assert "spinning" in tuned.describe() and tuned.metadata()["spinning"] is True
 
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from app.profile.recommend import Layout, Point, recommend
-from app.repository.autotune import chosen_tuning
+from app.repository.autotune import apply_tuning
 from app.repository.config import ModelConfig
-from app.repository.gpu_tuning import gpu_layouts, tuning_device
-from app.repository.tuning_result import Tuning, from_dict
+from app.tuning.gpu import gpu_layouts, tuning_device
+from app.tuning.plan import plan
+from app.tuning.points import Layout, Point
+from app.tuning.result import Tuning, from_dict, from_plan
 
 
 def test_hidden_gpus_leave_tuning_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,26 +46,23 @@ def gpu_points() -> list[Point]:
 
 def test_a_gpu_batches_up_to_the_largest_batch_within_half_the_target() -> None:
     points = gpu_points()
-    chosen = recommend(points, None, True)
+    chosen = plan(points, device="cuda:0")
     # The default target is 10 x batch 1's 5.2 ms; half of it, 26 ms, holds batch 64 (17.8
     # ms) and not 128 (62.6 ms).
-    assert (chosen.layout, chosen.max_batch_size) == (Layout(2, 8), 64)
-    tuned = chosen_tuning(chosen, points, ModelConfig(), batching=True, inputs="synthetic inputs",
-                          device="cuda")  # fmt: skip
+    assert (chosen.layout, chosen.max_batch_size, chosen.batch_size) == (Layout(2, 8), 64, 64)
+    tuned = from_plan(chosen, inputs="synthetic inputs", device="cuda")
     assert (tuned.device, tuned.count, tuned.threads) == ("cuda", 2, 8)
     assert tuned.max_batch_size == 64 and tuned.batch_size == 64
     # A config's max_batch_size stays; a fixed batch axis is left as it is.
-    bounded = chosen_tuning(chosen, points, ModelConfig(max_batch_size=16), batching=True,
-                            inputs="", device="cuda")  # fmt: skip
+    bounded = plan(points, device="cuda:0", max_batch_size=16)
     assert bounded.max_batch_size == 16 and bounded.batch_size == 16
-    fixed = chosen_tuning(chosen, points, ModelConfig(), batching=False, inputs="",
-                          device="cuda")  # fmt: skip
+    fixed = plan(points, device="cuda:0", batching=False)
     assert (fixed.max_batch_size, fixed.batch_size) == (None, None)
 
 
 def test_a_gpu_tuning_serves_on_every_gpu_and_is_cached_as_such() -> None:
     tuned = Tuning("tuned", count=2, threads=8, max_batch_size=64, batch_size=64, device="cuda")
-    config = tuned.apply(ModelConfig())
+    config = apply_tuning(tuned, ModelConfig())
     assert [(i.device, i.count, i.threads) for i in config.instances] == [("cuda:*", 2, 8)]
     assert config.max_batch_size == 64
     assert tuned.layout == "2x8 per GPU" and tuned.metadata()["device"] == "cuda"
@@ -76,10 +74,10 @@ def test_a_gpu_tuning_serves_on_every_gpu_and_is_cached_as_such() -> None:
 def test_a_gpu_without_a_cuda_session_tunes_the_cpu(tmp_path: Path) -> None:
     """Tuning asked to measure cuda:0 where no session gets CUDA (here: onnxruntime-gpu
     without the driver) measures the CPU instead, rather than failing the tuning."""
-    from app.repository.autotune import TuneSettings, _measure
-    from app.repository.tuning_inputs import tuning_inputs
+    from app.repository.samples import tuning_samples
     from app.runtime import OnnxInstance
     from app.runtime.session import ProviderUnavailableError
+    from app.tuning.at_load import ModelLimits, TuneSettings, _measure
     from testing.synthetic_models import write_heavy_model
 
     model = tmp_path / "mlp" / "1" / "model.onnx"
@@ -91,7 +89,7 @@ def test_a_gpu_without_a_cuda_session_tunes_the_cpu(tmp_path: Path) -> None:
     else:
         pytest.skip("CUDA runs here: tests/gpu/test_cuda.py tunes on the GPU")
     settings = TuneSettings(budget_s=1.0, window_s=0.02, point_s=0.1)
-    inputs = tuning_inputs(ModelConfig(), model.parent.parent)
-    tuned = _measure(model, ModelConfig(), settings=settings, inputs=inputs, device="cuda:0")
+    samples = tuning_samples(ModelConfig(), model.parent.parent)
+    tuned = _measure(model, ModelLimits(), settings=settings, samples=samples, device="cuda:0")
     assert (tuned.source, tuned.device) == ("tuned", "cpu")
-    assert tuned.apply(ModelConfig()).instances[0].device == "cpu"
+    assert apply_tuning(tuned, ModelConfig()).instances[0].device == "cpu"

@@ -1,4 +1,4 @@
-"""Tuning for lone requests (app.repository.low_load): the rules on given timings (when a
+"""Tuning for lone requests (app.tuning.low_load): the rules on given timings (when a
 low-load-only instance joins the tuned layout, when sessions spin), the answers given without
 timing anything, and how the choice reaches the config, the metadata and the cache. Nothing
 here times this machine: the timings themselves are measured in the tuning benches."""
@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.profile import measure
-from app.profile.recommend import Layout, Point
+from app.repository.autotune import apply_tuning
 from app.repository.config import ModelConfig
-from app.repository.low_load import (
+from app.tuning import measure
+from app.tuning.low_load import (
     LowLoad,
     low_load_choice,
     low_load_instance,
@@ -22,8 +22,9 @@ from app.repository.low_load import (
     spins_faster,
     spins_slower,
 )
-from app.repository.tuning_result import Tuning, from_dict
-from app.timing import Stability
+from app.tuning.points import Layout, Point
+from app.tuning.result import Tuning, from_dict
+from app.tuning.timing import Stability
 
 SETTINGS = measure.ProfileSettings(
     device="cpu", layouts=(), batch_sizes=(), window_s=0.05,
@@ -79,7 +80,7 @@ def test_a_single_instance_or_an_unmeasured_layout_gets_none_untimed() -> None:
 def test_a_tuned_low_load_instance_reaches_the_config_metadata_and_cache() -> None:
     tuned = Tuning("tuned", count=2, threads=1, max_batch_size=32, batch_size=4,
                    low_load_threads=2, low_load_spinning=True)  # fmt: skip
-    instances = tuned.apply(ModelConfig()).instances
+    instances = apply_tuning(tuned, ModelConfig()).instances
     assert [(i.count, i.threads, i.spinning, i.low_load_only) for i in instances] == [
         (2, 1, False, False),
         (1, 2, True, True),
@@ -91,7 +92,7 @@ def test_a_tuned_low_load_instance_reaches_the_config_metadata_and_cache() -> No
     assert from_dict(asdict(tuned)) == tuned
     # Without one: a single [[instances]] line, and the plain layout.
     plain = Tuning("tuned", count=2, threads=1, max_batch_size=32, batch_size=4)
-    assert len(plain.apply(ModelConfig()).instances) == 1
+    assert len(apply_tuning(plain, ModelConfig()).instances) == 1
     assert plain.layout == "2x1"
 
 

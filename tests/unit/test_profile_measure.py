@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from app.profile import measure
-from app.profile.measure import ProfileSettings, open_instances, profile, synthetic_feeds
-from app.profile.recommend import Layout, Point
-from app.timing import Stability, Window, time_concurrent, until_stable
+from app.tuning import measure
+from app.tuning.measure import ProfileSettings, open_instances, profile, synthetic_feeds
+from app.tuning.points import Layout, Point
+from app.tuning.timing import Stability, Window, time_concurrent, until_stable
 from testing.synthetic_models import write_heavy_model
 from tests.optimize_models import write_mlp
 

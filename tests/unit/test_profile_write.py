@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from app.profile.errors import ProfileError
-from app.profile.recommend import Layout, Recommendation
 from app.profile.write import MARK, apply, write_config
 from app.repository.config import ModelConfig, load_model_config
+from app.tuning.plan import Plan
+from app.tuning.points import Layout
 from tests.conftest import MODELS
 
 
@@ -19,12 +20,13 @@ def recommendation(
     layout: Layout | None = None,
     max_batch_size: int | None = 128,
     preferred: tuple[int, ...] = (64,),
-) -> Recommendation:
-    return Recommendation(
+) -> Plan:
+    return Plan(
         target_ms=5.0,
         target_source="given",
         layout=layout or Layout(2, 1),
         max_batch_size=max_batch_size,
+        batch_size=max(preferred, default=max_batch_size),
         preferred_batch_sizes=list(preferred),
         throughput_sps=1000.0,
         latency_ms_p50=1.0,

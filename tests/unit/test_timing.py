@@ -1,4 +1,4 @@
-"""app.timing: the rotation of sessions (interleaved_latencies_ms), the order in which their
+"""app.tuning.timing: the rotation of sessions (interleaved_latencies_ms), the order in which their
 calls are timed and that each answer is its own session's median; and sessions timed at
 once (time_concurrent)."""
 
@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from app.timing import WARM_UP_RUNS, interleaved_latencies_ms, time_concurrent
+from app.tuning.timing import WARM_UP_RUNS, interleaved_latencies_ms, time_concurrent
 
 
 def test_sessions_are_timed_in_rotation_reversed_every_round() -> None:

@@ -114,7 +114,7 @@ def time_concurrent(
     aggregate throughput is the sum of the sessions' own. A session whose window is done
     keeps computing, untimed, until every window is: else the last one's tail would run
     without contention, or (counted as wall time from the first start to the last end) with
-    the others' cores counted idle, which read 2x1 minilm, a batch 50 ms, at 0.5-0.75 of
+    the others' cores counted idle, which read a text encoder's 2x1 layout at well under
     what it computes. One session is timed on the calling thread."""
     if len(runs) == 1:
         return time_window(runs[0], feeds, batch_size, window_s, min_runs)

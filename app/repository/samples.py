@@ -1,9 +1,10 @@
-"""What tuning at load measures a model on: real inputs where the model directory has any.
+"""A model directory's sample inputs: the `[warmup]` sample that warm-up runs, and what tuning
+at load measures the model on, real inputs where the directory has any.
 
-In order: the `[warmup]` sample (the user's statement of what the model takes), else the
-directory's `sample_request.json` (a v2 request: raw text goes through the model's
-`[tokenizer]`, encoded images through its `[image]` step), else nothing, and the profile
-falls back to synthetic inputs. Speeds differ between synthetic and real inputs, and so can
+For tuning, in order: the `[warmup]` sample (the user's statement of what the model
+takes), else the directory's `sample_request.json` (a v2 request: raw text goes through the
+model's `[tokenizer]`, encoded images through its `[image]` step), else nothing, and the
+profile falls back to synthetic inputs. Speeds differ between synthetic and real inputs, and so can
 the ranking of layouts.
 """
 
@@ -22,15 +23,54 @@ from app.preprocess.image import ImageTransform
 from app.protocol.codec import decode_infer_request
 from app.repository.config import ModelConfig
 from app.repository.image import image_transform
-from app.repository.warmup import load_sample
-from app.tensors import TensorSpec
+from app.repository.sections import WarmupConfig
+from app.tensors import TensorSpec, numpy_dtype
 
 SAMPLE_REQUEST = "sample_request.json"
 
 
+def load_sample(
+    config: WarmupConfig | None, model_dir: Path, inputs: Sequence[TensorSpec]
+) -> dict[str, np.ndarray] | None:
+    """The `[warmup]` sample as model inputs (checked against their specs), or None."""
+    if config is None:
+        return None
+    path = (model_dir / config.file).resolve()
+    if model_dir.resolve() not in path.parents or not path.is_file():
+        raise ModelLoadError(
+            f"warmup.file '{config.file}' is not a file inside {model_dir}; put the .npz "
+            "next to config.toml"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except Exception as exc:  # not an .npz, or object arrays (which would need pickle)
+        raise ModelLoadError(f"warmup.file {path} is not a NumPy .npz of arrays: {exc}") from None
+    names = [spec.name for spec in inputs]
+    if sorted(arrays) != sorted(names):
+        raise ModelLoadError(
+            f"warmup.file {path} holds arrays {sorted(arrays)}; the model's inputs are {names}"
+        )
+    sample = {}
+    for spec in inputs:
+        array = arrays[spec.name]
+        if spec.datatype == "BYTES":
+            sample[spec.name] = array.astype(str).astype(object)
+            continue
+        try:
+            sample[spec.name] = array.astype(numpy_dtype(spec.datatype), casting="same_kind")
+        except TypeError:
+            raise ModelLoadError(
+                f"warmup.file {path}: '{spec.name}' is {array.dtype}, the model takes "
+                f"{spec.datatype}"
+            ) from None
+    return sample
+
+
 @dataclass(frozen=True)
-class TuningInputs:
-    """Where the inputs come from (None: synthetic) and how to read them for a graph."""
+class TuningSamples:
+    """Where the inputs come from (None: synthetic) and how to read them for a graph
+    (app.tuning.at_load.Samples)."""
 
     file: Path | None
     label: str
@@ -77,16 +117,16 @@ class TuningInputs:
             raise ModelLoadError(f"{path} does not fit the model: {exc}") from None
 
 
-def tuning_inputs(
+def tuning_samples(
     config: ModelConfig, model_dir: Path, *, max_image_pixels: int = ImageTransform.max_pixels
-) -> TuningInputs:
+) -> TuningSamples:
     if config.warmup is not None:
         file, label = model_dir / config.warmup.file, "the [warmup] sample"
     elif (model_dir / SAMPLE_REQUEST).is_file():
         file, label = model_dir / SAMPLE_REQUEST, SAMPLE_REQUEST
     else:
         file, label = None, "synthetic inputs"
-    return TuningInputs(file, label, config, model_dir, max_image_pixels)
+    return TuningSamples(file, label, config, model_dir, max_image_pixels)
 
 
 def _sends(document: object, name: str) -> bool:

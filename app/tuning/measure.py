@@ -5,8 +5,8 @@ intra-op threads, one inter-op thread, spinning off unless asked, full graph opt
 so a layout of `count` x `threads` here is `[[instances]] count, threads` there. The
 instances of a layout run at once, each from its own thread, as the server's workers do at
 saturation, and the aggregate throughput is what they compute together
-(app.timing.time_concurrent). Each (layout, batch size) is warmed up, then timed in windows
-until the last three throughputs agree within 5% or its time is up (app.timing.until_stable).
+(app.tuning.timing.time_concurrent). Each (layout, batch size) is warmed up, then timed in windows
+until the last three throughputs agree within 5% or its time is up (app.tuning.timing.until_stable).
 Every point is measured twice by default, the second time in the reverse order, and keeps
 its faster pass (see `profile`). Where every layout's sessions fit in memory at once, the
 layouts are measured in turn at each batch size, not one after another: a busy spell of a
@@ -28,11 +28,12 @@ import numpy as np
 
 from app.cores import available_cores
 from app.errors import ModelLoadError
-from app.profile.errors import ProfileError
-from app.profile.recommend import DEFAULT_TARGET_FACTOR, DEFAULT_TARGET_FLOOR_MS, Layout, Point
 from app.runtime import InstanceOptions, OnnxInstance
 from app.tensors import TensorSpec, numpy_dtype
-from app.timing import (
+from app.tuning.errors import TuningError
+from app.tuning.plan import DEFAULT_TARGET_FACTOR, DEFAULT_TARGET_FLOOR_MS
+from app.tuning.points import Layout, Point
+from app.tuning.timing import (
     WARM_UP_RUNS,
     Feeds,
     Stability,
@@ -55,7 +56,7 @@ class ProfileSettings:
     layouts: tuple[Layout, ...]
     batch_sizes: tuple[int, ...]
     #: Stop growing a layout's batch size once a batch takes longer than this; None: the
-    #: default target (app.profile.recommend) from the layout's own smallest batch.
+    #: default target (app.tuning.plan) from the layout's own smallest batch.
     stop_above_ms: float | None = None
     window_s: float = 0.2
     stability: Stability = field(default_factory=Stability)
@@ -139,7 +140,7 @@ def open_instances(
             for i in range(layout.count)
         ]
     except ModelLoadError as exc:
-        raise ProfileError(str(exc)) from None
+        raise TuningError(str(exc)) from None
 
 
 def _stop_above(settings: ProfileSettings, first: Point) -> float:

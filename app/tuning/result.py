@@ -1,14 +1,14 @@
 """What tuning at load chose for one model version, and where that came from: applied to
-its config, told in the load log and the model metadata, and stored in the tuning cache
-(app.repository.autotune measures it)."""
+its config (app.repository.autotune), told in the load log and the model metadata, and
+stored in the tuning cache (app.tuning.at_load measures it)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from app.profile.recommend import Layout
-from app.repository.config import InstanceConfig, ModelConfig
+from app.tuning.plan import Plan
+from app.tuning.points import Layout
 
 #: Where the serving layout came from: the config, tuning turned off, measured at this
 #: load, read from the cache, or the defaults because profiling failed.
@@ -32,7 +32,7 @@ class Tuning:
     inputs: str = ""
     #: Intra-op threads spin (measured faster for a lone request, no slower in batches).
     spinning: bool = False
-    #: The low-load-only instance beside them (app.repository.low_load): its threads, or
+    #: The low-load-only instance beside them (app.tuning.low_load): its threads, or
     #: None for none, and whether they spin.
     low_load_threads: int | None = None
     low_load_spinning: bool = False
@@ -59,37 +59,6 @@ class Tuning:
             return main
         spin = " spinning" if spinning and self.low_load_spinning else ""
         return f"{main} + low-load 1x{self.low_load_threads}{spin}"
-
-    def apply(self, config: ModelConfig) -> ModelConfig:
-        """`config` with what tuning chose where the config is silent."""
-        if not self.chosen or self.count is None or self.threads is None:
-            return config
-        if self.device == "cuda":
-            gpus = InstanceConfig(device="cuda:*", count=self.count, threads=self.threads)
-            return self._batch_sizes(config, {"instances": [gpus]})
-        instances = [
-            InstanceConfig(
-                device="cpu", count=self.count, threads=self.threads, spinning=self.spinning
-            )
-        ]
-        if self.low_load_threads is not None:
-            low_load = InstanceConfig(
-                device="cpu", count=1, threads=self.low_load_threads,
-                spinning=self.low_load_spinning, low_load_only=True,
-            )  # fmt: skip
-            instances.append(low_load)
-        return self._batch_sizes(config, {"instances": instances})
-
-    def _batch_sizes(self, config: ModelConfig, update: dict[str, Any]) -> ModelConfig:
-        if config.max_batch_size is None and self.max_batch_size is not None:
-            update["max_batch_size"] = self.max_batch_size
-        served = update.get("max_batch_size", config.max_batch_size)
-        preferred = self.batch_size
-        if not config.batching.preferred_batch_sizes and preferred and preferred < (served or 0):
-            update["batching"] = config.batching.model_copy(
-                update={"preferred_batch_sizes": [preferred]}
-            )
-        return config.model_copy(update=update)
 
     def describe(self) -> str:
         """One phrase for the load log: `tuned in 8.1 s: 2x1, max_batch_size 32, ...`."""
@@ -121,6 +90,16 @@ class Tuning:
                 device=self.device,
             )
         return entry
+
+
+def from_plan(plan: Plan, *, inputs: str, device: str) -> Tuning:
+    """A plan measured at this load, on `inputs`, for "cpu" or "cuda"."""
+    return Tuning(
+        source="tuned", count=plan.layout.count, threads=plan.layout.threads,
+        max_batch_size=plan.max_batch_size, batch_size=plan.batch_size, inputs=inputs,
+        spinning=plan.spinning, low_load_threads=plan.low_load_threads,
+        low_load_spinning=plan.low_load_spinning, device=device,
+    )  # fmt: skip
 
 
 def to_dict(tuning: Tuning) -> dict[str, Any]:

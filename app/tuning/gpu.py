@@ -16,8 +16,8 @@ import os
 
 import onnxruntime as ort
 
-from app.profile.recommend import Layout
 from app.runtime.providers import CUDA, visible_gpus
+from app.tuning.points import Layout
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ GPU_COUNTS = (1, 2)
 
 def tuning_device() -> str:
     """ "cuda:0" where a GPU is visible and this ONNX Runtime has CUDA, else "cpu" (the
-    probe session in app.repository.autotune still checks that CUDA really runs)."""
+    probe session in app.tuning.at_load still checks that CUDA really runs)."""
     if not visible_gpus() or CUDA not in ort.get_available_providers():
         return "cpu"
     return "cuda:0"

@@ -7,37 +7,38 @@ on a 1x2 session. A low-load-only worker (app.batching.wakeups) takes a request 
 is the only one queued and no other worker computes, so it shortens the latency of a quiet
 server without taking throughput from a busy one.
 
-Blocking (ORT sessions), like app.repository.autotune, which calls it.
+Blocking (ORT sessions), like app.tuning.at_load, which calls it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from app.profile import measure
-from app.profile.recommend import Layout, Point, Recommendation
-from app.timing import Feeds, interleaved_latencies_ms
+from app.tuning import measure
+from app.tuning.plan import Plan
+from app.tuning.points import Layout, Point
+from app.tuning.timing import Feeds, interleaved_latencies_ms
 
 #: Spinning threads are chosen when a lone request computes this share faster with them,
 SPINNING_GAIN = 0.05
 #: and at least this much sooner: below it, what spinning saves is less than the serving
-#: loop's own work for a request, whose cores the spinning threads take (digits tuned to a
-#: spinning 1x2, a lone request a few microseconds quicker, served 0.44x at C=32) ...
+#: loop's own work for a request, whose cores the spinning threads take (a tiny model tuned
+#: to spin served far less at saturation for a lone request microseconds quicker) ...
 SPINNING_MIN_GAIN_MS = 0.5
 #: ... and the served batch loses at most this share of its throughput.
 SPINNING_TOLERANCE = 0.03
 #: A low-load-only instance joins a layout of several instances when one session with all
-#: the cores computes a lone request this share faster than the layout's own sessions (the
-#: text model at 128 tokens on 2 cores: 1x2 took about 0.6 of 2x1's time).
+#: the cores computes a lone request this share faster than the layout's own sessions (a
+#: text encoder's lone sentence, on one session of every core, takes well under the time
+#: it takes on one core).
 LOW_LOAD_GAIN = 0.15
 #: ... and at least this much: below it the server's own cost of a request (a few tenths
 #: of a millisecond) is most of the latency, and a tiny model's lone requests on the
 #: low-load worker would only break up its batches under moderate load.
 LOW_LOAD_MIN_GAIN_MS = 1.0
 #: Sessions compared for a lone request are timed in rotation for this many profile
-#: points' time (the four points measured one after another took up to twice that), and
+#: points' time (the points measured one after another took longer still), and
 #: at most LONE_REQUEST_MAX_S: `batchserve profile` allows a point seconds to settle.
 LONE_REQUEST_POINTS = 2
 LONE_REQUEST_MAX_S = 1.5
@@ -98,8 +99,8 @@ def spinning_helps(
     """Whether the chosen layout's sessions should spin: one of its sessions computes a lone
     request faster with spinning (`spins_faster`, the two timed in rotation), and the served
     batch keeps its throughput within SPINNING_TOLERANCE (all of the layout's instances at
-    once, unless there is one). Spinning shortened a lone sentence of the text model by
-    about 15%; it changes nothing where one thread does all the work."""
+    once, unless there is one). Spinning shortens a lone sentence of a text encoder; it
+    changes nothing where one thread does all the work."""
     if layout.threads < 2:
         return False
     measured = {p.batch_size for p in points if p.layout == layout}
@@ -150,8 +151,8 @@ def low_load_instance(
     model is mostly their contention for the GIL). It spins, as ONNX Runtime's default
     session does, unless that made its lone request slower (`spins_slower`): it computes
     only while the others are idle, so its spinning takes little from them, and a lone
-    request served from a spinning session was about 0.5 ms quicker even where the
-    rotation timed the two alike. The three sessions are timed in rotation."""
+    request served from a spinning session was quicker even where the rotation timed the
+    two alike. The three sessions are timed in rotation."""
     if layout.count < 2:
         return None
     own = [p.batch_size for p in points if p.layout == layout]
@@ -179,35 +180,22 @@ def low_load_choice(
     return LowLoad(threads=wide.threads, spinning=spinning)
 
 
-def lone_request_fields(
-    model_path: Path,
-    layout: Layout,
-    points: list[Point],
-    served: int,
-    feeds_for: measure.FeedsFor,
-    settings: measure.ProfileSettings,
-) -> dict[str, Any]:
-    """The lone-request checks for `layout` served in batches of `served`, as the fields
-    tuning's result and `batchserve profile`'s recommendation both carry: `spinning`,
-    `low_load_threads` (None: no low-load-only instance) and `low_load_spinning`."""
-    low_load = low_load_instance(model_path, layout, points, feeds_for, settings)
-    return {
-        "spinning": spinning_helps(model_path, layout, points, served, feeds_for, settings),
-        "low_load_threads": None if low_load is None else low_load.threads,
-        "low_load_spinning": low_load is not None and low_load.spinning,
-    }
-
-
 def for_lone_requests(
     model_path: Path,
-    recommendation: Recommendation,
+    chosen: Plan,
     points: list[Point],
     feeds_for: measure.FeedsFor,
     settings: measure.ProfileSettings,
-) -> Recommendation:
-    """`batchserve profile`'s recommendation with the checks tuning at load makes."""
-    served = max(recommendation.preferred_batch_sizes, default=1)
-    fields = lone_request_fields(
-        model_path, recommendation.layout, points, served, feeds_for, settings
+) -> Plan:
+    """`chosen` with the lone-request checks for its layout, served in batches of its
+    batch size: whether its sessions spin, and its low-load-only instance if any. Tuning at
+    load and `batchserve profile` both make them, on a CPU."""
+    layout = chosen.layout
+    low_load = low_load_instance(model_path, layout, points, feeds_for, settings)
+    served = chosen.batch_size or 1
+    return replace(
+        chosen,
+        spinning=spinning_helps(model_path, layout, points, served, feeds_for, settings),
+        low_load_threads=None if low_load is None else low_load.threads,
+        low_load_spinning=low_load is not None and low_load.spinning,
     )
-    return replace(recommendation, **fields)
