@@ -37,9 +37,9 @@ serve: $(BIN)/batchserve
 	@test -f $(IMAGE_MODEL) || echo "The image model (models/effnet) is not built, so it is not served: \`make image-model\` builds it (installs torch)."
 	$(BIN)/batchserve serve --model-repository models --host $(HOST) --port $(PORT)
 
-# The gRPC modules in app/grpc/proto from its .proto files (committed; a test checks them).
+# The gRPC modules in app/protocol/proto from its .proto files (committed; a test checks them).
 proto: $(VENV)/.test-deps
-	$(BIN)/python -m app.grpc.proto.generate
+	$(BIN)/python -m app.protocol.proto.generate
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check app tests models load_tests testing
@@ -104,10 +104,10 @@ bench-reload: $(VENV)/.bench-deps $(TEXT_MODEL) $(IMAGE_MODEL)
 	$(BIN)/python -m load_tests.bench_reload --out load_tests/report
 
 # On a machine with an NVIDIA GPU and network: the CUDA tests, then batchserve on cuda:0
-# against raw ONNX Runtime on the same GPU (load_tests/gpu_check.py; one table, ~3 min).
+# against raw ONNX Runtime on the same GPU (load_tests/gpu/check.py; one table, ~3 min).
 gpu-check: $(VENV)/.test-deps $(TEXT_MODEL)
 	$(BIN)/python -m pytest -q tests/gpu
-	$(BIN)/python -m load_tests.gpu_check --out gpu_check.json
+	$(BIN)/python -m load_tests.gpu.check --out gpu_check.json
 
 # Digits at five times capacity against de468f5: liveness on both ports, answers by status
 # (load_tests/report/OVERLOAD.md; ~12 min).
@@ -180,7 +180,7 @@ optimized-models: $(VENV)/.optimize-deps
 # stacked with int8, through the optimize commands: load_tests/report/PRUNE.md (~10 min).
 .PHONY: prune-study
 prune-study: $(VENV)/.optimize-deps
-	$(BIN)/python -m load_tests.prune_study --out load_tests/report
+	$(BIN)/python -m load_tests.studies.prune_study --out load_tests/report
 
 serve-optimized: optimized-models
 	$(BIN)/batchserve serve --model-repository $(AB_REPOSITORY) --host $(HOST) --port $(PORT)

@@ -39,7 +39,7 @@ import onnxruntime as ort
 
 from load_tests.bench_report import Measurement, Report, write_report
 from load_tests.loadgen import Result, settle
-from load_tests.targets import Target, loading
+from load_tests.loadgen.targets import Target, loading
 from testing.server_process import ServerProcess
 from testing.synthetic_models import write_cnn_model
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from load_tests.loadgen import LoadGenerator, Loops, client_session, prepare_request
-from load_tests.loadgen_grpc import GrpcLoadGenerator, open_channels, prepare_grpc_request
+from load_tests.loadgen.grpc_client import GrpcLoadGenerator, open_channels, prepare_grpc_request
 from testing.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]

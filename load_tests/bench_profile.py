@@ -12,7 +12,7 @@ tokens, the length the profile measures by default):
    max_queue_delay_ms 0;
 3. every configuration is served by its own `batchserve serve` process (ServerProcess), all
    started before measuring, and driven at saturation by the project's closed-loop load
-   generator (load_tests/loadgen.py); each round visits every server once, in an order
+   generator (load_tests/loadgen/); each round visits every server once, in an order
    rotated round to round, so drift on a shared machine hits all alike;
 4. the figure: median req/s of the recommended configuration over that of the best
    configuration of the sweep (the issue asks for at least 0.9), with the median of the

@@ -23,7 +23,7 @@ from typing import Any
 
 from app.cpuinfo import cpu_identity
 from load_tests.loadgen import LoadGenerator, PreparedRequest, client_session
-from load_tests.reload_cycles import (
+from load_tests.studies.reload_cycles import (
     Cycle,
     ReloadCycles,
     copy_model,

@@ -79,7 +79,7 @@ from tokenizers import Tokenizer
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "models" / "minilm"
 OPSET = 17
-#: Share of feed-forward units v2 drops: the curve of load_tests/prune_study.py
+#: Share of feed-forward units v2 drops: the curve of load_tests/studies/prune_study.py
 #: (report/PRUNE.md) keeps the worst reference sentence above MIN_COSINE_PRUNED only up to
 #: about this share on this compact model.
 PRUNE_SPARSITY = 0.05

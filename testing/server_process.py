@@ -44,7 +44,7 @@ class ServerProcess:
         executable = Path(sys.executable).with_name("batchserve")
         env = {**os.environ, **(env or {})}
         # Where batchserve is importable but not installed (a GPU machine's python3 with the
-        # project on PYTHONPATH, load_tests/gpu_check.sh), `python -m app` is the same CLI.
+        # project on PYTHONPATH, load_tests/gpu/check.sh), `python -m app` is the same CLI.
         launcher = [str(executable)] if executable.exists() else [sys.executable, "-m", "app"]
         if source is not None:
             launcher = [sys.executable, "-m", "app"]

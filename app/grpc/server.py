@@ -24,8 +24,8 @@ from app.dataplane.access import POLICY, AccessPolicy, Operation
 from app.dataplane.control import ControlPlane
 from app.dataplane.dataplane import DataPlane
 from app.errors import ServingError, describe
-from app.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 from app.grpc.service import InferenceServicer
+from app.protocol.proto import grpc_service_pb2_grpc as pb_grpc
 from app.service import InferenceService
 
 log = logging.getLogger("batchserve")

@@ -18,11 +18,11 @@ from google.protobuf import json_format
 from app.dataplane.control import ControlPlane
 from app.dataplane.dataplane import DataPlane
 from app.errors import ClientGoneError, InvalidInputError, ServingError, describe
-from app.grpc.codec import decode_request, encode_response
-from app.grpc.proto import grpc_service_pb2 as pb
-from app.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 from app.inference import InferenceRequest, InferenceResponse
 from app.logs import log_unexpected
+from app.protocol.proto import grpc_service_pb2 as pb
+from app.protocol.proto import grpc_service_pb2_grpc as pb_grpc
+from app.protocol.protobuf import decode_request, encode_response
 from app.repository import LoadedVersion
 
 

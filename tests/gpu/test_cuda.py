@@ -3,7 +3,7 @@ sizes, TensorRT where its libraries are installed) give the CPU's answers, and t
 reports the GPU in metadata, worker info and NVML metrics.
 
 Skipped, saying why, where no session gets CUDAExecutionProvider (onnxruntime-gpu lists the
-provider even on machines without a GPU, so a real session decides). load_tests/gpu_check.sh
+provider even on machines without a GPU, so a real session decides). load_tests/gpu/check.sh
 runs these on the GPU host besides its measurements.
 """
 

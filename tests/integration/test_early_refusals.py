@@ -23,7 +23,7 @@ import httpx
 import pytest
 import requests
 
-from load_tests.reload_cycles import resident
+from load_tests.studies.reload_cycles import resident
 from testing.server_process import ServerProcess
 from testing.synthetic_models import write_sum_model
 from tests.conftest import MODELS

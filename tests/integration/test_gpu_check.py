@@ -1,4 +1,4 @@
-"""load_tests/gpu_check.sh --cpu: the GPU check's whole flow, run on the CPU with a
+"""load_tests/gpu/check.sh --cpu: the GPU check's whole flow, run on the CPU with a
 tiny budget (real server, real load generators, raw ONNX Runtime), so the script a GPU
 machine runs is known to work up to what only a GPU changes: the device, and the numbers.
 """
@@ -22,7 +22,7 @@ def test_the_device_check_runs_end_to_end_on_the_cpu(tmp_path: Path) -> None:
     report_path = tmp_path / "gpu_check.json"
 
     done = subprocess.run(
-        ["bash", "load_tests/gpu_check.sh", "--cpu", "--quick", "--models", "digits",
+        ["bash", "load_tests/gpu/check.sh", "--cpu", "--quick", "--models", "digits",
          "--out", str(report_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
         # This interpreter, not whatever PYTHON says (make exports PYTHON=python3 in CI).

@@ -179,7 +179,7 @@ def test_concurrent_requests_each_get_what_they_would_alone(
 
 LOADGEN_CHECK = """
 import asyncio, json, sys
-from load_tests.loadgen_grpc import GrpcLoadGenerator, open_channels, prepare_grpc_request
+from load_tests.loadgen.grpc_client import GrpcLoadGenerator, open_channels, prepare_grpc_request
 
 async def main(target):
     channels = open_channels(target, 2)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from load_tests.reload_cycles import ReloadCycles, copy_model, text_bodies
+from load_tests.studies.reload_cycles import ReloadCycles, copy_model, text_bodies
 from testing.server_process import ServerProcess
 from tests.conftest import MODELS
 

@@ -356,7 +356,7 @@ def test_locust_ramp_and_soak_runs_clean_against_the_server(
     env = {**os.environ, "LOCUST_USERS": "4", "LOCUST_RAMP_S": "1", "LOCUST_SOAK_S": "2"}
     locust = Path(sys.executable).with_name("locust")
     run = subprocess.run(
-        [str(locust), "-f", str(ROOT / "load_tests" / "locustfile.py"), "--headless",
+        [str(locust), "-f", str(ROOT / "load_tests" / "loadgen" / "locustfile.py"), "--headless",
          "-H", shipped.url, "--csv", str(tmp_path / "run"), "--only-summary"],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""load_tests/gpu_transfer.py: the offline bundle for a GPU host comes back whole.
+"""load_tests/gpu/transfer.py: the offline bundle for a GPU host comes back whole.
 
 A payload of stand-in wheels and a stand-in text model is packed into small parts, copied
 one at a time into a checkout, kept out of it, joined and unpacked byte for byte; a part
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from load_tests import gpu_transfer
-from load_tests.gpu_transfer import MANIFEST, join, pack, plan, receive
+from load_tests.gpu import transfer as gpu_transfer
+from load_tests.gpu.transfer import MANIFEST, join, pack, plan, receive
 
 
 @pytest.fixture
@@ -92,11 +92,11 @@ def test_the_plan_copies_every_part_and_runs_the_check_after_the_last(
 
     text = plan(manifest, out, root=tmp_path)
 
-    assert "copy .gpu-transfer/ there whole, then run: bash load_tests/gpu_check.sh" in text
+    assert "copy .gpu-transfer/ there whole, then run: bash load_tests/gpu/check.sh" in text
     steps = [line for line in text.splitlines() if line.startswith("  copy .gpu-transfer/part-")]
     assert len(steps) == len(manifest["parts"])
-    assert all(s.endswith("gpu_check.sh --receive") for s in steps[:-1])
-    assert steps[-1].endswith("run: bash load_tests/gpu_check.sh")
+    assert all(s.endswith("gpu/check.sh --receive") for s in steps[:-1])
+    assert steps[-1].endswith("run: bash load_tests/gpu/check.sh")
     assert steps[0].startswith(f"  copy .gpu-transfer/part-00 .gpu-transfer/{MANIFEST},")
 
 

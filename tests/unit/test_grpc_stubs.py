@@ -1,4 +1,4 @@
-"""The committed gRPC modules are what app/grpc/proto/generate.py writes from the .proto
+"""The committed gRPC modules are what app/protocol/proto/generate.py writes from the .proto
 files (regenerate with `make proto` after changing them)."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from app.grpc.proto.generate import PROTOS, ROOT, generate
+from app.protocol.proto.generate import PROTOS, ROOT, generate
 
-PROTO_DIR = ROOT / "app" / "grpc" / "proto"
+PROTO_DIR = ROOT / "app" / "protocol" / "proto"
 
 
 def test_the_committed_stubs_are_the_generated_ones(tmp_path: Path) -> None:

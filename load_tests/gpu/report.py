@@ -1,4 +1,4 @@
-"""The GPU check's results and report (load_tests/gpu_check.py): what it found per model,
+"""The GPU check's results and report (load_tests/gpu/check.py): what it found per model,
 the one table it prints, and its bars."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from load_tests.gpu_check_models import Settings
+from load_tests.gpu.models import Settings
 
 
 @dataclass

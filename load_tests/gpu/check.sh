@@ -1,35 +1,35 @@
 #!/usr/bin/env bash
 # The GPU check: batchserve on cuda:0 against raw ONNX Runtime on the same GPU, after the
 # CUDA tests (tests/gpu); prints one table. For a host without network, from the offline
-# bundle load_tests/gpu_transfer.py packs (the onnxruntime-gpu wheel, a few small wheels, the
+# bundle load_tests/gpu/transfer.py packs (the onnxruntime-gpu wheel, a few small wheels, the
 # text model), installed into a folder of its own ahead of the host's python3 packages; with
 # network, `make gpu-check` runs the same check from the project's .venv.
 #
-#   bash load_tests/gpu_check.sh --receive     after each part copied in: keep it aside
-#   bash load_tests/gpu_check.sh [ARGS]        once every part is there: join, install,
+#   bash load_tests/gpu/check.sh --receive     after each part copied in: keep it aside
+#   bash load_tests/gpu/check.sh [ARGS]        once every part is there: join, install,
 #                                              run tests/gpu and the check (ARGS go to
-#                                              load_tests/gpu_check.py)
-#   bash load_tests/gpu_check.sh --cpu [ARGS]  no GPU: the same check on the CPU with .venv
+#                                              load_tests/gpu/check.py)
+#   bash load_tests/gpu/check.sh --cpu [ARGS]  no GPU: the same check on the CPU with .venv
 #                                              (--quick for a small one; the suite runs it so)
 #
 # README "Check it on a GPU" has the steps. Whole check: about 3 minutes.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 STATE="${BATCHSERVE_GPU_STATE:-/tmp/batchserve-gpu}"
 
 case "${1:-}" in
   --receive)
-    exec python3 load_tests/gpu_transfer.py receive --state "$STATE"
+    exec python3 load_tests/gpu/transfer.py receive --state "$STATE"
     ;;
   --cpu)
     shift
-    exec "${PYTHON:-.venv/bin/python}" -m load_tests.gpu_check --cpu "$@"
+    exec "${PYTHON:-.venv/bin/python}" -m load_tests.gpu.check --cpu "$@"
     ;;
 esac
 
 started=$(date +%s)
-python3 load_tests/gpu_transfer.py receive --state "$STATE"
-payload=$(python3 load_tests/gpu_transfer.py join --state "$STATE" | tail -n 1)
+python3 load_tests/gpu/transfer.py receive --state "$STATE"
+payload=$(python3 load_tests/gpu/transfer.py join --state "$STATE" | tail -n 1)
 
 # The wheels go to a folder of their own, first on PYTHONPATH: onnxruntime-gpu there shadows
 # the image's CPU onnxruntime, and nothing of the image is changed.
@@ -74,7 +74,7 @@ mkdir -p "$out"
 status=0
 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tail -n 15 | tee "$out/tests_gpu.log" \
   || status=1
-python3 -m load_tests.gpu_check --minilm "$payload/minilm" --out "$out/gpu_check.json" "$@" \
+python3 -m load_tests.gpu.check --minilm "$payload/minilm" --out "$out/gpu_check.json" "$@" \
   2>&1 | tee "$out/gpu_check.log" || status=1
-echo "gpu_check.sh: $(($(date +%s) - started)) s, status $status"
+echo "check.sh: $(($(date +%s) - started)) s, status $status"
 exit "$status"

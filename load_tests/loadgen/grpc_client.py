@@ -18,8 +18,8 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from app.grpc.proto import grpc_service_pb2 as pb
-from load_tests.loadgen import Loops, Result, sample_inputs
+from app.protocol.proto import grpc_service_pb2 as pb
+from load_tests.loadgen.rest import Loops, Result, sample_inputs
 
 SERVICE = "/inference.GRPCInferenceService/"
 

@@ -12,7 +12,7 @@ reconstruction, calibrated on models/minilm/calibration.npz (not the reference s
 the importance variants at 10%; then one evaluate at batch 8 on the reference sentences
 (128 tokens), for the worst and mean cosine to fp32 and throughput.
 
-    python -m load_tests.prune_study --out load_tests/report [--skip-text]
+    python -m load_tests.studies.prune_study --out load_tests/report [--skip-text]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BATCHSERVE = [sys.executable, "-m", "app"]
 DIGITS_DATA = ROOT / "models" / "digits" / "data"
 MINILM = ROOT / "models" / "minilm"
@@ -161,7 +161,7 @@ def main() -> None:
     work = ROOT / "build" / "prune-study"
     work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = ["# Structured pruning with reconstruction (load_tests/prune_study.py)", ""]
+    lines = ["# Structured pruning with reconstruction (load_tests/studies/prune_study.py)", ""]
     lines += digits(work, args.out)
     if not args.skip_text and (MINILM / "1" / "model.onnx").exists():
         lines += ["", *minilm(work, args.out)]

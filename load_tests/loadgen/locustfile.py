@@ -1,6 +1,6 @@
 """Locust ramp and soak tests against a KServe v2 server (batchserve or any other).
 
-    locust -f load_tests/locustfile.py --headless -H http://127.0.0.1:8000
+    locust -f load_tests/loadgen/locustfile.py --headless -H http://127.0.0.1:8000
 
 Each user sends one infer request after another (JSON tensors shaped from the model's
 metadata) and checks every response. The load follows RampThenSoak: up to LOCUST_USERS users
@@ -21,7 +21,7 @@ from typing import Any
 from locust import HttpUser, LoadTestShape, between, events, task
 
 # locust puts this file's folder on sys.path; the request builder lives in the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from load_tests.loadgen import PreparedRequest, build_request
 
 MODEL = os.environ.get("LOCUST_MODEL", "digits")

@@ -1,4 +1,4 @@
-"""An offline bundle for load_tests/gpu_check.sh, for a GPU host that cannot download.
+"""An offline bundle for load_tests/gpu/check.sh, for a GPU host that cannot download.
 
 The check needs what a host without network may lack: the onnxruntime-gpu wheel (~244 MiB),
 the few small wheels batchserve needs beyond what such an image often has (torch's CUDA
@@ -6,11 +6,11 @@ libraries as pip packages, numpy, onnx), and the text model (models/minilm, ~87 
 ONNX, built by `make text-model`). The bundle is split into parts under 60 MiB, for links
 and media that limit the size of a file:
 
-    here:   python3 load_tests/gpu_transfer.py pack
+    here:   python3 load_tests/gpu/transfer.py pack
             -> .gpu-transfer/part-00 .. part-NN and MANIFEST.json, and what to run there
     there:  copy .gpu-transfer/ into the host's checkout of the project, then
-            bash load_tests/gpu_check.sh          (join, install, check)
-            or, one part at a time, `bash load_tests/gpu_check.sh --receive` after each
+            bash load_tests/gpu/check.sh          (join, install, check)
+            or, one part at a time, `bash load_tests/gpu/check.sh --receive` after each
             part arrives (it keeps the part outside the checkout), the last without it
 
 `receive` moves the parts found in .gpu-transfer/ into the state folder (outside the
@@ -32,7 +32,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / ".gpu-transfer"
 STATE = Path(tempfile.gettempdir()) / "batchserve-gpu"
 MANIFEST = "MANIFEST.json"
@@ -161,12 +161,12 @@ def plan(manifest: dict[str, object], out: Path, root: Path = ROOT) -> str:
     lines = [
         f"{len(parts)} parts, {manifest['bytes'] / MIB:.1f} MiB. On the GPU host, in a "
         "checkout of this project:",
-        f"  copy {rel}/ there whole, then run: bash load_tests/gpu_check.sh",
+        f"  copy {rel}/ there whole, then run: bash load_tests/gpu/check.sh",
         "or, one part at a time:",
     ]
     for i, entry in enumerate(parts):
         last = i == len(parts) - 1
-        command = "bash load_tests/gpu_check.sh" + ("" if last else " --receive")
+        command = "bash load_tests/gpu/check.sh" + ("" if last else " --receive")
         lines.append(f"  copy {rel}/{entry['name']} {rel}/{MANIFEST}, then run: {command}")
     lines.append("The table is at the end of the last command's output.")
     return "\n".join(lines)

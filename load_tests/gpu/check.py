@@ -13,8 +13,8 @@ Then, in one run:
 and prints one table with its bars (batching on >= 3x off on digits at
 saturation; served >= 80% of raw ONNX Runtime at its best batch).
 
-    python -m load_tests.gpu_check                         # on a GPU machine (gpu_check.sh)
-    python -m load_tests.gpu_check --cpu --quick           # the same flow on the CPU, small
+    python -m load_tests.gpu.check                         # on a GPU machine (check.sh)
+    python -m load_tests.gpu.check --cpu --quick           # the same flow on the CPU, small
 
 `--cpu` runs every step with device "cpu" (the dry run that tests/integration runs), so
 what only a GPU can show is what is left for the GPU run.
@@ -34,15 +34,15 @@ from typing import Any
 
 import onnxruntime as ort
 
-from load_tests.gpu_check_measure import (
+from load_tests.gpu.measure import (
     check_digits,
     check_minilm,
     load_worker,
     raw_onnxruntime,
     served,
 )
-from load_tests.gpu_check_models import ROOT, Settings, write_repository
-from load_tests.gpu_check_report import ModelResult, criteria, table
+from load_tests.gpu.models import ROOT, Settings, write_repository
+from load_tests.gpu.report import ModelResult, criteria, table
 from testing.server_process import ServerProcess
 
 # -- the run ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The GPU check's models and data (load_tests/gpu_check.py): its settings, the model
+"""The GPU check's models and data (load_tests/gpu/check.py): its settings, the model
 repository it serves (each model twice, batching on and off), the digits rows and the text
 model's reference, and the binary v2 requests it sends and the responses it reads back."""
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from load_tests.loadgen import BINARY_HEADER, PreparedRequest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "models" / "digits"
 MAX_BATCH = 64
 SEQUENCE = 128

@@ -28,7 +28,11 @@ async def loading(target: Target, model: str, concurrency: int) -> AsyncIterator
             request = await prepare_request(http, target.url, model, rows=1, binary=target.binary)
             yield LoadGenerator(target.url, model, request), http
         return
-    from load_tests.loadgen_grpc import GrpcLoadGenerator, open_channels, prepare_grpc_request
+    from load_tests.loadgen.grpc_client import (
+        GrpcLoadGenerator,
+        open_channels,
+        prepare_grpc_request,
+    )
 
     channels = open_channels(target.grpc, 1)
     try:

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from app.grpc.proto import grpc_service_pb2 as pb
 from app.inference import InferenceRequest, InferenceResponse
 from app.protocol.binary import decode_binary_tensor, encode_binary_tensor
 from app.protocol.checks import (
@@ -27,6 +26,7 @@ from app.protocol.checks import (
     fail,
     input_spec,
 )
+from app.protocol.proto import grpc_service_pb2 as pb
 from app.tensors import V2_TO_NUMPY, TensorSpec
 
 #: The typed-contents field that carries each datatype (FP16 has none: raw contents only).

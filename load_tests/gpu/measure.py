@@ -1,4 +1,4 @@
-"""The GPU check's three measurements (load_tests/gpu_check.py): correctness against ONNX
+"""The GPU check's three measurements (load_tests/gpu/check.py): correctness against ONNX
 Runtime on the CPU, raw ONNX Runtime per batch size on the device, and the served p50 at
 concurrency 1 and saturation sweep, with batching on and off."""
 
@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
-from load_tests.gpu_check_models import (
+from load_tests.gpu.models import (
     DIGITS,
     ROOT,
     SEQUENCE,
@@ -168,7 +168,7 @@ def closed_loop(url: str, model: str, kind: str, concurrency: int, settings: Set
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     workers = [
         subprocess.Popen(
-            [sys.executable, "-m", "load_tests.gpu_check", "--load-worker", json.dumps({
+            [sys.executable, "-m", "load_tests.gpu.check", "--load-worker", json.dumps({
                 "url": url, "model": model, "kind": kind, "concurrency": share,
                 "seconds": settings.window_s, "warm_s": warm_s, "minilm": str(settings.minilm)})],
             stdout=subprocess.PIPE, text=True, cwd=ROOT,

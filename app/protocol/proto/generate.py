@@ -1,6 +1,6 @@
 """Write the Python modules of this folder's .proto files (protoc, from grpcio-tools):
 
-    python -m app.grpc.proto.generate      # make proto
+    python -m app.protocol.proto.generate      # make proto
 
 The generated modules are committed, so serving needs no protoc; a test checks that they
 are what this writes.
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 PROTOS = ("model_config.proto", "grpc_service.proto")
-ROOT = Path(__file__).resolve().parents[3]  # imports read `app/grpc/proto/...`
+ROOT = Path(__file__).resolve().parents[3]  # imports read `app/protocol/proto/...`
 
 
 def generate(out: Path = ROOT) -> None:
