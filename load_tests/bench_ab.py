@@ -6,10 +6,11 @@
 
 Server A runs the code of `--baseline` (checked out into a temporary git worktree, run with
 this interpreter: the ref must need no package this environment lacks) or, without it, the
-working tree; server B runs the working tree. Both serve the same repository (the shipped
-models by default) on 127.0.0.1. Each round runs a closed loop of 1-row requests against
-every (encoding, server) pair in turn, A and B back to back, so drift in a shared, noisy
-machine hits both alike; the report gives each round and the ratio of the medians.
+working tree; server B runs the working tree (launched as A is). Both serve the same
+repository (the shipped models by default) on 127.0.0.1. Each round runs a closed loop of
+1-row requests against every (encoding, server) pair in turn, A and B back to back, so drift
+in a shared, noisy machine hits both alike; the report gives each round and the ratio of the
+medians.
 """
 
 from __future__ import annotations
@@ -134,8 +135,13 @@ def main() -> None:
             label_a: ServerProcess(
                 args.model_repository, env=parse_env(args.env_a), source=source, grpc=grpc
             ),
+            # Launched as A is (`python -m app` from a source tree) where A is a checkout, so
+            # that the two servers differ in their code only, not in how they were started.
             label_b: ServerProcess(
-                args.repository_b or args.model_repository, env=parse_env(args.env_b), grpc=grpc
+                args.repository_b or args.model_repository,
+                env=parse_env(args.env_b),
+                source=None if source is None else ROOT,
+                grpc=grpc,
             ),
         }
         for server in servers.values():
