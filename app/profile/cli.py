@@ -133,6 +133,7 @@ def _profile(args: argparse.Namespace) -> int:
     from app.optimize.errors import require
     from app.profile import report
     from app.profile.write import write_config
+    from app.repository.autotune import model_limits
     from app.repository.config import load_model_config
     from app.tensors import fixed_batch_input
     from app.tuning import measure
@@ -176,10 +177,7 @@ def _profile(args: argparse.Namespace) -> int:
         data = str(args.data)
     else:
         if variable:
-            sequence_length = args.sequence_length or min(
-                DEFAULT_SEQUENCE_LENGTH,
-                config.tokenizer.max_length if config.tokenizer else DEFAULT_SEQUENCE_LENGTH,
-            )
+            sequence_length = args.sequence_length or model_limits(config).sequence_length
         length = sequence_length or 1
 
         def feeds_for(size: int) -> dict[str, Any]:

@@ -186,8 +186,6 @@ def _measure(
         chosen = for_lone_requests(model_path, chosen, profile.points, feeds_for,
                                    profile_settings)  # fmt: skip
     tuning = from_plan(chosen, inputs=samples.label, device="cuda" if on_gpu else "cpu")
-    if not batching:
-        tuning = replace(tuning, max_batch_size=limits.max_batch_size)
     return replace(tuning, seconds=time.monotonic() - started)
 
 

@@ -65,7 +65,8 @@ class Plan:
     #: "given", or how the default was derived.
     target_source: str
     layout: Layout
-    #: The largest batch; None for a model that does not batch (a fixed batch axis).
+    #: The largest batch; for a model that does not batch (a fixed batch axis), what the
+    #: config fixes, kept as it is (None where it is silent).
     max_batch_size: int | None
     #: The batch the server forms when that many wait; None where the model does not batch.
     batch_size: int | None
@@ -121,7 +122,7 @@ def plan(
     if not batching:
         best = max(own, key=lambda p: p.throughput_sps)
         return Plan(
-            target_ms=target, target_source=source, layout=layout, max_batch_size=None,
+            target_ms=target, target_source=source, layout=layout, max_batch_size=max_batch_size,
             batch_size=None, preferred_batch_sizes=[], throughput_sps=best.throughput_sps,
             latency_ms_p50=best.latency_ms_p50, meets_target=meets_target, notes=notes,
         )  # fmt: skip
