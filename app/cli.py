@@ -37,6 +37,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "log_level": args.log_level,
             "metrics_port": args.metrics_port,
             "repository_poll_s": args.repository_poll_s,
+            "model_memory": args.model_memory,
+            "preload": args.preload,
         }.items()
         if value is not None
     }
@@ -128,6 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SECONDS",
         help="scan the repository this often: load new or changed models, unload removed ones",
+    )
+    serve.add_argument(
+        "--model-memory",
+        metavar="BYTES",
+        help="memory budget for loaded models (8GiB, or 0.5 of the container's limit): models "
+        "load on their first request and the least recently used idle ones make room",
+    )
+    serve.add_argument(
+        "--preload",
+        metavar="MODEL",
+        action="append",
+        help="under --model-memory, load this model at start and never unload it (repeatable)",
     )
     serve.add_argument(
         "--log-level", choices=["critical", "error", "warning", "info", "debug"], default=None

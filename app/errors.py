@@ -120,7 +120,9 @@ def describe(exc: BaseException) -> ErrorKind:
 
 
 def retry_after_s(exc: BaseException) -> int | None:
-    """Whole seconds a refused client should wait before retrying (Retry-After), if any."""
-    if isinstance(exc, OverloadedError):
-        return max(1, math.ceil(exc.retry_after_s))
+    """Whole seconds a refused client should wait before retrying (Retry-After), if any:
+    a full queue says, and so does any error carrying `retry_after_s`."""
+    seconds = getattr(exc, "retry_after_s", None)
+    if isinstance(seconds, int | float):
+        return max(1, math.ceil(seconds))
     return None

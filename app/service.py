@@ -8,6 +8,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 from app.batching import BatchObserver
+from app.batching.cores import CoreShares
+from app.cores import available_cores
 from app.metrics import (
     ModelMetrics,
     NoMetrics,
@@ -17,10 +19,13 @@ from app.metrics import (
     WorkerInfo,
 )
 from app.repository import LoadedVersion, ModelRepository, ModelState, ServingDefaults
+from app.repository.budget import parse_memory_budget
 from app.repository.poller import RepositoryPoller
-from app.repository.state import UNLOADED
+from app.repository.residency import CostBook, ResidencySettings
+from app.repository.state import UNLOADED, ModelEntry
 from app.settings import Settings
 from app.tuning.at_load import TuneSettings
+from app.tuning.cache import default_cache_dir
 
 log = logging.getLogger("batchserve")
 
@@ -37,6 +42,8 @@ class InferenceService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = ServerMetrics(settings.latency_buckets)
+        #: The cores every model's CPU workers share (or only count, when they do not).
+        self.cores = CoreShares(available_cores(), share=settings.share_cores)
         self.repository = ModelRepository(
             settings.model_repository,
             ServingDefaults(
@@ -49,11 +56,19 @@ class InferenceService:
                     budget_s=settings.autotune_seconds,
                     cache_dir=settings.cache_dir,
                 ),
+                cores=self.cores,
             ),
             observer_factory=self._observer,
             on_version_gone=self.metrics.forget,
+            residency=residency_settings(settings),
+            residency_observer=self.metrics if settings.metrics else None,
+            costs=CostBook(settings.cache_dir or default_cache_dir()),
         )
         self.metrics.watch_state(self._version_gauges)
+        self.metrics.watch_cores(self.cores)
+        self.metrics.watch_memory(
+            budget=self.repository.budget_bytes, resident=self.repository.resident_bytes
+        )
         self._no_metrics = NoMetrics()
         #: Set once the startup load has finished, whatever failed in it.
         self.loaded = asyncio.Event()
@@ -110,7 +125,7 @@ class InferenceService:
         if self.startup_error:
             return self.startup_error
         if self.settings.strict_readiness and not self.repository.all_ready():
-            failed = [n for n, e in self.repository.models.items() if e.state != "READY"]
+            failed = self.repository.not_ready()
             return f"models not ready: {failed} (see POST /v2/repository/index)"
         return None
 
@@ -137,7 +152,7 @@ class InferenceService:
 
     def _version_gauges(self) -> Iterator[VersionGauges]:
         for entry in list(self.repository.models.values()):
-            state = "unloaded" if entry.reason == UNLOADED else _STATE_NAMES[entry.state]
+            state = _state_name(entry)
             if not entry.versions:
                 yield VersionGauges(entry.name, "", state, 0, 0)
             for version, loaded in list(entry.versions.items()):
@@ -154,7 +169,26 @@ class InferenceService:
                         for i in loaded.instances
                     ),
                     _tuning_info(loaded),
+                    loaded.memory_bytes,
                 )
+
+
+def _state_name(entry: ModelEntry) -> str:
+    """As batchserve_model_state says it: a model out of memory on request or to fit the
+    budget is "unloaded" (nothing to page anyone about), else its state."""
+    if entry.reason == UNLOADED or (entry.on_demand and entry.state is ModelState.UNAVAILABLE):
+        return "unloaded"
+    return _STATE_NAMES[entry.state]
+
+
+def residency_settings(settings: Settings) -> ResidencySettings:
+    """The memory budget and the models kept in memory, from the server's settings."""
+    budget = settings.model_memory
+    return ResidencySettings(
+        budget_bytes=parse_memory_budget(budget) if budget else None,
+        preload=frozenset(settings.preload),
+        max_concurrent_loads=settings.max_concurrent_loads,
+    )
 
 
 def _tuning_info(loaded: LoadedVersion) -> TuningInfo | None:

@@ -6,10 +6,10 @@ The CLI's flags override the environment; anything not given falls back to the d
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.metrics.families import LATENCY_BUCKETS
 
@@ -174,6 +174,30 @@ class Settings(BaseSettings):
         default=None,
         description="When set, load and unload need `Authorization: Bearer <this token>`.",
     )
+    model_memory: str | None = Field(
+        default=None,
+        description="Memory budget for loaded models: bytes (8GiB, 512MB) or a share of the "
+        "container's memory limit (0.5, 50%). Set, only pinned models load at start; the "
+        "others load on their first request and the least recently used idle ones are "
+        "unloaded to make room. Unset: every model loads at start and stays.",
+    )
+    preload: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Under a memory budget, models loaded at start and never unloaded to "
+        "make room (as `pinned = true` in their config.toml); comma-separated names.",
+    )
+    max_concurrent_loads: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Model loads that may run at once (each is measured alone at 1).",
+    )
+    share_cores: bool = Field(
+        default=True,
+        description="The CPU workers of all models share the cores this process may use: a "
+        "batch runs once its worker's threads fit among the cores not busy, so many resident "
+        "models never run more compute threads than cores. Off: every worker runs at once.",
+    )
     malloc_mmap_threshold: int = Field(
         default=32 * 1024 * 1024,
         ge=0,
@@ -206,6 +230,26 @@ class Settings(BaseSettings):
         default=LATENCY_BUCKETS,
         description="Upper bounds (seconds) of the latency histograms' buckets.",
     )
+
+    @field_validator("model_memory")
+    @classmethod
+    def _budget(cls, text: str | None) -> str | None:
+        """Refuse a budget that cannot be read at start, not at the first load."""
+        from app.repository.budget import parse_memory_budget
+
+        if text:
+            try:
+                parse_memory_budget(text)
+            except Exception as exc:
+                raise ValueError(str(exc)) from None
+        return text
+
+    @field_validator("preload", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     @field_validator("latency_buckets")
     @classmethod

@@ -91,8 +91,8 @@ class ServerProcess:
         """Sum of one metric's samples on /metrics whose labels include `labels`."""
         text = httpx.get(f"{self.url}/metrics").text
         total = 0.0
-        for match in re.finditer(rf"^{name}\{{(.*)\}} (\S+)$", text, re.MULTILINE):
-            if all(f'{k}="{v}"' in match[1] for k, v in labels.items()):
+        for match in re.finditer(rf"^{name}(?:\{{(.*)\}})? (\S+)$", text, re.MULTILINE):
+            if all(f'{k}="{v}"' in (match[1] or "") for k, v in labels.items()):
                 total += float(match[2])
         return total
 

@@ -39,7 +39,7 @@ async def model_statistics(
 async def model_metadata(
     request: Request, model_name: str, model_version: str | None = None
 ) -> Response:
-    return json_response(control_of(request).model_metadata(model_name, model_version))
+    return json_response(await control_of(request).model_metadata(model_name, model_version))
 
 
 @router.get("/v2/models/{model_name}/ready", responses={200: {"model": ModelReady}, **_ERRORS})
@@ -65,4 +65,4 @@ async def model_configuration(
     request: Request, model_name: str, model_version: str | None = None
 ) -> Response:
     """Triton's model configuration extension (perf_analyzer and Model Analyzer read it)."""
-    return json_response(control_of(request).model_config(model_name, model_version))
+    return json_response(await control_of(request).model_config(model_name, model_version))

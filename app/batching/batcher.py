@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from app.batching import lanes
+from app.batching.cores import CoreShares
 from app.batching.execution import BatchResult, execute
 from app.batching.formation import take_batch, take_limit
 from app.batching.lanes import CLOSED, STAGE_AFTER_S, Closed, Lane, Launched, Taken
@@ -63,6 +64,7 @@ class Batcher:
         *,
         observer: BatchObserver | None = None,
         low_load_only: Collection[str] = (),
+        cores: CoreShares | None = None,
     ) -> None:
         if not runners:
             raise ValueError("a batcher needs at least one runner")
@@ -73,6 +75,8 @@ class Batcher:
             )
         self.name = name
         self.policy = policy
+        #: The machine's cores, shared with every other version's CPU workers.
+        self._cores = cores
         self._whole_batch = max(policy.target_batch_size, 1)  # a batch waiting cannot grow
         self._runners = list(runners)
         self._observer = observer or BatchObserver()
@@ -338,10 +342,13 @@ class Batcher:
                     loop.call_soon_threadsafe(lanes.answer_expired, self.name, launched, expired)
         batch = launched.batch
         result = BatchResult([])  # a staged batch left with nothing to compute
+        runner = lane.runner
+        cores = self._cores if batch and runner.device == "cpu" else None
+        taken = cores.take(getattr(runner, "threads", 1)) if cores is not None else 0
         try:
             if batch:
                 result = execute(
-                    lane.runner,
+                    runner,
                     [p.inputs for p in batch],
                     batches=self.policy.batches,
                     padding=self.policy.padding,
@@ -349,6 +356,9 @@ class Batcher:
                 )
         except Exception as exc:  # execute reports failures per request; this is a bug
             result = BatchResult([exc] * len(batch))
+        finally:
+            if cores is not None:
+                cores.give_back(taken)
         # Closed loop: the server is gone, and nobody waits for these results.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._finish, lane, launched, result)

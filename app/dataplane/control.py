@@ -13,7 +13,7 @@ from typing import Any
 from app import __version__
 from app.errors import InvalidInputError, ModelLoadError, NotFoundError, PermissionDeniedError
 from app.metrics import ModelStatistics, ServerMetrics
-from app.repository import ModelRepository
+from app.repository import LoadedVersion, ModelRepository
 from app.repository.triton_config import model_config
 
 #: The v2 extensions this server implements, as GET /v2 and ServerMetadata list them.
@@ -59,16 +59,23 @@ class ControlPlane:
         loaded = self._repository.version(model, version)
         return {"name": model, "version": str(loaded.version), "ready": True}
 
-    def model_metadata(self, model: str, version: str | None) -> dict[str, Any]:
+    async def model_metadata(self, model: str, version: str | None) -> dict[str, Any]:
         """Inputs, outputs and devices; `versions` lists every version serving unless one
-        was asked for."""
-        loaded = self._repository.version(model, version)
+        was asked for. Like inference, it loads a model the memory budget keeps out."""
+        loaded = await self._resident(model, version)
         versions = sorted(self._repository.entry(model).versions)
         return loaded.metadata([loaded.version] if version is not None else versions)
 
-    def model_config(self, model: str, version: str | None) -> dict[str, Any]:
-        """Triton's model configuration (perf_analyzer and Model Analyzer read it)."""
-        return model_config(self._repository.version(model, version))
+    async def model_config(self, model: str, version: str | None) -> dict[str, Any]:
+        """Triton's model configuration (perf_analyzer and Model Analyzer read it before
+        they send anything, so it loads a model the memory budget keeps out)."""
+        return model_config(await self._resident(model, version))
+
+    async def _resident(self, model: str, version: str | None) -> LoadedVersion:
+        loading = self._repository.load_on_request(model)
+        if loading is not None:
+            await loading
+        return self._repository.version(model, version)
 
     def statistics(self, model: str | None, version: str | None) -> list[dict[str, Any]]:
         """Triton's `model_stats` for one version, every version of a model, or everything."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -35,6 +35,8 @@ from app.repository import LoadedVersion, ModelRepository
 from app.tensors import TensorSpec
 
 Outputs = dict[str, np.ndarray]
+T = TypeVar("T")
+SHUTTING_DOWN = "server is shutting down; retry on another replica"
 
 
 class DataPlane:
@@ -58,17 +60,48 @@ class DataPlane:
         """Serve one call; raises ServingError (already counted) for the transport to send."""
         started = time.perf_counter()
         arrived = asyncio.get_running_loop().time()
+        loading = self._repository.load_on_request(call.model)
+        if loading is None:
+            loaded = self._repository.version(call.model, call.version)
+            return await self._infer(call, loaded, started, arrived)
+        # Not in memory: read the request (a transport watches for its client going away
+        # only once it has), then wait for the model's one load, however many wait for it.
+        # Admitted now, it is served even if the server begins to drain during the load.
+        if self._draining():
+            raise UnavailableError(SHUTTING_DOWN)
+        body = await call.receive()
+        await _until_done_or_gone(loading, call)
         loaded = self._repository.version(call.model, call.version)
+        return await self._infer(call, loaded, started, arrived, body)
+
+    async def _infer(
+        self,
+        call: TransportCall[Body, Encoded],
+        loaded: LoadedVersion,
+        started: float,
+        arrived: float,
+        received: Body | None = None,
+    ) -> Encoded:
         metrics = self._recorder(call.model, loaded.version)
         protocol = call.protocol
         metrics.request_started()
+        holder = loaded  # held (never evicted) until answered
+        holder.users += 1
+        holder.last_used = arrived
         try:
-            if self._draining():
-                raise UnavailableError("server is shutting down; retry on another replica")
+            if received is None and self._draining():
+                raise UnavailableError(SHUTTING_DOWN)
             loaded.batcher.check_admission(call.announce(loaded))
-            body = await call.receive()
-            # The version serving now: a reload may have swapped it in while the body arrived.
-            loaded = self._repository.version(call.model, call.version)
+            if received is None:
+                body = await call.receive()
+                # The version serving now: a reload may have swapped it in meanwhile.
+                loaded = self._repository.version(call.model, call.version)
+                if loaded is not holder:
+                    holder.users -= 1
+                    holder = loaded
+                    holder.users += 1
+            else:
+                body = received
             if call.size(body) > self._decode_in_thread_bytes:  # the loop keeps answering
                 request = await asyncio.to_thread(call.decode, body, loaded)
             else:
@@ -77,7 +110,7 @@ class DataPlane:
             priority = _priority(parameters) if parameters else None
             deadline = request.deadline
             if parameters or loaded.default_timeout_s is not None:
-                deadline = _deadline(parameters, loaded.default_timeout_s, deadline)
+                deadline = _deadline(parameters, loaded.default_timeout_s, deadline, arrived)
             inputs = request.inputs
             if loaded.text is not None and loaded.text.input in inputs:
                 inputs = await _tokenize(
@@ -100,6 +133,8 @@ class DataPlane:
         except BaseException:  # cancelled: the server is going away under this request
             metrics.request_done("cancelled", time.perf_counter() - started, protocol)
             raise
+        finally:
+            holder.users -= 1
         metrics.request_done("success", time.perf_counter() - started, protocol)
         return encoded
 
@@ -158,9 +193,7 @@ def _response(
     )  # fmt: skip
 
 
-async def _until_done_or_gone(
-    result: asyncio.Future[Outputs], call: TransportCall[Any, Any]
-) -> Outputs:
+async def _until_done_or_gone(result: asyncio.Future[T], call: TransportCall[Any, Any]) -> T:
     """Await a queue's answer, unless the client goes away first: then the transport cancels
     `result`, the request leaves the queue uncomputed, and the call counts as cancelled."""
     if result.done():
@@ -178,11 +211,11 @@ async def _until_done_or_gone(
 
 
 def _deadline(
-    parameters: Mapping[str, Any], default_s: float | None, transport: float | None
+    parameters: Mapping[str, Any], default_s: float | None, transport: float | None, arrived: float
 ) -> float | None:
     """The request's absolute deadline (loop time): `parameters.timeout` in microseconds
-    from now (Triton's convention), else the model's or server's default; the earlier of
-    that and the transport's own deadline."""
+    from its arrival (Triton's convention), else the model's or server's default; the
+    earlier of that and the transport's own deadline. A wait for a cold load counts."""
     timeout = parameters.get("timeout")
     if timeout is None:
         timeout_s = default_s
@@ -194,7 +227,7 @@ def _deadline(
         timeout_s = timeout / 1_000_000
     if timeout_s is None:
         return transport
-    own = asyncio.get_running_loop().time() + timeout_s
+    own = arrived + timeout_s
     return own if transport is None else min(transport, own)
 
 

@@ -25,6 +25,9 @@ from app.protocol.proto import grpc_service_pb2_grpc as pb_grpc
 from app.protocol.protobuf import decode_request, encode_response
 from app.repository import LoadedVersion
 
+#: The fields of a repository index row that the protobuf message has.
+_INDEX = ("name", "version", "state", "reason")
+
 
 class GrpcCall:
     """One ModelInfer request, as the data plane's TransportCall."""
@@ -123,7 +126,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
         try:
-            metadata = self._control.model_metadata(
+            metadata = await self._control.model_metadata(
                 request.name, requested_version(request.name, request.version)
             )
         except ServingError as exc:
@@ -138,7 +141,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
         try:
-            config = self._control.model_config(
+            config = await self._control.model_config(
                 request.name, requested_version(request.name, request.version)
             )
         except ServingError as exc:
@@ -162,7 +165,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
         rows = self._control.repository_index(ready=request.ready)
         return pb.RepositoryIndexResponse(
-            models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows]
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(**{k: row[k] for k in _INDEX if k in row})
+                for row in rows
+            ]
         )
 
     async def RepositoryModelLoad(

@@ -36,6 +36,8 @@ class VersionGauges:
     workers: tuple[WorkerInfo, ...] = ()
     #: Where its layout came from and what it is (app.tuning.result.Tuning), if known.
     tuning: TuningInfo | None = None
+    #: What its load added to the process's resident memory, if measured.
+    memory_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +50,8 @@ class TuningInfo:
 
 class StateCollector(Collector):
     """Exports batchserve_queue_depth, batchserve_queue_bytes, batchserve_inflight_requests,
-    batchserve_model_state, batchserve_worker_info and batchserve_tuning_info."""
+    batchserve_model_state, batchserve_worker_info, batchserve_tuning_info and
+    batchserve_model_memory_bytes."""
 
     def __init__(self, read: Callable[[], Iterable[VersionGauges]]) -> None:
         self._read = read
@@ -86,6 +89,12 @@ class StateCollector(Collector):
             "(config, off, tuned at this load, cache, failed) and what they are.",
             labels=[*labels, "source", "layout", "max_batch_size", "preferred_batch_sizes"],
         )
+        memory = GaugeMetricFamily(
+            "batchserve_model_memory_bytes",
+            "What each loaded model version added to the server's memory when it loaded "
+            "and warmed up (device=cpu: the process's resident set).",
+            labels=[*labels, "device"],
+        )
         for row in self._read():
             values = [row.model, row.version]
             depth.add_metric(values, row.queue_depth)
@@ -95,6 +104,8 @@ class StateCollector(Collector):
                 state.add_metric([*values, name], 1.0 if row.state == name else 0.0)
             for w in row.workers:
                 workers.add_metric([*values, w.worker, w.device, w.provider, w.requested], 1.0)
+            if row.memory_bytes is not None:
+                memory.add_metric([*values, "cpu"], row.memory_bytes)
             if row.tuning is not None:
                 t = row.tuning
                 tuning.add_metric(
@@ -106,3 +117,4 @@ class StateCollector(Collector):
         yield state
         yield workers
         yield tuning
+        yield memory

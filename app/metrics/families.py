@@ -22,6 +22,7 @@ from prometheus_client import (
 )
 
 from app.batching import BatchObserver, BatchReport
+from app.batching.cores import CoreShares
 from app.batching.latency import MISS_SHARE
 from app.metrics.collectors import StateCollector, VersionGauges
 from app.metrics.gpu import GpuCollector
@@ -33,6 +34,7 @@ LATENCY_BUCKETS = (
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 OUTCOMES = ("success", "invalid", "rejected", "timeout", "cancelled", "error")
 PROTOCOLS = ("http", "grpc")
@@ -136,6 +138,54 @@ class ServerMetrics:
         self.http_connections = Gauge(
             "batchserve_http_connections", "Open HTTP connections.", registry=r
         )
+        self.model_loads = Counter(
+            "batchserve_model_loads",
+            "Model loads by reason: startup, request (a request for a model not in memory), "
+            "explicit (the repository API), reload (its files changed).",
+            ["model", "reason"], registry=r,
+        )  # fmt: skip
+        self.model_load_duration = Histogram(
+            "batchserve_model_load_duration_seconds",
+            "Time a model's load took, sessions and warm-up included.",
+            ["model"], buckets=LOAD_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.model_load_waits = Counter(
+            "batchserve_model_load_waits",
+            "Requests that found their model not in memory and waited for its load.",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.model_evictions = Counter(
+            "batchserve_model_evictions",
+            "Models unloaded to make room under the memory budget.",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.memory_budget = Gauge(
+            "batchserve_model_memory_budget_bytes",
+            "The memory budget for loaded models (absent without one).",
+            registry=r,
+        )  # fmt: skip
+        self.memory_resident = Gauge(
+            "batchserve_model_memory_resident_bytes",
+            "What the loaded models hold, as measured when each loaded.",
+            registry=r,
+        )  # fmt: skip
+        self.compute_cores = Gauge(
+            "batchserve_compute_cores",
+            "Cores this process may use, which the CPU workers of all models share unless "
+            "BATCHSERVE_SHARE_CORES is off.",
+            registry=r,
+        )  # fmt: skip
+        self.compute_threads_busy = Gauge(
+            "batchserve_compute_threads_busy",
+            "Compute threads running CPU batches now, over all models (at most the cores "
+            "while they are shared).",
+            registry=r,
+        )  # fmt: skip
+        self.compute_threads_peak = Gauge(
+            "batchserve_compute_threads_peak",
+            "The most compute threads that ran CPU batches at once since the server started.",
+            registry=r,
+        )  # fmt: skip
         self._models: dict[tuple[str, int], ModelMetrics] = {}
         #: Every family labelled by model and version first: a version's series to drop.
         self._per_version = (
@@ -148,6 +198,31 @@ class ServerMetrics:
     def watch_state(self, read: Callable[[], Iterable[VersionGauges]]) -> None:
         """Export queue depth, in-flight requests and model state from `read()` at scrape."""
         self.registry.register(StateCollector(read))
+
+    def watch_cores(self, cores: CoreShares) -> None:
+        """Export the shared cores, and how many threads run batches now and at most."""
+        self.compute_cores.set(cores.cores)
+        self.compute_threads_busy.set_function(lambda: cores.busy)
+        self.compute_threads_peak.set_function(lambda: cores.peak)
+
+    def watch_memory(self, *, budget: int | None, resident: Callable[[], int]) -> None:
+        """Export the memory budget, and what the loaded models hold as `resident()` says."""
+        if budget is None:
+            self.registry.unregister(self.memory_budget)
+        else:
+            self.memory_budget.set(budget)
+        self.memory_resident.set_function(resident)
+
+    # The repository's ResidencyObserver.
+    def model_loaded(self, model: str, reason: str, seconds: float) -> None:
+        self.model_loads.labels(model, reason).inc()
+        self.model_load_duration.labels(model).observe(seconds)
+
+    def model_evicted(self, model: str) -> None:
+        self.model_evictions.labels(model).inc()
+
+    def load_waited(self, model: str) -> None:
+        self.model_load_waits.labels(model).inc()
 
     def http_refused(self, reason: str) -> None:
         self.http_refusals.labels(reason).inc()

@@ -241,6 +241,8 @@ class ModelConfig(Strict):
     warmup: WarmupConfig | None = None
     #: false: never profile this model at load (app.repository.autotune); the defaults serve.
     autotune: bool | None = None
+    #: Under a memory budget: load at start and never evict (without one, everything is).
+    pinned: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:

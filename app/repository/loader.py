@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.batching import Batcher, BatchingPolicy, BatchObserver
+from app.batching.cores import CoreShares
 from app.errors import ModelLoadError
 from app.repository.autotune import apply_tuning, tune_version
 from app.repository.config import ModelConfig
@@ -36,6 +37,8 @@ class ServingDefaults:
     timeout_ms: float | None = None
     max_image_pixels: int = 40_000_000
     tuning: TuneSettings = field(default_factory=lambda: TuneSettings(enabled=False))
+    #: The machine's cores, which every version's CPU workers share (None: not counted).
+    cores: CoreShares | None = None
 
 
 def resolve_max_batch_size(config: ModelConfig, inputs: tuple[TensorSpec, ...]) -> int:
@@ -110,6 +113,7 @@ def load_version(
         batcher=Batcher(
             f"{model}/{version}", policy, instances, observer=observer,
             low_load_only=[i.label for i in instances if i.low_load_only],
+            cores=defaults.cores,
         ),
         default_timeout_s=_seconds(batching.default_timeout_ms or defaults.timeout_ms),
         reject_nonfinite=config.reject_nonfinite,

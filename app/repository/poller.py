@@ -3,9 +3,10 @@
 Every `interval_s` the repository is scanned, in a thread, for what changed since the last
 scan: a new model directory is loaded, a changed one (a version directory added or removed,
 config.toml or a version's files rewritten) is reloaded, warmed before it takes traffic, and
-a removed one is unloaded after serving what it holds. A model caught half-copied fails to
-load and keeps its old versions serving; the next change to its files retries it. Copy a new
-version elsewhere and move it into place to avoid the retry.
+a removed one is unloaded after serving what it holds. Under a memory budget, a new or
+changed model that is not resident waits for a request to load it. A model caught
+half-copied fails to load and keeps its old versions serving; the next change to its files
+retries it. Copy a new version elsewhere and move it into place to avoid the retry.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import contextlib
 import logging
 from pathlib import Path
 
-from app.errors import ModelLoadError, NotFoundError
+from app.errors import ModelLoadError, NotFoundError, ServingError
 from app.repository.repository import ModelRepository
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class RepositoryPoller:
         for name, files in sorted(now.items()):
             if self._seen.get(name) == files:
                 continue
-            log.info("repository poll: model %s is new or changed; loading it", name)
-            with contextlib.suppress(ModelLoadError, NotFoundError):  # logged by the repository
-                await self.repository.load(name)
+            log.info("repository poll: model %s is new or changed", name)
+            with contextlib.suppress(ModelLoadError, ServingError):  # logged by the repository
+                await self.repository.refresh(name)
         self._seen = now

@@ -6,17 +6,36 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from app.batching import BatchObserver
-from app.errors import ModelLoadError, NotFoundError, UnavailableError
-from app.repository.config import load_model_config
+from app.errors import ModelLoadError, NotFoundError, ServingError, UnavailableError
+from app.repository.budget import shown_bytes
+from app.repository.config import ModelConfig, load_model_config
 from app.repository.loader import MODEL_FILE, ServingDefaults, load_version
-from app.repository.state import UNLOADED, LoadedVersion, ModelEntry, ModelState
-from app.runtime.memory import return_freed_memory
+from app.repository.lookup import find_entry, find_version, index_rows, parse_version
+from app.repository.residency import (
+    CostBook,
+    ResidencyObserver,
+    ResidencySettings,
+    choose_evictions,
+    load_finished,
+    over_budget,
+    wait_for_load,
+)
+from app.repository.state import (
+    EVICTED,
+    NOT_LOADED,
+    UNLOADED,
+    LoadedVersion,
+    ModelEntry,
+    ModelState,
+)
+from app.runtime.memory import held_bytes, prime_runtime, return_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -29,24 +48,48 @@ VersionGone = Callable[[str, int], None]
 
 
 class ModelRepository:
-    """Scans a directory of models and owns the loaded versions and their workers."""
+    """Scans a directory of models and owns the loaded versions and their workers.
+
+    Without a memory budget every model loads at start and stays. With one, only pinned
+    models do; the others load when a request asks for them (one load per model however
+    many ask: single flight) and are unloaded, least recently used first, when a load needs
+    their room and nothing holds them (app.repository.residency)."""
 
     def __init__(
         self,
         root: Path,
         defaults: ServingDefaults | None = None,
+        *,
         observer_factory: ObserverFactory | None = None,
         on_version_gone: VersionGone | None = None,
+        residency: ResidencySettings | None = None,
+        residency_observer: ResidencyObserver | None = None,
+        costs: CostBook | None = None,
     ) -> None:
         self.root = root
         self._defaults = defaults or ServingDefaults()
         self._observer_factory = observer_factory
         self._on_version_gone = on_version_gone
+        self.residency = residency or ResidencySettings()
+        self._residency_observer = residency_observer
+        self._costs = costs
         self.models: dict[str, ModelEntry] = {}
         #: Replaced and unloaded versions still serving what they hold, then released.
         self._retiring: set[asyncio.Task[None]] = set()
         #: One load or unload at a time per model (the API and the poller may both ask).
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        #: Loads run a bounded number at a time, so each measures what it alone added.
+        self._load_slots = asyncio.Semaphore(self.residency.max_concurrent_loads)
+        #: What loads in progress are expected to take, by model.
+        self._reserved: dict[str, int] = {}
+
+    @property
+    def budget_bytes(self) -> int | None:
+        return self.residency.budget_bytes
+
+    def resident_bytes(self) -> int:
+        """What the resident models hold, as measured when they loaded."""
+        return sum(entry.resident_bytes for entry in self.models.values())
 
     # -- loading --------------------------------------------------------------------------
 
@@ -65,46 +108,161 @@ class ModelRepository:
         return found
 
     async def load_all(self) -> None:
-        """Load every model found, each in a thread; one failure does not stop the others."""
+        """Load every model found (under a budget, only the pinned ones), each in a thread;
+        one failure does not stop the others."""
         for path in self.model_dirs():
             self.models[path.name] = ModelEntry(name=path.name, path=path)
+        await asyncio.to_thread(prime_runtime)  # before the first model is measured
         for entry in list(self.models.values()):
-            with contextlib.suppress(ModelLoadError):  # recorded in the entry and the log
+            if self.budget_bytes is not None and not await self._register(entry):
+                continue
+            with contextlib.suppress(ModelLoadError, ServingError):  # in the entry and the log
+                await self._single_flight(entry, "startup")
+
+    async def _register(self, entry: ModelEntry) -> bool:
+        """Under a budget: read what loading `entry` is expected to take, and whether it is
+        pinned; True when it is (load it now), else it waits for a request."""
+        try:
+            config, _ = await asyncio.to_thread(self._selected, entry)
+        except ModelLoadError as exc:
+            log.error("model %s cannot load: %s", entry.name, exc)
+            entry.state, entry.reason, entry.on_demand = ModelState.UNAVAILABLE, str(exc), False
+            return False
+        entry.pinned = config.pinned or entry.name in self.residency.preload
+        if not entry.pinned and not entry.versions:
+            entry.state, entry.reason, entry.on_demand = ModelState.UNAVAILABLE, NOT_LOADED, True
+        return entry.pinned
+
+    def _single_flight(self, entry: ModelEntry, reason: str) -> asyncio.Task[None]:
+        """The load of `entry` in progress, started now for `reason` if none is: everyone
+        who asks while it runs waits for this one."""
+        if entry.loading is None:
+            task = asyncio.get_running_loop().create_task(
+                self._load_in_budget(entry, reason), name=f"load model {entry.name}"
+            )
+            entry.loading = task
+            task.add_done_callback(lambda done: load_finished(entry, done))
+        return entry.loading
+
+    async def _load_in_budget(self, entry: ModelEntry, reason: str) -> None:
+        """Make room for `entry` under the budget, load it, and if it measured more than
+        expected, unload what may go until everything fits again."""
+        async with self._locks[entry.name], self._load_slots:
+            budget = self.budget_bytes
+            if budget is not None:
+                entry.expected_bytes = await asyncio.to_thread(self._expected_bytes, entry)
+                reserved = sum(self._reserved.values())
+                await self._evict(
+                    choose_evictions(
+                        entry, budget=budget, reserved=reserved, resident=self.models.values()
+                    )
+                )
+            self._reserved[entry.name] = entry.expected_bytes
+            began = time.perf_counter()
+            try:
                 await self._load(entry)
+            finally:
+                del self._reserved[entry.name]
+            if self._residency_observer is not None:
+                self._residency_observer.model_loaded(
+                    entry.name, reason, time.perf_counter() - began
+                )
+            entry.on_demand = budget is not None
+            if budget is None:
+                return
+            if entry.resident_bytes > budget:
+                self._unload_now(entry, reason="larger than the memory budget", on_demand=False)
+                raise UnavailableError(
+                    f"model '{entry.name}' took {shown_bytes(entry.resident_bytes)} to load, "
+                    f"more than the whole memory budget of {shown_bytes(budget)}; raise "
+                    "BATCHSERVE_MODEL_MEMORY"
+                )
+            await self._evict(
+                over_budget(
+                    budget=budget, reserved=sum(self._reserved.values()),
+                    resident=self.models.values(), keep=entry,
+                )
+            )  # fmt: skip
 
     async def _load(self, entry: ModelEntry) -> None:
         """Load (or reload) every selected version of `entry`, warmed, then swap them in and
         drain the versions they replace. A failed reload keeps the old versions serving."""
+        if not entry.versions:
+            entry.state, entry.reason = ModelState.LOADING, ""
         try:
             versions = await asyncio.to_thread(self._load_versions, entry)
         except Exception as exc:  # ModelLoadError, or a bug/ORT surprise: never fatal
             reason = str(exc) if isinstance(exc, ModelLoadError) else f"unexpected error: {exc!r}"
             log.error("model %s failed to load: %s", entry.name, reason)
             if not entry.versions:
-                entry.state, entry.reason = ModelState.UNAVAILABLE, reason
+                entry.state, entry.reason, entry.on_demand = ModelState.UNAVAILABLE, reason, False
             raise ModelLoadError(reason) from None
+        now = asyncio.get_running_loop().time()
         for loaded in versions.values():
+            loaded.last_used = now
             loaded.start()
         replaced = entry.versions
         entry.versions, entry.state, entry.reason = versions, ModelState.READY, ""
         self._retire_later(entry.name, replaced)
 
-    async def load(self, name: str) -> None:
+    async def load(self, name: str, *, reason: str = "explicit") -> None:
         """Load or reload one model by name (the v2 repository extension's load)."""
-        async with self._locks[name]:
-            entry = self.models.get(name)
-            if entry is None:
-                path = self._model_dir(name)
-                entry = self.models[name] = ModelEntry(name=name, path=path)
-            await self._load(entry)
+        entry = self.models.get(name)
+        if entry is None:
+            path = self._model_dir(name)
+            entry = self.models[name] = ModelEntry(name=name, path=path)
+        await asyncio.shield(self._single_flight(entry, reason))
+
+    async def refresh(self, name: str) -> None:
+        """A model's files are new or changed: reload it where it is resident (or there is
+        no budget); else the next request loads the new files."""
+        entry = self.models.get(name)
+        if self.budget_bytes is None or (entry is not None and entry.versions):
+            await self.load(name, reason="reload")
+            return
+        if entry is None:
+            entry = self.models[name] = ModelEntry(name=name, path=self._model_dir(name))
+        if await self._register(entry):
+            await self.load(name, reason="reload")
+
+    def load_on_request(self, name: str) -> asyncio.Future[None] | None:
+        """Under a budget, for a model known but not resident: the load a request waits
+        for (single flight), which raises UnavailableError if it fails; None otherwise."""
+        entry = self.entry(name)
+        if entry.versions or not entry.on_demand:
+            return None
+        if self._residency_observer is not None:
+            self._residency_observer.load_waited(name)
+        return asyncio.ensure_future(wait_for_load(entry, self._single_flight(entry, "request")))
 
     async def unload(self, name: str) -> None:
         """Stop serving a model: new requests get 503, queued ones are still served."""
         async with self._locks[name]:
-            entry = self.entry(name)
-            replaced = entry.versions
-            entry.versions, entry.state, entry.reason = {}, ModelState.UNAVAILABLE, UNLOADED
-            self._retire_later(name, replaced)
+            self._unload_now(self.entry(name), reason=UNLOADED, on_demand=False)
+
+    def _unload_now(self, entry: ModelEntry, *, reason: str, on_demand: bool) -> None:
+        """Take `entry` out of service now; its versions serve what they hold, then go."""
+        replaced = entry.versions
+        entry.versions, entry.state, entry.reason = {}, ModelState.UNAVAILABLE, reason
+        entry.on_demand = on_demand
+        self._retire_later(entry.name, replaced)
+
+    async def _evict(self, victims: list[ModelEntry]) -> None:
+        """Unload `victims` (none in use) to make room, and wait until their memory is
+        back with the system."""
+        retired = []
+        for entry in victims:  # at once: nothing can start using them between the choice and this
+            log.info(
+                "model %s: unloading it (%s, least recently used) to fit the memory budget",
+                entry.name, shown_bytes(entry.resident_bytes),
+            )  # fmt: skip
+            retired.append((entry.name, entry.versions))
+            entry.versions, entry.state, entry.reason = {}, ModelState.UNAVAILABLE, EVICTED
+            entry.on_demand = True
+            if self._residency_observer is not None:
+                self._residency_observer.model_evicted(entry.name)
+        for name, versions in retired:
+            await self._retire(name, versions)
 
     async def remove(self, name: str) -> None:
         """Unload a model whose directory is gone and drop it from the index (new requests
@@ -159,7 +317,8 @@ class ModelRepository:
         while self._retiring:
             await asyncio.gather(*self._retiring)
 
-    def _load_versions(self, entry: ModelEntry) -> dict[int, LoadedVersion]:
+    def _selected(self, entry: ModelEntry) -> tuple[ModelConfig, list[int]]:
+        """The model's config and the versions on disk its version policy selects."""
         config = load_model_config(entry.path)
         on_disk = [
             number
@@ -176,22 +335,45 @@ class ModelRepository:
             raise ModelLoadError(
                 f"{entry.path}: version_policy selects none of the versions on disk {on_disk}"
             )
+        return config, selected
+
+    def _expected_bytes(self, entry: ModelEntry) -> int:
+        """What loading `entry` is expected to take: measured before, else estimated."""
+        if self._costs is None:
+            return 0
+        try:
+            _, selected = self._selected(entry)
+        except ModelLoadError:
+            return 0  # the load itself fails, with the reason
+        return self._costs.expected(entry.path / str(version) for version in selected)
+
+    def _load_versions(self, entry: ModelEntry) -> dict[int, LoadedVersion]:
+        """Load the selected versions one by one, each measured: what it added to the
+        memory the process holds (app.runtime.memory.held_bytes)."""
+        config, selected = self._selected(entry)
         loaded: dict[int, LoadedVersion] = {}
         for version in selected:
             observer = (
                 self._observer_factory(entry.name, version) if self._observer_factory else None
             )
+            before = held_bytes()
+            version_dir = entry.path / str(version)
             try:
                 loaded[version] = load_version(
                     entry.name,
                     version,
-                    entry.path / str(version),
+                    version_dir,
                     config=config,
                     defaults=self._defaults,
                     observer=observer,
                 )
             except ModelLoadError as exc:
                 raise ModelLoadError(f"version {version}: {exc}") from None
+            after = held_bytes()
+            if before is not None and after is not None:
+                cost = loaded[version].memory_bytes = max(0, after - before)
+                if self._costs is not None:
+                    self._costs.write(version_dir, cost)
         return loaded
 
     def begin_drain(self) -> None:
@@ -200,81 +382,34 @@ class ModelRepository:
                 loaded.begin_drain()
 
     async def close(self) -> None:
-        """Drain every batcher: queued requests are served, then workers stop."""
+        """Finish the loads in progress (requests wait for them), then drain every batcher:
+        queued requests are served, then workers stop."""
+        loads = [e.loading for e in self.models.values() if e.loading is not None]
+        await asyncio.gather(*loads, return_exceptions=True)
         versions = [v for e in self.models.values() for v in e.versions.values()]
         await asyncio.gather(*(v.close() for v in versions), *self._retiring)
 
     # -- lookups --------------------------------------------------------------------------
 
     def entry(self, name: str) -> ModelEntry:
-        entry = self.models.get(name)
-        if entry is None:
-            # "Request for unknown model: ..." is Triton's wording, which its clients match.
-            raise NotFoundError(
-                f"Request for unknown model: '{_shown(name)}' is not found; see POST "
-                "/v2/repository/index for the models this server has"
-            )
-        return entry
+        return find_entry(self.models, name)
 
     def version(self, name: str, version: str | None = None) -> LoadedVersion:
         """The version asked for (the highest loaded one when None), ready to serve."""
-        entry = self.entry(name)
-        if entry.state is not ModelState.READY:
-            detail = f": {entry.reason}" if entry.reason else ""
-            if entry.state is ModelState.LOADING:
-                raise UnavailableError(f"model '{name}' is not ready yet (LOADING){detail}")
-            raise UnavailableError(
-                f"Request for unknown model: '{name}' has no available versions "
-                f"({entry.state}{detail})"
-            )
-        if version is None or version == "":
-            loaded = entry.latest()
-            assert loaded is not None
-            return loaded
-        number = parse_version(version)
-        chosen = entry.versions.get(number) if number is not None else None
-        if chosen is None:
-            raise NotFoundError(
-                f"Request for unknown model: '{name}' version {_shown(version)} is not found; "
-                f"loaded versions: {sorted(entry.versions)}"
-            )
-        return chosen
+        return find_version(self.models, name, version)
 
     def all_ready(self) -> bool:
-        return all(e.state is ModelState.READY for e in self.models.values())
+        """Every model serves, or (under a budget) waits for a request to load it."""
+        return not self.not_ready()
+
+    def not_ready(self) -> list[str]:
+        """The models that neither serve nor wait for a request to load them."""
+        return [
+            name
+            for name, entry in self.models.items()
+            if entry.state is not ModelState.READY and not entry.on_demand
+        ]
 
     def index(self) -> list[dict[str, Any]]:
-        """The v2 repository index: one row per loaded version, one per failed model."""
-        rows: list[dict[str, Any]] = []
-        for entry in self.models.values():
-            if entry.versions:
-                rows.extend(
-                    {
-                        "name": entry.name,
-                        "version": str(v),
-                        "state": entry.state.value,
-                        "reason": entry.reason,
-                    }
-                    for v in sorted(entry.versions)
-                )
-            else:
-                rows.append(
-                    {"name": entry.name, "state": entry.state.value, "reason": entry.reason}
-                )
-        return rows
-
-
-#: A version is a positive decimal number of at most this many digits (an int64).
-MAX_VERSION_DIGITS = 18
-
-
-def parse_version(text: str) -> int | None:
-    """The version number `text` names, or None when it names none that could exist."""
-    if not (0 < len(text) <= MAX_VERSION_DIGITS and text.isascii() and text.isdigit()):
-        return None
-    return int(text)
-
-
-def _shown(text: str, limit: int = 64) -> str:
-    """`text` as an error message may quote it: shortened, so a huge path stays short."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+        """The v2 repository index: one row per loaded version, one per model not loaded."""
+        return index_rows(self.models)

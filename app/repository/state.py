@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +18,9 @@ from app.tuning.result import Tuning
 
 #: The reason an index row gives for a model unloaded on request (Triton's wording).
 UNLOADED = "unloaded"
+#: The reasons for a model the budget keeps out of memory; a request to it loads it.
+NOT_LOADED = "not loaded yet; a request to it loads it"
+EVICTED = "unloaded to fit the memory budget; a request to it loads it again"
 
 
 class ModelState(enum.StrEnum):
@@ -53,6 +57,12 @@ class LoadedVersion:
     default_outputs: tuple[str, ...] | None = None
     #: Where its layout and batch sizes came from (app.repository.autotune).
     tuning: Tuning | None = None
+    #: What its load and warm-up added to the process's resident memory (None: unknown).
+    memory_bytes: int | None = None
+    #: Requests holding it now (from lookup to answer): while any do, it is not evicted.
+    users: int = 0
+    #: When a request last looked it up (loop time): eviction goes least recent first.
+    last_used: float = 0.0
     outputs_by_name: dict[str, TensorSpec] = field(init=False)
     #: What a request may give: the model's inputs, and the text input when there is one.
     request_inputs: tuple[TensorSpec, ...] = field(init=False)
@@ -124,6 +134,7 @@ class LoadedVersion:
                 "max_batch_size": self.max_batch_size,
                 "instances": [_instance_metadata(i) for i in self.instances],
                 **({"tuning": self.tuning.metadata()} if self.tuning is not None else {}),
+                **({"memory_bytes": self.memory_bytes} if self.memory_bytes is not None else {}),
             },
         }
 
@@ -174,6 +185,29 @@ class ModelEntry:
     state: ModelState = ModelState.LOADING
     reason: str = ""
     versions: dict[int, LoadedVersion] = field(default_factory=dict)
+    #: Under a memory budget: loaded when a request asks for it (False once it failed to
+    #: load or was unloaded on request, as Triton leaves those until loaded again).
+    on_demand: bool = False
+    #: Loaded at start and never evicted (config `pinned`, or the server's preload list).
+    pinned: bool = False
+    #: The load in progress, which every request for the model waits for (single flight).
+    loading: asyncio.Task[None] | None = None
+    #: What loading it is expected to take: measured at its last load, else estimated.
+    expected_bytes: int = 0
 
     def latest(self) -> LoadedVersion | None:
         return self.versions[max(self.versions)] if self.versions else None
+
+    @property
+    def resident_bytes(self) -> int:
+        """What its loaded versions hold (as measured when they loaded)."""
+        return sum(v.memory_bytes or 0 for v in self.versions.values())
+
+    @property
+    def in_use(self) -> bool:
+        """Whether a request holds one of its versions, or a load of it is in progress."""
+        return self.loading is not None or any(v.users for v in self.versions.values())
+
+    @property
+    def last_used(self) -> float:
+        return max((v.last_used for v in self.versions.values()), default=0.0)

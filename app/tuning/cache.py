@@ -38,10 +38,10 @@ def file_sha256(path: Path) -> str:
 
 
 class TuningCache:
-    """JSON entries under `<root>/tuning/`, one per key."""
+    """JSON entries under `<root>/<folder>/`, one per key."""
 
-    def __init__(self, root: Path) -> None:
-        self.folder = root / "tuning"
+    def __init__(self, root: Path, folder: str = "tuning") -> None:
+        self.folder = root / folder
 
     def _path(self, key: dict[str, Any]) -> Path:
         name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]

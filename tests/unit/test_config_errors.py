@@ -34,7 +34,7 @@ def test_unknown_top_level_key_names_file_key_and_allowed_keys(tmp_path: Path) -
     assert str(tmp_path / CONFIG_FILE) in message
     assert "unknown key 'max_batch'" in message
     allowed = "max_batch_size, batching, instances, version_policy, padding, tokenizer, image, "
-    allowed += "labels, reject_nonfinite, default_outputs, warmup, autotune"
+    allowed += "labels, reject_nonfinite, default_outputs, warmup, autotune, pinned"
     assert f"(allowed here: {allowed})" in message
 
 
