@@ -9,7 +9,7 @@ TEXT_MODEL := models/minilm/1/model.onnx
 # Built by `make image-model` (torch and the image-build extra); `make test` builds it too.
 IMAGE_MODEL := models/effnet/1/model.onnx
 
-.PHONY: serve test test-unit gpu-check lint typecheck proto models text-model image-model bench bench-text bench-latency bench-metrics bench-profile bench-zero-config bench-tuning-noise bench-image bench-reload bench-overload clean lock
+.PHONY: serve test test-unit gpu-check lint typecheck proto models text-model image-model bench bench-text bench-latency bench-metrics bench-profile bench-zero-config bench-tuning-noise bench-image bench-reload bench-many-models bench-overload clean lock
 
 # The virtual environment, rebuilt when pyproject.toml or the locks change. Runtime packages
 # are held at the versions the container images ship (requirements/gpu.txt, the lock of what
@@ -102,6 +102,9 @@ bench-image: $(VENV)/.test-deps $(IMAGE_MODEL)
 # the threshold's cost in throughput (load_tests/report/RELOAD.md; ~30 min).
 bench-reload: $(VENV)/.bench-deps $(TEXT_MODEL) $(IMAGE_MODEL)
 	$(BIN)/python -m load_tests.bench_reload --out load_tests/report
+
+bench-many-models: $(VENV)/.bench-deps $(TEXT_MODEL) $(IMAGE_MODEL)
+	$(BIN)/python -m load_tests.bench_many_models --out load_tests/report
 
 # On a machine with an NVIDIA GPU and network: the CUDA tests, then batchserve on cuda:0
 # against raw ONNX Runtime on the same GPU (load_tests/gpu/check.py; one table, ~3 min).

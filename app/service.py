@@ -19,7 +19,7 @@ from app.metrics import (
     WorkerInfo,
 )
 from app.repository import LoadedVersion, ModelRepository, ModelState, ServingDefaults
-from app.repository.budget import parse_memory_budget
+from app.repository.budget import memory_limit_bytes, parse_memory_budget
 from app.repository.poller import RepositoryPoller
 from app.repository.residency import CostBook, ResidencySettings
 from app.repository.state import UNLOADED, ModelEntry
@@ -67,7 +67,8 @@ class InferenceService:
         self.metrics.watch_state(self._version_gauges)
         self.metrics.watch_cores(self.cores)
         self.metrics.watch_memory(
-            budget=self.repository.budget_bytes, resident=self.repository.resident_bytes
+            budget=self.repository.budget_bytes or memory_limit_bytes(),
+            resident=self.repository.resident_bytes,
         )
         self._no_metrics = NoMetrics()
         #: Set once the startup load has finished, whatever failed in it.

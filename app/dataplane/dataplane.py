@@ -37,6 +37,9 @@ from app.tensors import TensorSpec
 Outputs = dict[str, np.ndarray]
 T = TypeVar("T")
 SHUTTING_DOWN = "server is shutting down; retry on another replica"
+#: Loads a request waits for at most, should its model be unloaded again to make room
+#: before the request resumes.
+LOAD_ATTEMPTS = 3
 
 
 class DataPlane:
@@ -70,7 +73,11 @@ class DataPlane:
         if self._draining():
             raise UnavailableError(SHUTTING_DOWN)
         body = await call.receive()
-        await _until_done_or_gone(loading, call)
+        for _ in range(LOAD_ATTEMPTS):  # unloaded again before this request took its turn
+            await _until_done_or_gone(loading, call)
+            loading = self._repository.load_on_request(call.model)
+            if loading is None:
+                break
         loaded = self._repository.version(call.model, call.version)
         return await self._infer(call, loaded, started, arrived, body)
 

@@ -146,12 +146,19 @@ class ServerMetrics:
         )  # fmt: skip
         self.model_load_duration = Histogram(
             "batchserve_model_load_duration_seconds",
-            "Time a model's load took, sessions and warm-up included.",
-            ["model"], buckets=LOAD_BUCKETS, registry=r,
+            "Time a model's load took: phase=total (sessions, tuning or its cache, warm-up) "
+            "and phase=warmup (its share spent warming up).",
+            ["model", "phase"], buckets=LOAD_BUCKETS, registry=r,
         )  # fmt: skip
         self.model_load_waits = Counter(
             "batchserve_model_load_waits",
             "Requests that found their model not in memory and waited for its load.",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.model_load_refusals = Counter(
+            "batchserve_model_load_refusals",
+            "Requests answered 503 because the memory budget had no room to load their model "
+            "(what holds it is pinned or in use).",
             ["model"], registry=r,
         )  # fmt: skip
         self.model_evictions = Counter(
@@ -161,7 +168,8 @@ class ServerMetrics:
         )  # fmt: skip
         self.memory_budget = Gauge(
             "batchserve_model_memory_budget_bytes",
-            "The memory budget for loaded models (absent without one).",
+            "The memory loaded models may take: BATCHSERVE_MODEL_MEMORY, else all this "
+            "process may use (its cgroup's limit, or the machine's memory).",
             registry=r,
         )  # fmt: skip
         self.memory_resident = Gauge(
@@ -205,24 +213,31 @@ class ServerMetrics:
         self.compute_threads_busy.set_function(lambda: cores.busy)
         self.compute_threads_peak.set_function(lambda: cores.peak)
 
-    def watch_memory(self, *, budget: int | None, resident: Callable[[], int]) -> None:
+    def watch_memory(self, *, budget: int, resident: Callable[[], int]) -> None:
         """Export the memory budget, and what the loaded models hold as `resident()` says."""
-        if budget is None:
-            self.registry.unregister(self.memory_budget)
-        else:
-            self.memory_budget.set(budget)
+        self.memory_budget.set(budget)
         self.memory_resident.set_function(resident)
 
     # The repository's ResidencyObserver.
-    def model_loaded(self, model: str, reason: str, seconds: float) -> None:
+    def model_known(self, model: str) -> None:
+        """Start the model's counters at zero, so that rate() sees its first event."""
+        self.model_evictions.labels(model)
+        self.model_load_waits.labels(model)
+        self.model_load_refusals.labels(model)
+
+    def model_loaded(self, model: str, reason: str, *, seconds: float, warmup_s: float) -> None:
         self.model_loads.labels(model, reason).inc()
-        self.model_load_duration.labels(model).observe(seconds)
+        self.model_load_duration.labels(model, "total").observe(seconds)
+        self.model_load_duration.labels(model, "warmup").observe(warmup_s)
 
     def model_evicted(self, model: str) -> None:
         self.model_evictions.labels(model).inc()
 
     def load_waited(self, model: str) -> None:
         self.model_load_waits.labels(model).inc()
+
+    def load_refused(self, model: str) -> None:
+        self.model_load_refusals.labels(model).inc()
 
     def http_refused(self, reason: str) -> None:
         self.http_refusals.labels(reason).inc()

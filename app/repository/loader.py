@@ -5,6 +5,7 @@ Blocking (ORT session creation and warm-up): call it from a thread, not the even
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +96,7 @@ def load_version(
         raise ModelLoadError(
             f"batching.preferred_batch_sizes {too_big} exceed max_batch_size {max_batch_size}"
         )
+    warming = time.perf_counter()
     warm_up(
         instances,
         label=label,
@@ -102,6 +104,7 @@ def load_version(
         batches=policy.batches,
         sample=load_sample(config.warmup, model_dir, first.inputs),
     )
+    warmup_s = time.perf_counter() - warming
     return LoadedVersion(
         model=model,
         version=version,
@@ -119,6 +122,7 @@ def load_version(
         reject_nonfinite=config.reject_nonfinite,
         default_outputs=_default_outputs(config.default_outputs, first.outputs),
         tuning=tuning,
+        warmup_s=warmup_s,
         text=build_text_stage(
             config.tokenizer, version_dir.parent, first.inputs, max_batch_size,
             policy.max_queue_size,

@@ -12,12 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.batching import BatchObserver
 from app.errors import ModelLoadError, NotFoundError, ServingError, UnavailableError
 from app.repository.budget import shown_bytes
-from app.repository.config import ModelConfig, load_model_config
-from app.repository.loader import MODEL_FILE, ServingDefaults, load_version
-from app.repository.lookup import find_entry, find_version, index_rows, parse_version
+from app.repository.loader import ServingDefaults
+from app.repository.lookup import find_entry, find_version, index_rows
+from app.repository.model_versions import (
+    ObserverFactory,
+    Selection,
+    load_measured,
+    selected_versions,
+)
 from app.repository.residency import (
     CostBook,
     ResidencyObserver,
@@ -35,14 +39,13 @@ from app.repository.state import (
     ModelEntry,
     ModelState,
 )
-from app.runtime.memory import held_bytes, prime_runtime, return_freed_memory
+from app.runtime.memory import prime_runtime, return_freed_memory
 
 log = logging.getLogger(__name__)
 
 #: Model names are directory names: letters, digits, `_`, `-`, `.`; never a path.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
-ObserverFactory = Callable[[str, int], BatchObserver | None]
 #: Told (model, version) once a version is gone for good: drained, released, not serving.
 VersionGone = Callable[[str, int], None]
 
@@ -111,7 +114,7 @@ class ModelRepository:
         """Load every model found (under a budget, only the pinned ones), each in a thread;
         one failure does not stop the others."""
         for path in self.model_dirs():
-            self.models[path.name] = ModelEntry(name=path.name, path=path)
+            self._add(ModelEntry(name=path.name, path=path))
         await asyncio.to_thread(prime_runtime)  # before the first model is measured
         for entry in list(self.models.values()):
             if self.budget_bytes is not None and not await self._register(entry):
@@ -133,6 +136,12 @@ class ModelRepository:
             entry.state, entry.reason, entry.on_demand = ModelState.UNAVAILABLE, NOT_LOADED, True
         return entry.pinned
 
+    def _add(self, entry: ModelEntry) -> ModelEntry:
+        self.models[entry.name] = entry
+        if self._residency_observer is not None:
+            self._residency_observer.model_known(entry.name)
+        return entry
+
     def _single_flight(self, entry: ModelEntry, reason: str) -> asyncio.Task[None]:
         """The load of `entry` in progress, started now for `reason` if none is: everyone
         who asks while it runs waits for this one."""
@@ -149,8 +158,9 @@ class ModelRepository:
         expected, unload what may go until everything fits again."""
         async with self._locks[entry.name], self._load_slots:
             budget = self.budget_bytes
+            selection = None
             if budget is not None:
-                entry.expected_bytes = await asyncio.to_thread(self._expected_bytes, entry)
+                selection, entry.expected_bytes = await asyncio.to_thread(self._expected, entry)
                 reserved = sum(self._reserved.values())
                 await self._evict(
                     choose_evictions(
@@ -160,12 +170,18 @@ class ModelRepository:
             self._reserved[entry.name] = entry.expected_bytes
             began = time.perf_counter()
             try:
-                await self._load(entry)
+                await self._load(entry, selection)
             finally:
                 del self._reserved[entry.name]
+            seconds = time.perf_counter() - began
+            log.info(
+                "model %s: loaded in %.3f s for %s, holding %s",
+                entry.name, seconds, reason, shown_bytes(entry.resident_bytes),
+            )  # fmt: skip
             if self._residency_observer is not None:
+                warmup_s = sum(v.warmup_s for v in entry.versions.values())
                 self._residency_observer.model_loaded(
-                    entry.name, reason, time.perf_counter() - began
+                    entry.name, reason, seconds=seconds, warmup_s=warmup_s
                 )
             entry.on_demand = budget is not None
             if budget is None:
@@ -184,13 +200,13 @@ class ModelRepository:
                 )
             )  # fmt: skip
 
-    async def _load(self, entry: ModelEntry) -> None:
+    async def _load(self, entry: ModelEntry, selection: Selection | None = None) -> None:
         """Load (or reload) every selected version of `entry`, warmed, then swap them in and
         drain the versions they replace. A failed reload keeps the old versions serving."""
         if not entry.versions:
             entry.state, entry.reason = ModelState.LOADING, ""
         try:
-            versions = await asyncio.to_thread(self._load_versions, entry)
+            versions = await asyncio.to_thread(self._load_versions, entry, selection)
         except Exception as exc:  # ModelLoadError, or a bug/ORT surprise: never fatal
             reason = str(exc) if isinstance(exc, ModelLoadError) else f"unexpected error: {exc!r}"
             log.error("model %s failed to load: %s", entry.name, reason)
@@ -209,8 +225,7 @@ class ModelRepository:
         """Load or reload one model by name (the v2 repository extension's load)."""
         entry = self.models.get(name)
         if entry is None:
-            path = self._model_dir(name)
-            entry = self.models[name] = ModelEntry(name=name, path=path)
+            entry = self._add(ModelEntry(name=name, path=self._model_dir(name)))
         await asyncio.shield(self._single_flight(entry, reason))
 
     async def refresh(self, name: str) -> None:
@@ -221,7 +236,7 @@ class ModelRepository:
             await self.load(name, reason="reload")
             return
         if entry is None:
-            entry = self.models[name] = ModelEntry(name=name, path=self._model_dir(name))
+            entry = self._add(ModelEntry(name=name, path=self._model_dir(name)))
         if await self._register(entry):
             await self.load(name, reason="reload")
 
@@ -233,7 +248,8 @@ class ModelRepository:
             return None
         if self._residency_observer is not None:
             self._residency_observer.load_waited(name)
-        return asyncio.ensure_future(wait_for_load(entry, self._single_flight(entry, "request")))
+        load = self._single_flight(entry, "request")
+        return asyncio.ensure_future(wait_for_load(entry, load, self._residency_observer))
 
     async def unload(self, name: str) -> None:
         """Stop serving a model: new requests get 503, queued ones are still served."""
@@ -317,64 +333,30 @@ class ModelRepository:
         while self._retiring:
             await asyncio.gather(*self._retiring)
 
-    def _selected(self, entry: ModelEntry) -> tuple[ModelConfig, list[int]]:
-        """The model's config and the versions on disk its version policy selects."""
-        config = load_model_config(entry.path)
-        on_disk = [
-            number
-            for p in entry.path.iterdir()
-            if (number := parse_version(p.name)) is not None and (p / MODEL_FILE).is_file()
-        ]
-        if not on_disk:
-            raise ModelLoadError(
-                f"{entry.path}: no version directory with a {MODEL_FILE} "
-                f"(expected {entry.path}/1/{MODEL_FILE})"
-            )
-        selected = config.version_policy.select(on_disk)
-        if not selected:
-            raise ModelLoadError(
-                f"{entry.path}: version_policy selects none of the versions on disk {on_disk}"
-            )
-        return config, selected
+    def _selected(self, entry: ModelEntry) -> Selection:
+        return selected_versions(entry.path)
 
-    def _expected_bytes(self, entry: ModelEntry) -> int:
-        """What loading `entry` is expected to take: measured before, else estimated."""
-        if self._costs is None:
-            return 0
+    def _expected(self, entry: ModelEntry) -> tuple[Selection | None, int]:
+        """The versions a load of `entry` takes and what they are expected to hold: as
+        measured before, else estimated (none and 0 when the selection fails: the load
+        itself then fails, with the reason)."""
         try:
-            _, selected = self._selected(entry)
+            selection = self._selected(entry)
         except ModelLoadError:
-            return 0  # the load itself fails, with the reason
-        return self._costs.expected(entry.path / str(version) for version in selected)
+            return None, 0
+        if self._costs is None:
+            return selection, 0
+        dirs = (entry.path / str(version) for version in selection[1])
+        return selection, self._costs.expected(dirs)
 
-    def _load_versions(self, entry: ModelEntry) -> dict[int, LoadedVersion]:
-        """Load the selected versions one by one, each measured: what it added to the
-        memory the process holds (app.runtime.memory.held_bytes)."""
-        config, selected = self._selected(entry)
-        loaded: dict[int, LoadedVersion] = {}
-        for version in selected:
-            observer = (
-                self._observer_factory(entry.name, version) if self._observer_factory else None
-            )
-            before = held_bytes()
-            version_dir = entry.path / str(version)
-            try:
-                loaded[version] = load_version(
-                    entry.name,
-                    version,
-                    version_dir,
-                    config=config,
-                    defaults=self._defaults,
-                    observer=observer,
-                )
-            except ModelLoadError as exc:
-                raise ModelLoadError(f"version {version}: {exc}") from None
-            after = held_bytes()
-            if before is not None and after is not None:
-                cost = loaded[version].memory_bytes = max(0, after - before)
-                if self._costs is not None:
-                    self._costs.write(version_dir, cost)
-        return loaded
+    def _load_versions(
+        self, entry: ModelEntry, selection: Selection | None
+    ) -> dict[int, LoadedVersion]:
+        config, selected = selection or self._selected(entry)
+        return load_measured(
+            entry.name, entry.path, config=config, selected=selected, defaults=self._defaults,
+            observer_factory=self._observer_factory, costs=self._costs,
+        )  # fmt: skip
 
     def begin_drain(self) -> None:
         for entry in self.models.values():

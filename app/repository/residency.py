@@ -23,6 +23,8 @@ from app.tuning.cache import RULE_VERSION, TuningCache
 #: A model never loaded on this machine is expected to take this many times its files'
 #: size until its first load measures it (weights, plus ORT's arena and prepacked copies).
 ESTIMATE_PER_FILE_BYTE = 2
+#: A cost measured again is written only when it moved by more than this share.
+REWRITE_TOLERANCE = 0.05
 #: How long a client refused for want of room is asked to wait before retrying.
 RETRY_AFTER_S = 1.0
 
@@ -30,11 +32,15 @@ RETRY_AFTER_S = 1.0
 class ResidencyObserver(Protocol):
     """Told of loads, evictions and the requests that waited for a load (the metrics)."""
 
-    def model_loaded(self, model: str, reason: str, seconds: float) -> None: ...
+    def model_known(self, model: str) -> None: ...
+
+    def model_loaded(self, model: str, reason: str, *, seconds: float, warmup_s: float) -> None: ...
 
     def model_evicted(self, model: str) -> None: ...
 
     def load_waited(self, model: str) -> None: ...
+
+    def load_refused(self, model: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,13 +130,19 @@ def load_finished(entry: ModelEntry, task: asyncio.Task[None]) -> None:
         task.exception()
 
 
-async def wait_for_load(entry: ModelEntry, load: asyncio.Task[None]) -> None:
+async def wait_for_load(
+    entry: ModelEntry, load: asyncio.Task[None], observer: ResidencyObserver | None
+) -> None:
     """Wait for `load` (a waiter going away does not stop it); a load that failed is a 503
-    for the waiter, naming why."""
+    for the waiter, naming why, and one refused for want of room is counted."""
     try:
         await asyncio.shield(load)
     except ModelLoadError as exc:
         raise UnavailableError(f"model '{entry.name}' failed to load: {exc}") from None
+    except MemoryBudgetFullError:
+        if observer is not None:
+            observer.load_refused(entry.name)
+        raise
 
 
 class CostBook:
@@ -146,7 +158,10 @@ class CostBook:
         return cost if isinstance(cost, int) and cost >= 0 else None
 
     def write(self, version_dir: Path, cost: int) -> None:
-        self._cache.write(_cost_key(version_dir), {"bytes": cost})
+        """Keep `cost`, unless what is kept is already within REWRITE_TOLERANCE of it."""
+        known = self.read(version_dir)
+        if known is None or abs(known - cost) > REWRITE_TOLERANCE * max(known, 1):
+            self._cache.write(_cost_key(version_dir), {"bytes": cost})
 
     def expected(self, version_dirs: Iterable[Path]) -> int:
         """What loading these versions is expected to take: measured, else estimated."""

@@ -57,8 +57,10 @@ class LoadedVersion:
     default_outputs: tuple[str, ...] | None = None
     #: Where its layout and batch sizes came from (app.repository.autotune).
     tuning: Tuning | None = None
-    #: What its load and warm-up added to the process's resident memory (None: unknown).
+    #: What its load and warm-up added to the memory the process holds (None: unknown).
     memory_bytes: int | None = None
+    #: Seconds its warm-up took, of its load.
+    warmup_s: float = 0.0
     #: Requests holding it now (from lookup to answer): while any do, it is not evicted.
     users: int = 0
     #: When a request last looked it up (loop time): eviction goes least recent first.

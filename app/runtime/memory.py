@@ -13,7 +13,6 @@ do nothing.
 from __future__ import annotations
 
 import ctypes
-import gc
 import os
 from collections.abc import Callable
 
@@ -100,14 +99,12 @@ _MALLINFO2 = _mallinfo2()
 
 def held_bytes() -> int | None:
     """The bytes the process holds for its objects now: what malloc has handed out and not
-    got back (glibc), else the resident set; None where neither can be read. Unreachable
-    cycles are collected first, so a parsed graph caught in one counts as freed.
+    got back (glibc), else the resident set; None where neither can be read.
 
     The allocator's count rather than the resident set: glibc keeps a block freed at the top
     of a thread's arena resident (malloc_trim returns only the main arena's top), so the
     resident set after a load sometimes holds a freed copy of the weights as well, which the
     next load reuses. Blocking (it walks every arena): call it from a thread."""
-    gc.collect()
     if _MALLINFO2 is not None:
         info = _MALLINFO2()
         return int(info.uordblks + info.hblkhd)

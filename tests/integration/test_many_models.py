@@ -225,6 +225,7 @@ def test_a_model_in_use_is_never_evicted(
         message = refused.json()["error"]
         assert "'long_b' needs" in message and "memory budget" in message
         assert "'long_a'" in message and "in use" in message
+        assert server.metric("batchserve_model_load_refusals_total", model="long_b") == 1
         # Now long_a is idle: the retry evicts it.
         again = httpx.post(f"{server.url}/v2/models/long_b/infer", json=body(1)[0], timeout=60)
         assert again.status_code == 200

@@ -34,14 +34,21 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("how", ["unload", "reload", "poll"])
+@pytest.mark.parametrize(
+    ("how", "budget"),
+    [("unload", None), ("reload", None), ("poll", None), ("unload", "4GiB"), ("poll", "4GiB")],
+)
 def test_cycles_of_the_text_model_hold_memory_and_threads_and_answer_every_request(
-    tmp_path: Path, how: str
+    tmp_path: Path, how: str, budget: str | None
 ) -> None:
+    """Under a memory budget too: there the model loads on the cycles' first request, a
+    changed one is reloaded because it is resident, and an explicit load brings it back."""
     repository = tmp_path / "repository"
     repository.mkdir()
     copy_model(MODEL_DIR, repository)
     env = {"BATCHSERVE_MODEL_CONTROL": "true"}
+    if budget is not None:
+        env["BATCHSERVE_MODEL_MEMORY"] = budget
     poll = ["--repository-poll-s", "0.1"] if how == "poll" else []
     server = ServerProcess(repository, env=env, extra_args=poll)
     try:

@@ -134,10 +134,11 @@ def threads_but_the_shared_pool() -> int:
 
 
 def series(text: str, model: str) -> list[str]:
-    """/metrics lines of one model's versions (the model's own state row has version="")."""
+    """/metrics lines of one model's versions (the model's own state row has version="",
+    and its loads and evictions, counted per model, outlive its versions)."""
     return [
         line for line in text.splitlines()
-        if f'model="{model}"' in line and 'version=""' not in line
+        if f'model="{model}"' in line and 'version="' in line and 'version=""' not in line
     ]  # fmt: skip
 
 

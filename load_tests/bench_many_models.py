@@ -1,0 +1,379 @@
+"""Many models in bounded memory: a fleet of 22 models made from the shipped ones (text
+int8, image int8, digits), open-loop Zipf traffic (s = 1.1) at a fixed offered rate, served
+with every model resident and with a memory budget of a quarter of their measured cost, in
+alternating rounds; the resident set over time (plotted), refusals, the hottest model's p99
+against the all-resident run, cold loads per kind, hit ratio, loads and evictions; what each
+model's unload gives back against its measured cost; and a cold load against raw ONNX
+Runtime creating the same sessions and running one batch (load_tests/report/MANY_MODELS.md).
+
+    python -m load_tests.bench_many_models --out load_tests/report [--rounds 2] [--seconds 90]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from app.cpuinfo import cpu_identity
+from load_tests.studies.many_models import (
+    RssSampler,
+    Traffic,
+    build_fleet,
+    closed_loop,
+    request_bodies,
+    tree_rss_mib,
+    zipf_traffic,
+    zipf_weights,
+)
+from testing.server_process import ServerProcess
+
+FLEET = {"text": 4, "image": 6, "digits": 12}
+ZIPF_S = 1.1
+MiB = 1 << 20
+LOADED = re.compile(r"model (\S+): loaded in ([\d.]+) s for request")
+
+
+def serve(repository: Path, cache: Path, budget: int | None = None) -> ServerProcess:
+    env = {"BATCHSERVE_CACHE_DIR": str(cache), "BATCHSERVE_MODEL_CONTROL": "true",
+           "BATCHSERVE_AUTOTUNE": "on"}  # fmt: skip
+    if budget is not None:
+        env["BATCHSERVE_MODEL_MEMORY"] = str(budget)
+    return ServerProcess(repository, env=env)
+
+
+def index(server: ServerProcess) -> list[dict[str, Any]]:
+    return list(httpx.post(f"{server.url}/v2/repository/index", timeout=30).json())
+
+
+def run_traffic(server: ServerProcess, plan: dict[str, Any], seed: int) -> tuple[Traffic, list]:
+    with RssSampler(server.pid) as sampler:
+        traffic = asyncio.run(
+            zipf_traffic(
+                server.url, weights=plan["weights"], bodies=plan["bodies"],
+                rate=plan["rate"], seconds=plan["seconds"], seed=seed,
+            )
+        )  # fmt: skip
+    return traffic, sampler.samples
+
+
+def unload_gives_back(server: ServerProcess, costs: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Unload each model in turn: the resident set it gave back against its measured cost."""
+    given = {}
+    for name, cost in costs.items():
+        released = server.log.count(f"model {name}: released ")
+        before = tree_rss_mib(server.pid)
+        answer = httpx.post(f"{server.url}/v2/repository/models/{name}/unload", timeout=60)
+        answer.raise_for_status()
+        deadline = time.monotonic() + 60
+        while server.log.count(f"model {name}: released ") == released:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} was not released:\n{server.log}")
+            time.sleep(0.02)
+        returned = before - tree_rss_mib(server.pid)
+        given[name] = {"cost_mib": cost / MiB, "returned_mib": returned,
+                       "ratio": returned * MiB / cost if cost else float("nan")}  # fmt: skip
+    return given
+
+
+def budget_round(
+    repository: Path, cache: Path, budget: int, plan: dict[str, Any], seed: int
+) -> dict[str, Any]:
+    server = serve(repository, cache, budget)
+    try:
+        base = tree_rss_mib(server.pid)
+        traffic, samples = run_traffic(server, plan, seed)
+        metric = server.metric
+        loads = {
+            name: metric("batchserve_model_loads_total", model=name) for name in plan["weights"]
+        }
+        waits = sum(metric("batchserve_model_load_waits_total", model=n) for n in loads)
+        evictions = sum(metric("batchserve_model_evictions_total", model=n) for n in loads)
+        cold = [(m[1], float(m[2])) for m in LOADED.finditer(server.log)]
+    finally:
+        server.stop()
+    return {"traffic": traffic, "samples": samples, "base_mib": base, "loads": loads,
+            "waits": waits, "evictions": evictions, "cold": cold}  # fmt: skip
+
+
+def raw_cold_load(model_path: Path, count: int, threads: int, feeds: str) -> float:
+    """Seconds raw ONNX Runtime takes to create `count` sessions and run one batch, timed in
+    a fresh process after its imports."""
+    code = f"""
+import time, json, numpy as np, onnxruntime as ort
+feeds = {{k: np.array(v[0], dtype=v[1]) for k, v in json.loads({feeds!r}).items()}}
+began = time.perf_counter()
+sessions = []
+for _ in range({count}):
+    options = ort.SessionOptions(); options.intra_op_num_threads = {threads}
+    sessions.append(ort.InferenceSession(
+        {str(model_path)!r}, options, providers=["CPUExecutionProvider"]))
+sessions[0].run(None, feeds)
+print(time.perf_counter() - began)
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def our_cold_load(repository: Path, cache: Path, name: str, body: dict[str, Any]) -> float:
+    """Seconds from the first request for a model not in memory to its answer (load,
+    warm-up, first answer), caches warm, on a server started for it."""
+    server = serve(repository, cache, budget=1 << 34)
+    try:
+        began = time.perf_counter()
+        answer = httpx.post(f"{server.url}/v2/models/{name}/infer", json=body, timeout=120)
+        seconds = time.perf_counter() - began
+        answer.raise_for_status()
+    finally:
+        server.stop()
+    return seconds
+
+
+def raw_feeds(kind: str) -> str:
+    """The raw session's one batch, as JSON: what a first request of `kind` computes."""
+    if kind == "text":
+        ids = [[101, *range(2000, 2014), 102]]
+        mask = [[1] * len(ids[0])]
+        return json.dumps({"input_ids": [ids, "int64"], "attention_mask": [mask, "int64"],
+                           "token_type_ids": [[[0] * len(ids[0])], "int64"]})  # fmt: skip
+    return json.dumps({"input": [[[1.0] * 64], "float32"]})
+
+
+def cold_loads(root: Path, cache: Path, layouts: dict[str, list[int]], rounds: int) -> dict:
+    """Per kind: ours and raw ONNX Runtime's, alternating, and their ratio."""
+    result = {}
+    for kind, body in (
+        ("text", request_bodies("text", 1)[0]),
+        ("digits", request_bodies("digits", 1)[0]),
+    ):
+        repository = root / f"cold-{kind}"
+        name = next(iter(build_fleet(repository, {kind: 1})))
+        model_path = next(repository.glob(f"{name}/*/model.onnx"))
+        threads = layouts[kind]
+        ours, raw = [], []
+        for _ in range(rounds):
+            raw.append(raw_cold_load(model_path, len(threads), max(threads), raw_feeds(kind)))
+            ours.append(our_cold_load(repository, cache, name, body))
+        result[kind] = {"ours_s": ours, "raw_s": raw, "sessions": threads,
+                        "ratio": statistics.median(ours) / statistics.median(raw)}  # fmt: skip
+    return result
+
+
+def alone_or_among_idle(root: Path, cache: Path, fleet: Path, rounds: int) -> dict:
+    """The text model's closed-loop throughput on a server of its own and on one where the
+    whole fleet is resident and idle, alternating."""
+    own = root / "alone"
+    name = next(iter(build_fleet(own, {"text": 1})))
+    bodies = request_bodies("text", 64)
+    speeds: dict[str, list[float]] = {"alone": [], "among_idle": []}
+    for _ in range(rounds):
+        for case, repository in (("alone", own), ("among_idle", fleet)):
+            server = serve(repository, cache)
+            try:
+                speeds[case].append(
+                    asyncio.run(closed_loop(server.url, name, bodies, concurrency=8, seconds=20))
+                )
+            finally:
+                server.stop()
+    ratio = statistics.median(speeds["among_idle"]) / statistics.median(speeds["alone"])
+    return {"model": name, "requests_per_s": speeds, "ratio": ratio}
+
+
+def summarize(
+    kinds: dict[str, str], plan: dict, resident: list, budgeted: list, budget: int
+) -> dict:
+    hottest = max(plan["weights"], key=plan["weights"].get)
+    rounds = []
+    for all_in, within in zip(resident, budgeted, strict=True):
+        t_all, t_in = all_in["traffic"], within["traffic"]
+        answered = t_in.total()
+        refused = sum(c[503] for c in t_in.statuses.values())
+        other = answered - refused - t_in.total(200)
+        peak = max(rss for _, rss in within["samples"])
+        bound = budget / MiB + within["base_mib"]
+        by_kind: dict[str, list[float]] = {}
+        for name, seconds in within["cold"]:
+            by_kind.setdefault(kinds[name], []).append(seconds)
+        rounds.append({
+            "hottest_p99_ms": {"all_resident": t_all.p99_ms(hottest),
+                               "budget": t_in.p99_ms(hottest)},
+            "hottest_p99_ratio": t_in.p99_ms(hottest) / t_all.p99_ms(hottest),
+            "answers": answered, "refused_503": refused, "refused_share": refused / answered,
+            "other_than_200_or_503": other, "dropped": t_in.dropped + t_all.dropped,
+            "all_resident_non_200": t_all.total() - t_all.total(200),
+            "rss_peak_mib": peak, "rss_base_mib": within["base_mib"],
+            "rss_bound_mib": bound * 1.1, "rss_peak_over_budget_plus_base": peak / bound,
+            "all_resident_rss_peak_mib": max(rss for _, rss in all_in["samples"]),
+            "loads": sum(within["loads"].values()), "evictions": within["evictions"],
+            "hit_ratio": 1 - within["waits"] / answered if answered else float("nan"),
+            "cold_load_s": {k: {"p50": float(np.percentile(v, 50)),
+                                "p99": float(np.percentile(v, 99)), "count": len(v)}
+                            for k, v in by_kind.items()},
+        })  # fmt: skip
+    return {"hottest": hottest, "hottest_kind": kinds[hottest], "rounds": rounds}
+
+
+def plot(budgeted: list, budget: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 4))
+    for index, within in enumerate(budgeted):
+        times = [t for t, _ in within["samples"]]
+        axis.plot(times, [rss for _, rss in within["samples"]], label=f"round {index + 1}")
+        bound = budget / MiB + within["base_mib"]
+        axis.axhline(bound * 1.1, linestyle="--", color=f"C{index}", linewidth=0.8)
+    axis.set_xlabel("seconds of traffic")
+    axis.set_ylabel("server resident set (MiB)")
+    axis.set_title("Under the budget; dashed: (budget + base) x 1.1")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("load_tests/report"))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=90.0)
+    parser.add_argument("--rate", type=float, default=30.0, help="requests/s over the fleet")
+    parser.add_argument("--cold-rounds", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="many-models-") as scratch:
+        root, cache = Path(scratch), Path(scratch) / "cache"
+        kinds = build_fleet(root / "fleet", FLEET)
+        plan = {"weights": zipf_weights(sorted(kinds), ZIPF_S, seed=7), "rate": args.rate,
+                "seconds": args.seconds,
+                "bodies": {name: request_bodies(kind) for name, kind in kinds.items()}}  # fmt: skip
+        resident, budgeted, given, budget = [], [], {}, 0
+        for round_ in range(args.rounds):
+            server = serve(root / "fleet", cache)
+            try:
+                rows = index(server)
+                costs = {row["name"]: row["memory_bytes"] for row in rows}
+                if round_ == 0:
+                    layouts = _layouts(server, kinds)
+                traffic, samples = run_traffic(server, plan, seed=round_)
+                resident.append({"traffic": traffic, "samples": samples})
+                if round_ == 0:
+                    given = unload_gives_back(server, costs)
+            finally:
+                server.stop()
+            budget = sum(costs.values()) // 4
+            budgeted.append(budget_round(root / "fleet", cache, budget, plan, seed=round_))
+            print(f"round {round_ + 1} done", flush=True)
+        cold = cold_loads(root, cache, layouts, args.cold_rounds)
+        alone = alone_or_among_idle(root, cache, root / "fleet", args.rounds + 1)
+    data = {
+        "machine": cpu_identity(), "fleet": FLEET, "zipf_s": ZIPF_S, "rate": args.rate,
+        "seconds": args.seconds, "budget_mib": budget / MiB,
+        "summed_cost_mib": sum(costs.values()) / MiB,
+        "costs_mib": {n: c / MiB for n, c in costs.items()},
+        **summarize(kinds, plan, resident, budgeted, budget),
+        "unload_gives_back": given, "cold_load_vs_raw": cold, "alone_or_among_idle": alone,
+    }  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "many_models.json").write_text(json.dumps(data, indent=1, sort_keys=True))
+    plot(budgeted, budget, args.out / "many_models.png")
+    (args.out / "MANY_MODELS.md").write_text(report(data))
+    print(report(data))
+
+
+def _layouts(server: ServerProcess, kinds: dict[str, str]) -> dict[str, list[int]]:
+    """Per kind: the threads of each worker the server made for it (one copy asked)."""
+    layouts = {}
+    for kind in ("text", "digits"):
+        name = next(n for n, k in kinds.items() if k == kind)
+        metadata = httpx.get(f"{server.url}/v2/models/{name}", timeout=30).json()
+        layouts[kind] = [worker["threads"] for worker in metadata["parameters"]["instances"]]
+    return layouts
+
+
+def report(data: dict[str, Any]) -> str:
+    by_kind: dict[str, list[float]] = {}
+    for name, cost in data["costs_mib"].items():
+        by_kind.setdefault(name.rstrip("0123456789"), []).append(cost)
+    fleet = ", ".join(f"{n} {k}" for k, n in data["fleet"].items())
+    lines = [
+        "# Many models in bounded memory",
+        "",
+        f"Machine: {data['machine']}. `make bench-many-models`: "
+        f"{sum(data['fleet'].values())} models ({fleet}; copies of minilm v3 int8, "
+        f"effnet v2 int8 and digits), open-loop Zipf traffic (s = {data['zipf_s']}) at "
+        f"{data['rate']:g} requests/s for {data['seconds']:g} s a round, served with every "
+        "model resident and then with a budget of a quarter of their summed measured cost, "
+        "in alternating rounds.",
+        "",
+        "Measured cost per model (MiB): "
+        + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in by_kind.items())
+        + f"; summed {data['summed_cost_mib']:.0f} MiB, budget {data['budget_mib']:.0f} MiB. "
+        f"Hottest model: {data['hottest']} ({data['hottest_kind']}).",
+        "",
+        "| round | hottest p99 all resident / budget (ms) | ratio | answers | 503 | other | "
+        "RSS peak / (budget + base) | loads | evictions | hit ratio | cold load p50 / p99 (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for index, r in enumerate(data["rounds"], 1):
+        p99 = r["hottest_p99_ms"]
+        cold = "; ".join(
+            f"{k} {v['p50']:.2f} / {v['p99']:.2f} ({v['count']})"
+            for k, v in r["cold_load_s"].items()
+        )
+        lines.append(
+            f"| {index} | {p99['all_resident']:.1f} / {p99['budget']:.1f} | "
+            f"{r['hottest_p99_ratio']:.2f} | {r['answers']} | {r['refused_share']:.2%} | "
+            f"{r['other_than_200_or_503']} | {r['rss_peak_over_budget_plus_base']:.3f} "
+            f"({r['rss_peak_mib']:.0f} MiB, base {r['rss_base_mib']:.0f}) | {r['loads']:.0f} | "
+            f"{r['evictions']:.0f} | {r['hit_ratio']:.3f} | {cold} |"
+        )
+    ratios = {n: g["ratio"] for n, g in data["unload_gives_back"].items()}
+    worst = max(ratios, key=lambda n: abs(ratios[n] - 1))
+    lines += [
+        "",
+        "![resident set under the budget](many_models.png)",
+        "",
+        "**What an unload gives back** (the resident set before and after each model's "
+        "unload, against the cost measured at its load): ratio median "
+        f"{statistics.median(ratios.values()):.2f}, furthest from 1: {worst} "
+        f"{ratios[worst]:.2f} ({data['unload_gives_back'][worst]['returned_mib']:.1f} of "
+        f"{data['unload_gives_back'][worst]['cost_mib']:.1f} MiB).",
+        "",
+        "**A cold load against raw ONNX Runtime** (ours: first request to its answer on a "
+        "server with the caches warm; raw: the same sessions created and one batch run, in a "
+        "fresh process), medians of alternating rounds:",
+        "",
+        "| model | sessions (threads) | ours (s) | raw (s) | ours / raw |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, c in data["cold_load_vs_raw"].items():
+        lines.append(
+            f"| {kind} | {c['sessions']} | {statistics.median(c['ours_s']):.3f} | "
+            f"{statistics.median(c['raw_s']):.3f} | {c['ratio']:.2f} |"
+        )
+    alone = data["alone_or_among_idle"]
+    lines += [
+        "",
+        f"**Cores shared with idle models**: {alone['model']}'s closed-loop throughput (C=8, "
+        "raw texts) with the whole fleet resident and idle, against a server of its own, "
+        f"alternating: {alone['ratio']:.3f} (medians of "
+        f"{', '.join(f'{v:.0f}' for v in alone['requests_per_s']['among_idle'])} vs "
+        f"{', '.join(f'{v:.0f}' for v in alone['requests_per_s']['alone'])} requests/s).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
