@@ -37,6 +37,7 @@ from load_tests.studies.many_models import (
     zipf_traffic,
     zipf_weights,
 )
+from load_tests.studies.many_models_report import plot, report
 from testing.server_process import ServerProcess
 
 FLEET = {"text": 4, "image": 6, "digits": 12}
@@ -69,7 +70,13 @@ def run_traffic(server: ServerProcess, plan: dict[str, Any], seed: int) -> tuple
 
 
 def unload_gives_back(server: ServerProcess, costs: dict[str, int]) -> dict[str, dict[str, float]]:
-    """Unload each model in turn: the resident set it gave back against its measured cost."""
+    """Unload each model in turn: the resident set it gave back against its measured cost.
+    One unload and load first, so that its trim hands back what the traffic left freed
+    rather than the first model's unload."""
+    first = next(iter(costs))
+    for action in ("unload", "load"):
+        answer = httpx.post(f"{server.url}/v2/repository/models/{first}/{action}", timeout=60)
+        answer.raise_for_status()
     given = {}
     for name, cost in costs.items():
         released = server.log.count(f"model {name}: released ")
@@ -88,8 +95,9 @@ def unload_gives_back(server: ServerProcess, costs: dict[str, int]) -> dict[str,
 
 
 def budget_round(
-    repository: Path, cache: Path, budget: int, plan: dict[str, Any], seed: int
+    repository: Path, cache: Path, fraction: float, costs: dict[str, int], plan: dict, seed: int
 ) -> dict[str, Any]:
+    budget = int(sum(costs.values()) * fraction)
     server = serve(repository, cache, budget)
     try:
         base = tree_rss_mib(server.pid)
@@ -104,19 +112,20 @@ def budget_round(
     finally:
         server.stop()
     return {"traffic": traffic, "samples": samples, "base_mib": base, "loads": loads,
-            "waits": waits, "evictions": evictions, "cold": cold}  # fmt: skip
+            "waits": waits, "evictions": evictions, "cold": cold, "fraction": fraction,
+            "budget": budget, "round": seed}  # fmt: skip
 
 
-def raw_cold_load(model_path: Path, count: int, threads: int, feeds: str) -> float:
-    """Seconds raw ONNX Runtime takes to create `count` sessions and run one batch, timed in
-    a fresh process after its imports."""
+def raw_cold_load(model_path: Path, sessions: list[int], feeds: str) -> float:
+    """Seconds raw ONNX Runtime takes to create one session per entry of `sessions` (with
+    that many threads) and run one batch, timed in a fresh process after its imports."""
     code = f"""
 import time, json, numpy as np, onnxruntime as ort
 feeds = {{k: np.array(v[0], dtype=v[1]) for k, v in json.loads({feeds!r}).items()}}
 began = time.perf_counter()
 sessions = []
-for _ in range({count}):
-    options = ort.SessionOptions(); options.intra_op_num_threads = {threads}
+for threads in {sessions!r}:
+    options = ort.SessionOptions(); options.intra_op_num_threads = threads
     sessions.append(ort.InferenceSession(
         {str(model_path)!r}, options, providers=["CPUExecutionProvider"]))
 sessions[0].run(None, feeds)
@@ -126,13 +135,16 @@ print(time.perf_counter() - began)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def our_cold_load(repository: Path, cache: Path, name: str, body: dict[str, Any]) -> float:
+def our_cold_load(repository: Path, cache: Path, names: list[str], body: dict) -> float:
     """Seconds from the first request for a model not in memory to its answer (load,
-    warm-up, first answer), caches warm, on a server started for it."""
+    warm-up, first answer), caches warm, on a server started for it whose request path a
+    first model has warmed."""
     server = serve(repository, cache, budget=1 << 34)
     try:
+        warm, cold = names
+        httpx.post(f"{server.url}/v2/models/{warm}/infer", json=body, timeout=120)
         began = time.perf_counter()
-        answer = httpx.post(f"{server.url}/v2/models/{name}/infer", json=body, timeout=120)
+        answer = httpx.post(f"{server.url}/v2/models/{cold}/infer", json=body, timeout=120)
         seconds = time.perf_counter() - began
         answer.raise_for_status()
     finally:
@@ -158,13 +170,14 @@ def cold_loads(root: Path, cache: Path, layouts: dict[str, list[int]], rounds: i
         ("digits", request_bodies("digits", 1)[0]),
     ):
         repository = root / f"cold-{kind}"
-        name = next(iter(build_fleet(repository, {kind: 1})))
-        model_path = next(repository.glob(f"{name}/*/model.onnx"))
-        threads = layouts[kind]
+        names = sorted(build_fleet(repository, {kind: 2}))
+        model_path = next(repository.glob(f"{names[1]}/*/model.onnx"))
+        # The sessions the server made: one per thread count (one-thread workers share one).
+        threads = sorted(set(layouts[kind]))
         ours, raw = [], []
         for _ in range(rounds):
-            raw.append(raw_cold_load(model_path, len(threads), max(threads), raw_feeds(kind)))
-            ours.append(our_cold_load(repository, cache, name, body))
+            raw.append(raw_cold_load(model_path, threads, raw_feeds(kind)))
+            ours.append(our_cold_load(repository, cache, names, body))
         result[kind] = {"ours_s": ours, "raw_s": raw, "sessions": threads,
                         "ratio": statistics.median(ours) / statistics.median(raw)}  # fmt: skip
     return result
@@ -190,12 +203,11 @@ def alone_or_among_idle(root: Path, cache: Path, fleet: Path, rounds: int) -> di
     return {"model": name, "requests_per_s": speeds, "ratio": ratio}
 
 
-def summarize(
-    kinds: dict[str, str], plan: dict, resident: list, budgeted: list, budget: int
-) -> dict:
+def summarize(kinds: dict[str, str], plan: dict, resident: list, budgeted: list) -> dict:
     hottest = max(plan["weights"], key=plan["weights"].get)
     rounds = []
-    for all_in, within in zip(resident, budgeted, strict=True):
+    for within in budgeted:
+        all_in, budget = resident[within["round"]], within["budget"]
         t_all, t_in = all_in["traffic"], within["traffic"]
         answered = t_in.total()
         refused = sum(c[503] for c in t_in.statuses.values())
@@ -206,6 +218,8 @@ def summarize(
         for name, seconds in within["cold"]:
             by_kind.setdefault(kinds[name], []).append(seconds)
         rounds.append({
+            "round": within["round"] + 1, "fraction": within["fraction"],
+            "budget_mib": budget / MiB,
             "hottest_p99_ms": {"all_resident": t_all.p99_ms(hottest),
                                "budget": t_in.p99_ms(hottest)},
             "hottest_p99_ratio": t_in.p99_ms(hottest) / t_all.p99_ms(hottest),
@@ -224,26 +238,6 @@ def summarize(
     return {"hottest": hottest, "hottest_kind": kinds[hottest], "rounds": rounds}
 
 
-def plot(budgeted: list, budget: int, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(8, 4))
-    for index, within in enumerate(budgeted):
-        times = [t for t, _ in within["samples"]]
-        axis.plot(times, [rss for _, rss in within["samples"]], label=f"round {index + 1}")
-        bound = budget / MiB + within["base_mib"]
-        axis.axhline(bound * 1.1, linestyle="--", color=f"C{index}", linewidth=0.8)
-    axis.set_xlabel("seconds of traffic")
-    axis.set_ylabel("server resident set (MiB)")
-    axis.set_title("Under the budget; dashed: (budget + base) x 1.1")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("load_tests/report"))
@@ -251,6 +245,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=90.0)
     parser.add_argument("--rate", type=float, default=30.0, help="requests/s over the fleet")
     parser.add_argument("--cold-rounds", type=int, default=5)
+    parser.add_argument(
+        "--fractions", default="0.25,0.5", help="budgets, as shares of the summed cost"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="many-models-") as scratch:
         root, cache = Path(scratch), Path(scratch) / "cache"
@@ -258,7 +255,8 @@ def main() -> None:
         plan = {"weights": zipf_weights(sorted(kinds), ZIPF_S, seed=7), "rate": args.rate,
                 "seconds": args.seconds,
                 "bodies": {name: request_bodies(kind) for name, kind in kinds.items()}}  # fmt: skip
-        resident, budgeted, given, budget = [], [], {}, 0
+        resident, budgeted, given = [], [], {}
+        fractions = [float(f) for f in args.fractions.split(",")]
         for round_ in range(args.rounds):
             server = serve(root / "fleet", cache)
             try:
@@ -272,22 +270,24 @@ def main() -> None:
                     given = unload_gives_back(server, costs)
             finally:
                 server.stop()
-            budget = sum(costs.values()) // 4
-            budgeted.append(budget_round(root / "fleet", cache, budget, plan, seed=round_))
+            for fraction in fractions:
+                budgeted.append(
+                    budget_round(root / "fleet", cache, fraction, costs, plan, seed=round_)
+                )
             print(f"round {round_ + 1} done", flush=True)
         cold = cold_loads(root, cache, layouts, args.cold_rounds)
         alone = alone_or_among_idle(root, cache, root / "fleet", args.rounds + 1)
     data = {
         "machine": cpu_identity(), "fleet": FLEET, "zipf_s": ZIPF_S, "rate": args.rate,
-        "seconds": args.seconds, "budget_mib": budget / MiB,
+        "seconds": args.seconds, "fractions": fractions,
         "summed_cost_mib": sum(costs.values()) / MiB,
         "costs_mib": {n: c / MiB for n, c in costs.items()},
-        **summarize(kinds, plan, resident, budgeted, budget),
+        **summarize(kinds, plan, resident, budgeted),
         "unload_gives_back": given, "cold_load_vs_raw": cold, "alone_or_among_idle": alone,
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "many_models.json").write_text(json.dumps(data, indent=1, sort_keys=True))
-    plot(budgeted, budget, args.out / "many_models.png")
+    plot(budgeted, args.out / "many_models.png")
     (args.out / "MANY_MODELS.md").write_text(report(data))
     print(report(data))
 
@@ -300,79 +300,6 @@ def _layouts(server: ServerProcess, kinds: dict[str, str]) -> dict[str, list[int
         metadata = httpx.get(f"{server.url}/v2/models/{name}", timeout=30).json()
         layouts[kind] = [worker["threads"] for worker in metadata["parameters"]["instances"]]
     return layouts
-
-
-def report(data: dict[str, Any]) -> str:
-    by_kind: dict[str, list[float]] = {}
-    for name, cost in data["costs_mib"].items():
-        by_kind.setdefault(name.rstrip("0123456789"), []).append(cost)
-    fleet = ", ".join(f"{n} {k}" for k, n in data["fleet"].items())
-    lines = [
-        "# Many models in bounded memory",
-        "",
-        f"Machine: {data['machine']}. `make bench-many-models`: "
-        f"{sum(data['fleet'].values())} models ({fleet}; copies of minilm v3 int8, "
-        f"effnet v2 int8 and digits), open-loop Zipf traffic (s = {data['zipf_s']}) at "
-        f"{data['rate']:g} requests/s for {data['seconds']:g} s a round, served with every "
-        "model resident and then with a budget of a quarter of their summed measured cost, "
-        "in alternating rounds.",
-        "",
-        "Measured cost per model (MiB): "
-        + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in by_kind.items())
-        + f"; summed {data['summed_cost_mib']:.0f} MiB, budget {data['budget_mib']:.0f} MiB. "
-        f"Hottest model: {data['hottest']} ({data['hottest_kind']}).",
-        "",
-        "| round | hottest p99 all resident / budget (ms) | ratio | answers | 503 | other | "
-        "RSS peak / (budget + base) | loads | evictions | hit ratio | cold load p50 / p99 (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for index, r in enumerate(data["rounds"], 1):
-        p99 = r["hottest_p99_ms"]
-        cold = "; ".join(
-            f"{k} {v['p50']:.2f} / {v['p99']:.2f} ({v['count']})"
-            for k, v in r["cold_load_s"].items()
-        )
-        lines.append(
-            f"| {index} | {p99['all_resident']:.1f} / {p99['budget']:.1f} | "
-            f"{r['hottest_p99_ratio']:.2f} | {r['answers']} | {r['refused_share']:.2%} | "
-            f"{r['other_than_200_or_503']} | {r['rss_peak_over_budget_plus_base']:.3f} "
-            f"({r['rss_peak_mib']:.0f} MiB, base {r['rss_base_mib']:.0f}) | {r['loads']:.0f} | "
-            f"{r['evictions']:.0f} | {r['hit_ratio']:.3f} | {cold} |"
-        )
-    ratios = {n: g["ratio"] for n, g in data["unload_gives_back"].items()}
-    worst = max(ratios, key=lambda n: abs(ratios[n] - 1))
-    lines += [
-        "",
-        "![resident set under the budget](many_models.png)",
-        "",
-        "**What an unload gives back** (the resident set before and after each model's "
-        "unload, against the cost measured at its load): ratio median "
-        f"{statistics.median(ratios.values()):.2f}, furthest from 1: {worst} "
-        f"{ratios[worst]:.2f} ({data['unload_gives_back'][worst]['returned_mib']:.1f} of "
-        f"{data['unload_gives_back'][worst]['cost_mib']:.1f} MiB).",
-        "",
-        "**A cold load against raw ONNX Runtime** (ours: first request to its answer on a "
-        "server with the caches warm; raw: the same sessions created and one batch run, in a "
-        "fresh process), medians of alternating rounds:",
-        "",
-        "| model | sessions (threads) | ours (s) | raw (s) | ours / raw |",
-        "|---|---|---|---|---|",
-    ]
-    for kind, c in data["cold_load_vs_raw"].items():
-        lines.append(
-            f"| {kind} | {c['sessions']} | {statistics.median(c['ours_s']):.3f} | "
-            f"{statistics.median(c['raw_s']):.3f} | {c['ratio']:.2f} |"
-        )
-    alone = data["alone_or_among_idle"]
-    lines += [
-        "",
-        f"**Cores shared with idle models**: {alone['model']}'s closed-loop throughput (C=8, "
-        "raw texts) with the whole fleet resident and idle, against a server of its own, "
-        f"alternating: {alone['ratio']:.3f} (medians of "
-        f"{', '.join(f'{v:.0f}' for v in alone['requests_per_s']['among_idle'])} vs "
-        f"{', '.join(f'{v:.0f}' for v in alone['requests_per_s']['alone'])} requests/s).",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The workers of one model version, made from config.toml's `[[instances]]` lines.
 
-A line becomes `count` sessions on each of its devices (one for "cpu" or "cuda:N", each GPU
-listed or visible for "cuda" with `gpus` or "cuda:*"), with its provider and options. Where
+A line becomes `count` workers on each of its devices (one for "cpu" or "cuda:N", each GPU
+listed or visible for "cuda" with `gpus` or "cuda:*"), with its provider and options; each
+worker has a session of its own, except that one-thread CPU workers of a line share one
+(OnnxInstance.shareable), so that their count does not multiply the weights in memory. Where
 the device or provider is missing, the load fails saying what to install, unless the line
 allows `fallback = "cpu"`: then the worker runs on the CPU and a warning says what was asked
 and what was got.
@@ -44,10 +46,15 @@ def build_instances(
                 raise ModelLoadError(f"instances.{number}: {unmet}")
             devices = ["cpu"]
         for device in devices:
+            first: OnnxInstance | None = None
             for _ in range(line.count):
-                instance = OnnxInstance(
-                    model_path, device, threads=line.resolved_threads(), index=0, options=options
-                )
+                if first is not None and first.shareable:
+                    instance = first.sharing_session()  # one copy of the weights for all
+                else:
+                    instance = first = OnnxInstance(
+                        model_path, device, threads=line.resolved_threads(), index=0,
+                        options=options,
+                    )  # fmt: skip
                 if unmet is not None:
                     instance.requested, instance.fallback_reason = line.device, unmet
                 made.append((instance, instance.fallback_reason))

@@ -9,6 +9,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,12 @@ class ModelRepository:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         #: Loads run a bounded number at a time, so each measures what it alone added.
         self._load_slots = asyncio.Semaphore(self.residency.max_concurrent_loads)
+        #: ... on threads of their own: the weights then come from the same few malloc
+        #: arenas, where what an unloaded model freed is reused by the next load rather
+        #: than kept resident in the arena of whichever pool thread ran it.
+        self._load_threads = ThreadPoolExecutor(
+            self.residency.max_concurrent_loads, thread_name_prefix="model-load"
+        )
         #: What loads in progress are expected to take, by model.
         self._reserved: dict[str, int] = {}
 
@@ -156,7 +163,9 @@ class ModelRepository:
     async def _load_in_budget(self, entry: ModelEntry, reason: str) -> None:
         """Make room for `entry` under the budget, load it, and if it measured more than
         expected, unload what may go until everything fits again."""
-        async with self._locks[entry.name], self._load_slots:
+        # The load slot before the model's lock: a load waiting for a slot must not hold
+        # a lock that the load in the slot needs to retire the models it evicts.
+        async with self._load_slots, self._locks[entry.name]:
             budget = self.budget_bytes
             selection = None
             if budget is not None:
@@ -206,7 +215,9 @@ class ModelRepository:
         if not entry.versions:
             entry.state, entry.reason = ModelState.LOADING, ""
         try:
-            versions = await asyncio.to_thread(self._load_versions, entry, selection)
+            versions = await asyncio.get_running_loop().run_in_executor(
+                self._load_threads, self._load_versions, entry, selection
+            )
         except Exception as exc:  # ModelLoadError, or a bug/ORT surprise: never fatal
             reason = str(exc) if isinstance(exc, ModelLoadError) else f"unexpected error: {exc!r}"
             log.error("model %s failed to load: %s", entry.name, reason)
@@ -370,6 +381,7 @@ class ModelRepository:
         await asyncio.gather(*loads, return_exceptions=True)
         versions = [v for e in self.models.values() for v in e.versions.values()]
         await asyncio.gather(*(v.close() for v in versions), *self._retiring)
+        self._load_threads.shutdown(wait=False)
 
     # -- lookups --------------------------------------------------------------------------
 

@@ -164,8 +164,14 @@ class CostBook:
             self._cache.write(_cost_key(version_dir), {"bytes": cost})
 
     def expected(self, version_dirs: Iterable[Path]) -> int:
-        """What loading these versions is expected to take: measured, else estimated."""
-        return sum(self.read(d) or ESTIMATE_PER_FILE_BYTE * _files_bytes(d) for d in version_dirs)
+        """What loading these versions is expected to take at its peak: what they hold once
+        loaded (measured, else estimated), and their files, which a load holds parsed while
+        it builds the sessions."""
+        total = 0
+        for version_dir in version_dirs:
+            files = _files_bytes(version_dir)
+            total += (self.read(version_dir) or ESTIMATE_PER_FILE_BYTE * files) + files
+        return total
 
 
 def _cost_key(version_dir: Path) -> dict[str, object]:

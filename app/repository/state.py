@@ -194,7 +194,7 @@ class ModelEntry:
     pinned: bool = False
     #: The load in progress, which every request for the model waits for (single flight).
     loading: asyncio.Task[None] | None = None
-    #: What loading it is expected to take: measured at its last load, else estimated.
+    #: What loading it is expected to take at its peak (residency.CostBook.expected).
     expected_bytes: int = 0
 
     def latest(self) -> LoadedVersion | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -155,6 +156,21 @@ class OnnxInstance:
                                      self._bind_device, graphs=gpu is not None)
                 for i, size in enumerate(sorted(set(options.fixed_batch_sizes)))
             ]  # fmt: skip
+
+    @property
+    def shareable(self) -> bool:
+        """Whether another worker may run on this one's session: on the CPU with one thread,
+        a run computes on its caller's thread alone, so runs from two workers proceed side
+        by side on one copy of the weights as they would on two sessions."""
+        return (
+            self.device == "cpu" and self.threads == 1 and not self._fixed and not self._io_binding
+        )
+
+    def sharing_session(self) -> OnnxInstance:
+        """Another worker on this one's session (see `shareable`); labelled by the caller."""
+        if not self.shareable:
+            raise ValueError(f"worker {self.label}'s session cannot be shared")
+        return copy.copy(self)
 
     def release(self) -> None:
         """Let go of the session and its bound buffers once its batcher has stopped: their
