@@ -57,6 +57,7 @@ class InferenceService:
                     cache_dir=settings.cache_dir,
                 ),
                 cores=self.cores,
+                optimized_dir=(settings.cache_dir or default_cache_dir()) / "optimized",
             ),
             observer_factory=self._observer,
             on_version_gone=self.metrics.forget,

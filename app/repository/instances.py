@@ -11,6 +11,8 @@ and what was got.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import os
 import tempfile
@@ -18,10 +20,14 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import onnxruntime as ort
+
+from app.cpuinfo import cpu_identity
 from app.errors import ModelLoadError
 from app.repository.config import InstanceConfig, ModelConfig, TensorrtConfig
 from app.runtime import InstanceOptions, OnnxInstance
 from app.runtime.providers import to_option_strings, visible_gpus
+from app.tuning.cache import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +38,17 @@ def build_instances(
     model_path: Path,
     config: ModelConfig,
     gpus: Callable[[], list[int]] = visible_gpus,
+    *,
+    optimized_dir: Path | None = None,
 ) -> list[OnnxInstance]:
-    """Create every worker's session; `gpus` lists the GPUs "cuda:*" expands to."""
+    """Create every worker's session; `gpus` lists the GPUs "cuda:*" expands to; CPU
+    sessions keep the graph ONNX Runtime optimized under `optimized_dir`, when given."""
     model_dir = model_path.parent.parent
+    kept = optimized_graph_path(optimized_dir, model_path) if optimized_dir else None
     made: list[tuple[OnnxInstance, str | None]] = []  # with why it is not where it was asked
     for number, line in enumerate(config.instances):
         options = instance_options(line, number, model, version, model_dir, config)
+        options = dataclasses.replace(options, optimized_model=kept)
         devices = line.devices(gpus)
         unmet: str | None = None
         if not devices:
@@ -71,6 +82,14 @@ def build_instances(
             requested, reason,
         )  # fmt: skip
     return instances
+
+
+def optimized_graph_path(folder: Path, model_path: Path) -> Path:
+    """Where `model_path`'s optimized graph is kept: named by the model file's contents,
+    the ONNX Runtime version and this CPU, since the optimizer's choices depend on all
+    three (app.runtime.optimized)."""
+    runtime = hashlib.sha256(f"{ort.__version__} {cpu_identity()}".encode()).hexdigest()
+    return folder / f"{file_sha256(model_path)[:40]}-{runtime[:12]}.onnx"
 
 
 def _number(instances: list[OnnxInstance]) -> None:

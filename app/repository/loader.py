@@ -40,6 +40,8 @@ class ServingDefaults:
     tuning: TuneSettings = field(default_factory=lambda: TuneSettings(enabled=False))
     #: The machine's cores, which every version's CPU workers share (None: not counted).
     cores: CoreShares | None = None
+    #: Where CPU sessions keep the graphs ONNX Runtime optimized (None: not kept).
+    optimized_dir: Path | None = None
 
 
 def resolve_max_batch_size(config: ModelConfig, inputs: tuple[TensorSpec, ...]) -> int:
@@ -75,7 +77,9 @@ def load_version(
         samples=tuning_samples(config, model_dir, max_image_pixels=defaults.max_image_pixels),
     )  # fmt: skip
     config = apply_tuning(tuning, config)
-    instances = build_instances(model, version, model_path, config)
+    instances = build_instances(
+        model, version, model_path, config, optimized_dir=defaults.optimized_dir
+    )
     first = instances[0]
     max_batch_size = resolve_max_batch_size(config, first.inputs)
     batching = config.batching

@@ -9,6 +9,7 @@ tensor in the error. Blocking (it parses the graph): call it from a thread.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,20 +28,33 @@ def check_model_files(model_path: Path, version_dir: Path) -> None:
             f"{model_path} resolves to {model_path.resolve()}, outside its version directory; "
             "copy the model into the repository instead of linking to it"
         )
-    try:
-        model = onnx.load(str(model_path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and friends: not a model at all
-        raise ModelLoadError(f"{model_path} is not a readable ONNX model: {exc}") from None
-    for tensor in _tensors(model.graph):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+    stat = model_path.stat()
+    locations = _external_locations(str(model_path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    for name, location in locations:
         target = (model_path.parent / location).resolve()
         if not location or Path(location).is_absolute() or not _within(target, inside):
             raise ModelLoadError(
-                f"{model_path}: tensor '{tensor.name}' keeps its data at {location!r}, which is "
+                f"{model_path}: tensor '{name}' keeps its data at {location!r}, which is "
                 f"not a file inside {version_dir}; external data must sit next to the model"
             )
+
+
+@functools.lru_cache(maxsize=4096)
+def _external_locations(
+    path: str, inode: int, size: int, mtime_ns: int
+) -> tuple[tuple[str, str], ...]:
+    """(tensor, location) of every tensor kept outside the graph file. Parsed once per file
+    as it is on disk: where they resolve to is checked on every load, since a link beside
+    the model may change while the model does not."""
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends: not a model at all
+        raise ModelLoadError(f"{path} is not a readable ONNX model: {exc}") from None
+    return tuple(
+        (tensor.name, next((e.value for e in tensor.external_data if e.key == "location"), ""))
+        for tensor in _tensors(model.graph)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+    )
 
 
 def _within(path: Path, directory: Path) -> bool:

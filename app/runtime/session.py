@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from app.errors import ModelLoadError
 from app.runtime.errors import RunFailedError, clean_message
+from app.runtime.optimized import create_keeping, open_optimized
 from app.runtime.providers import (
     CPU,
     CUDA,
@@ -60,6 +61,9 @@ class InstanceOptions:
     #: The batcher gives this worker a batch only while no other worker is computing
     #: (Batcher's `low_load_only`): a session with every core's threads for lone requests.
     low_load_only: bool = False
+    #: Where the graph ONNX Runtime optimized for this machine is kept (CPU sessions): read
+    #: from there with the optimizer off when it exists, written there when it does not.
+    optimized_model: Path | None = None
 
 
 class _Released:
@@ -290,9 +294,14 @@ def _open(
     if provider in NVIDIA_PROVIDERS:
         preload_cuda_libraries()
     chain = provider_chain(device, provider, options.provider_options, options.cuda_options)
+    kept = options.optimized_model if provider == CPU else None
+    if kept is not None:
+        session = open_optimized(kept, _session_options(threads, options.spinning), chain)
+        if session is not None:
+            return session
     try:
-        session = ort.InferenceSession(
-            str(model_path), _session_options(threads, options.spinning), providers=chain
+        session = create_keeping(
+            model_path, lambda: _session_options(threads, options.spinning), chain, kept
         )
     except Exception as exc:  # ORT raises its own exception types for bad graphs
         if provider != CPU:

@@ -9,6 +9,7 @@ or not matching is measured again, never trusted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -30,8 +31,17 @@ def default_cache_dir() -> Path:
 
 
 def file_sha256(path: Path) -> str:
+    """The file's SHA-256, read again only when the file is not the one read last time
+    (another inode, size or modification time): a model loaded again, or a copy of one
+    already read, costs no pass over its bytes."""
+    stat = path.stat()
+    return _sha256(str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256(path: str, inode: int, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as stream:
+    with open(path, "rb") as stream:
         while block := stream.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
