@@ -62,12 +62,12 @@ class InferenceService:
             observer_factory=self._observer,
             on_version_gone=self.metrics.forget,
             residency=residency_settings(settings),
-            residency_observer=self.metrics if settings.metrics else None,
+            residency_observer=self.metrics.residency if settings.metrics else None,
             costs=CostBook(settings.cache_dir or default_cache_dir()),
         )
         self.metrics.watch_state(self._version_gauges)
-        self.metrics.watch_cores(self.cores)
-        self.metrics.watch_memory(
+        self.metrics.residency.watch_cores(self.cores)
+        self.metrics.residency.watch_memory(
             budget=self.repository.budget_bytes or memory_limit_bytes(),
             resident=self.repository.resident_bytes,
         )

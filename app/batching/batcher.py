@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from app.batching import lanes
-from app.batching.cores import CoreShares
+from app.batching.cores import CoreShares, held_by
 from app.batching.execution import BatchResult, execute
 from app.batching.formation import take_batch, take_limit
 from app.batching.lanes import CLOSED, STAGE_AFTER_S, Closed, Lane, Launched, Taken
@@ -342,23 +342,18 @@ class Batcher:
                     loop.call_soon_threadsafe(lanes.answer_expired, self.name, launched, expired)
         batch = launched.batch
         result = BatchResult([])  # a staged batch left with nothing to compute
-        runner = lane.runner
-        cores = self._cores if batch and runner.device == "cpu" else None
-        taken = cores.take(getattr(runner, "threads", 1)) if cores is not None else 0
         try:
             if batch:
-                result = execute(
-                    runner,
-                    [p.inputs for p in batch],
-                    batches=self.policy.batches,
-                    padding=self.policy.padding,
-                    lengths=[p.length for p in batch],
-                )
+                with held_by(self._cores, lane.runner):
+                    result = execute(
+                        lane.runner,
+                        [p.inputs for p in batch],
+                        batches=self.policy.batches,
+                        padding=self.policy.padding,
+                        lengths=[p.length for p in batch],
+                    )
         except Exception as exc:  # execute reports failures per request; this is a bug
             result = BatchResult([exc] * len(batch))
-        finally:
-            if cores is not None:
-                cores.give_back(taken)
         # Closed loop: the server is gone, and nobody waits for these results.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._finish, lane, launched, result)

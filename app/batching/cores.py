@@ -9,8 +9,12 @@ resource), first come first served; a version alone on the machine never waits.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
+from collections.abc import Iterator
+
+from app.batching.runner import BatchRunner
 
 
 class CoreShares:
@@ -56,6 +60,15 @@ class CoreShares:
         granted.wait()
         return wanted
 
+    @contextlib.contextmanager
+    def held(self, threads: int) -> Iterator[None]:
+        """`threads` cores taken for the block (in turn), and given back after it."""
+        taken = self.take(threads)
+        try:
+            yield
+        finally:
+            self.give_back(taken)
+
     def give_back(self, taken: int) -> None:
         with self._lock:
             self._busy -= taken
@@ -67,3 +80,12 @@ class CoreShares:
     def _count(self, threads: int) -> None:
         self._busy += threads
         self.peak = max(self.peak, self._busy)
+
+
+def held_by(
+    cores: CoreShares | None, runner: BatchRunner
+) -> contextlib.AbstractContextManager[object]:
+    """The cores a batch on `runner` holds while it computes: CPU workers' threads only."""
+    if cores is None or runner.device != "cpu":
+        return contextlib.nullcontext()
+    return cores.held(getattr(runner, "threads", 1))

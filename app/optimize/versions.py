@@ -23,7 +23,7 @@ from app.errors import ModelLoadError
 from app.optimize.errors import OptimizeError
 from app.repository.config import load_model_config
 from app.repository.loader import MODEL_FILE
-from app.repository.repository import MODEL_NAME
+from app.repository.lookup import MODEL_NAME
 
 
 def model_dir(repository: Path, model: str) -> Path:

@@ -1,14 +1,46 @@
-"""Looking models and versions up by the names and numbers a request gives, and the
-repository index as the v2 repository extension lists it."""
+"""Finding models: their directories in the repository, the versions a request names, and
+the repository index as the v2 repository extension lists it."""
 
 from __future__ import annotations
 
+import logging
+import re
+from pathlib import Path
 from typing import Any
 
-from app.errors import NotFoundError, UnavailableError
+from app.errors import ModelLoadError, NotFoundError, UnavailableError
 from app.repository.state import LoadedVersion, ModelEntry, ModelState
 
 Models = dict[str, ModelEntry]
+#: Model names are directory names: letters, digits, `_`, `-`, `.`; never a path.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+log = logging.getLogger(__name__)
+
+
+def model_dirs(root: Path) -> list[Path]:
+    """Model directories under `root`, sorted; other entries are skipped with a log."""
+    if not root.is_dir():
+        raise ModelLoadError(f"model repository {root} is not a directory")
+    found = []
+    for path in sorted(root.iterdir()):
+        if not path.is_dir() or path.name.startswith((".", "_")):
+            continue
+        if not MODEL_NAME.match(path.name):
+            log.warning("skipping %s: not a valid model name", path)
+            continue
+        found.append(path)
+    return found
+
+
+def model_dir(root: Path, name: str) -> Path:
+    """`<root>/<name>`, only for a valid name naming a directory directly in `root`."""
+    if not MODEL_NAME.match(name):
+        raise NotFoundError(f"'{name}' is not a valid model name")
+    path = root / name
+    if not path.is_dir() or path.resolve().parent != root.resolve():
+        raise NotFoundError(f"no model directory '{name}' in the repository")
+    return path
 
 
 def find_entry(models: Models, name: str) -> ModelEntry:

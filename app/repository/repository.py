@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -13,10 +12,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from app.errors import ModelLoadError, NotFoundError, ServingError, UnavailableError
+from app.errors import ModelLoadError, ServingError, UnavailableError
 from app.repository.budget import shown_bytes
 from app.repository.loader import ServingDefaults
-from app.repository.lookup import find_entry, find_version, index_rows
+from app.repository.lookup import (
+    find_entry,
+    find_version,
+    index_rows,
+    model_dir,
+    model_dirs,
+)
 from app.repository.model_versions import (
     ObserverFactory,
     Selection,
@@ -44,8 +49,6 @@ from app.runtime.memory import prime_runtime, return_freed_memory
 
 log = logging.getLogger(__name__)
 
-#: Model names are directory names: letters, digits, `_`, `-`, `.`; never a path.
-MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 #: Told (model, version) once a version is gone for good: drained, released, not serving.
 VersionGone = Callable[[str, int], None]
@@ -104,18 +107,7 @@ class ModelRepository:
     # -- loading --------------------------------------------------------------------------
 
     def model_dirs(self) -> list[Path]:
-        """Model directories under the root, sorted; other entries are skipped with a log."""
-        if not self.root.is_dir():
-            raise ModelLoadError(f"model repository {self.root} is not a directory")
-        found = []
-        for path in sorted(self.root.iterdir()):
-            if not path.is_dir() or path.name.startswith((".", "_")):
-                continue
-            if not MODEL_NAME.match(path.name):
-                log.warning("skipping %s: not a valid model name", path)
-                continue
-            found.append(path)
-        return found
+        return model_dirs(self.root)
 
     async def load_all(self) -> None:
         """Load every model found (under a budget, only the pinned ones), each in a thread;
@@ -300,13 +292,7 @@ class ModelRepository:
                 del self.models[name]
 
     def _model_dir(self, name: str) -> Path:
-        """`<root>/<name>`, only for a valid name naming a directory directly in the root."""
-        if not MODEL_NAME.match(name):
-            raise NotFoundError(f"'{name}' is not a valid model name")
-        path = self.root / name
-        if not path.is_dir() or path.resolve().parent != self.root.resolve():
-            raise NotFoundError(f"no model directory '{name}' in the repository")
-        return path
+        return model_dir(self.root, name)
 
     def _retire_later(self, name: str, versions: dict[int, LoadedVersion]) -> None:
         """Retire replaced versions in the background (`_retire`); `versions` is theirs."""

@@ -44,9 +44,10 @@ def create_keeping(
     providers: Sequence[Any],
     kept: Path | None,
 ) -> ort.InferenceSession:
-    """A session on `model_path` that saves its optimized graph to `kept` (whole or not at
-    all: written beside it, moved into place once the session exists). Where saving fails
-    (a graph over protobuf's 2 GB, a read-only cache), the session is made without it."""
+    """A session on `model_path` whose optimized graph is saved to `kept` (whole or not at
+    all: written beside it, moved into place once the session exists), then opened from
+    there. Where saving fails (a graph over protobuf's 2 GB, a read-only cache), the
+    session is made without it."""
     written = _scratch_beside(kept) if kept is not None else None
     if kept is not None and written is not None:
         options = make_options()
@@ -54,7 +55,9 @@ def create_keeping(
         try:
             session = ort.InferenceSession(str(model_path), options, providers=list(providers))
             os.replace(written, kept)
-            return session
+            # The session that saved the graph holds a second copy of it for its lifetime:
+            # serve from one opened on the kept graph instead.
+            return open_optimized(kept, make_options(), providers) or session
         except Exception as exc:  # the graph itself may be bad: the plain attempt says so
             log.warning("could not keep %s's optimized graph (%s)", model_path, exc)
         finally:

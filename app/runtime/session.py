@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from app.errors import ModelLoadError
 from app.runtime.errors import RunFailedError, clean_message
+from app.runtime.feeds import repeat_rows, synthetic_inputs
 from app.runtime.optimized import create_keeping, open_optimized
 from app.runtime.providers import (
     CPU,
@@ -163,12 +164,11 @@ class OnnxInstance:
 
     @property
     def shareable(self) -> bool:
-        """Whether another worker may run on this one's session: on the CPU with one thread,
-        a run computes on its caller's thread alone, so runs from two workers proceed side
-        by side on one copy of the weights as they would on two sessions."""
-        return (
-            self.device == "cpu" and self.threads == 1 and not self._fixed and not self._io_binding
-        )
+        """Whether another worker may run on this session: on the CPU with one thread, a run
+        computes on its caller's thread alone, so two workers' runs proceed side by side on
+        one copy of the weights as on two sessions."""
+        cpu_alone = self.device == "cpu" and self.threads == 1
+        return cpu_alone and not self._fixed and not self._io_binding
 
     def sharing_session(self) -> OnnxInstance:
         """Another worker on this one's session (see `shareable`); labelled by the caller."""
@@ -250,30 +250,6 @@ class OnnxInstance:
             )
             for _ in range(repeats):
                 self.run(feeds)
-
-
-def synthetic_inputs(specs: Sequence[TensorSpec], rows: int | None) -> dict[str, np.ndarray]:
-    """Zeros (strings "0") of each input's shape, variable axes 1, the first axis `rows`."""
-    feeds = {}
-    for spec in specs:
-        dims = [1 if d < 0 else d for d in spec.shape]
-        if rows is not None and dims:
-            dims[0] = rows
-        if spec.datatype == "BYTES":
-            feeds[spec.name] = np.full(dims, "0", dtype=object)
-        else:
-            feeds[spec.name] = np.zeros(dims, dtype=numpy_dtype(spec.datatype))
-    return feeds
-
-
-def repeat_rows(sample: Mapping[str, np.ndarray], rows: int | None) -> dict[str, np.ndarray]:
-    """`sample`'s arrays with their rows repeated (cycled) to `rows` rows (None: as given)."""
-    if rows is None:
-        return dict(sample)
-    return {
-        name: np.take(array, np.arange(rows) % array.shape[0], axis=0)
-        for name, array in sample.items()
-    }
 
 
 def _open(

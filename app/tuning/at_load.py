@@ -27,8 +27,8 @@ import onnxruntime as ort
 from app.cores import available_cores
 from app.cpuinfo import cpu_identity
 from app.runtime import OnnxInstance
+from app.runtime.feeds import repeat_rows
 from app.runtime.providers import CPU, CUDA
-from app.runtime.session import repeat_rows
 from app.tensors import TensorSpec, fixed_batch_input
 from app.tuning import measure
 from app.tuning.cache import RULE_VERSION, TuningCache, default_cache_dir, file_sha256
