@@ -45,7 +45,7 @@ from app.batching.queue import Outputs, Pending, RequestQueue
 from app.batching.runner import BatchRunner
 from app.batching.strategy import LatencyTarget, QueueDelay
 from app.batching.wakeups import Workers
-from app.errors import InferenceFailedError, UnavailableError
+from app.errors import UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -387,19 +387,5 @@ class Batcher:
         answer sets off may go to another)."""
         if free:
             self._workers.freed(runner.label)
-        now = asyncio.get_running_loop().time()
         answered = self._strategy.answered if self._strategy.per_request else None
-        for pending, outcome in zip(batch, result.outputs, strict=True):
-            if pending.future.done():
-                continue
-            if isinstance(outcome, Exception):
-                pending.future.set_exception(
-                    InferenceFailedError(
-                        f"model '{self.name}' failed to run on {runner.device}: "
-                        f"{outcome or type(outcome).__name__}"
-                    )
-                )
-                continue
-            if answered is not None:
-                answered(pending, now)
-            pending.future.set_result(outcome)
+        lanes.answer(self.name, batch, result, device=runner.device, answered=answered)

@@ -62,14 +62,14 @@ class CoreShares:
 
     @contextlib.contextmanager
     def held(self, threads: int) -> Iterator[None]:
-        """`threads` cores taken for the block (in turn), and given back after it."""
+        """`threads` cores taken for the block (in turn), and released after it."""
         taken = self.take(threads)
         try:
             yield
         finally:
-            self.give_back(taken)
+            self.release(taken)
 
-    def give_back(self, taken: int) -> None:
+    def release(self, taken: int) -> None:
         with self._lock:
             self._busy -= taken
             while self._waiting and self._busy + self._waiting[0][0] <= self.cores:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from app.batching.execution import BatchResult
 from app.batching.queue import Pending, deadline_exceeded
 from app.batching.runner import BatchRunner
+from app.errors import InferenceFailedError
 
 #: A worker's next batch is staged behind its current one only where batches compute this
 #: long, or where two whole batches already wait: a shorter one ends before a busy loop
@@ -100,3 +101,28 @@ def answer_expired(model: str, launched: Launched, expired: Sequence[Pending]) -
         if not pending.future.done():
             waited_s = launched.started_at - pending.enqueued
             pending.future.set_exception(deadline_exceeded(model, waited_s, "waiting for a worker"))
+
+
+def answer(
+    model: str,
+    batch: Sequence[Pending],
+    result: BatchResult,
+    *,
+    device: str,
+    answered: Callable[[Pending, float], None] | None,
+) -> None:
+    """On the loop: answer each request of a computed batch with its outputs or its
+    failure, telling `answered` (the latency strategy) of each one served."""
+    now = asyncio.get_running_loop().time()
+    for pending, outcome in zip(batch, result.outputs, strict=True):
+        if pending.future.done():
+            continue
+        if isinstance(outcome, Exception):
+            failure = (
+                f"model '{model}' failed to run on {device}: {outcome or type(outcome).__name__}"
+            )
+            pending.future.set_exception(InferenceFailedError(failure))
+            continue
+        if answered is not None:
+            answered(pending, now)
+        pending.future.set_result(outcome)

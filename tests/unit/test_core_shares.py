@@ -34,7 +34,7 @@ def test_batches_run_at_once_while_their_threads_fit() -> None:
 def test_a_batch_wanting_more_than_every_core_takes_them_all() -> None:
     cores = CoreShares(2)
     assert cores.take(8) == 2
-    cores.give_back(2)
+    cores.release(2)
     assert cores.busy == 0
 
 
@@ -45,9 +45,9 @@ def test_a_batch_waits_for_cores_and_never_overfills_them() -> None:
     took: list[int] = []
     waiter = in_thread(lambda: took.append(cores.take(2)))
     until(lambda: cores.waiting == 1)
-    cores.give_back(1)
+    cores.release(1)
     assert cores.waiting == 1 and cores.busy == 1  # one core free is not enough for two
-    cores.give_back(1)
+    cores.release(1)
     waiter.join()
     assert took == [2] and cores.busy == 2 and cores.waiting == 0
 
@@ -60,10 +60,10 @@ def test_waiting_batches_go_in_arrival_order() -> None:
     until(lambda: cores.waiting == 1)
     narrow = in_thread(lambda: (cores.take(1), order.append("narrow")))
     until(lambda: cores.waiting == 2)
-    cores.give_back(2)
+    cores.release(2)
     wide.join()
     assert order == ["wide"] and cores.waiting == 1  # the later, narrower one still waits
-    cores.give_back(2)
+    cores.release(2)
     narrow.join()
     assert order == ["wide", "narrow"] and cores.busy == 1
 
