@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-memory",
         metavar="BYTES",
         help="memory budget for loaded models (8GiB, or 0.5 of the container's limit): models "
-        "load on their first request and the least recently used idle ones make room",
+        "load on their first request and idle ones, those asked least per byte, make room",
     )
     serve.add_argument(
         "--preload",

@@ -190,6 +190,7 @@ def residency_settings(settings: Settings) -> ResidencySettings:
         budget_bytes=parse_memory_budget(budget) if budget else None,
         preload=frozenset(settings.preload),
         max_concurrent_loads=settings.max_concurrent_loads,
+        room_wait_s=settings.model_room_wait_s,
     )
 
 

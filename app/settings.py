@@ -178,8 +178,8 @@ class Settings(BaseSettings):
         default=None,
         description="Memory budget for loaded models: bytes (8GiB, 512MB) or a share of the "
         "container's memory limit (0.5, 50%). Set, only pinned models load at start; the "
-        "others load on their first request and the least recently used idle ones are "
-        "unloaded to make room. Unset: every model loads at start and stays.",
+        "others load on their first request, and idle ones, those asked least per byte "
+        "first, are unloaded to make room. Unset: every model loads at start and stays.",
     )
     preload: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -191,6 +191,13 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="Model loads that may run at once (each is measured alone at 1).",
+    )
+    model_room_wait_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=600,
+        description="Under a memory budget, how long a load waits for models that requests "
+        "hold to be let go when only they stand in its way; then its requests get 503.",
     )
     share_cores: bool = Field(
         default=True,

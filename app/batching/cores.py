@@ -5,6 +5,9 @@ resident, their workers would together run more compute threads than there are c
 every batch would slow down in the scramble. A batch on the CPU therefore runs once its
 worker's threads fit among the cores not busy (Triton's rate limiter, with cores as the one
 resource), first come first served; a version alone on the machine never waits.
+
+A model's load takes a core too, in the background: only while no batch waits for one, so
+that loading a model does not slow down the models already serving.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ class CoreShares:
         self._lock = threading.Lock()
         #: Batches waiting for cores, in arrival order: (threads, woken when granted).
         self._waiting: deque[tuple[int, threading.Event]] = deque()
+        #: Background work (loads) waiting, granted only while no batch waits.
+        self._background: deque[tuple[int, threading.Event]] = deque()
 
     @property
     def busy(self) -> int:
@@ -44,26 +49,34 @@ class CoreShares:
         """Batches waiting for cores now."""
         return len(self._waiting)
 
-    def take(self, threads: int) -> int:
-        """Wait until `threads` (at most every core) are free, in turn; what was taken."""
+    @property
+    def waiting_in_background(self) -> int:
+        """Background work (loads) waiting for a core now."""
+        return len(self._background)
+
+    def take(self, threads: int, *, background: bool = False) -> int:
+        """Wait until `threads` (at most every core) are free, in turn; what was taken.
+        In the `background`, wait as well until no batch waits (ahead or arriving)."""
         wanted = max(threads, 1)
         with self._lock:
             if not self.share:
                 self._count(wanted)
                 return wanted
             wanted = min(wanted, self.cores)
-            if not self._waiting and self._busy + wanted <= self.cores:
+            queue = self._background if background else self._waiting
+            ahead = self._waiting or (background and self._background)
+            if not ahead and self._busy + wanted <= self.cores:
                 self._count(wanted)
                 return wanted
             granted = threading.Event()
-            self._waiting.append((wanted, granted))
+            queue.append((wanted, granted))
         granted.wait()
         return wanted
 
     @contextlib.contextmanager
-    def held(self, threads: int) -> Iterator[None]:
+    def held(self, threads: int, *, background: bool = False) -> Iterator[None]:
         """`threads` cores taken for the block (in turn), and released after it."""
-        taken = self.take(threads)
+        taken = self.take(threads, background=background)
         try:
             yield
         finally:
@@ -72,10 +85,13 @@ class CoreShares:
     def release(self, taken: int) -> None:
         with self._lock:
             self._busy -= taken
-            while self._waiting and self._busy + self._waiting[0][0] <= self.cores:
-                wanted, granted = self._waiting.popleft()
-                self._count(wanted)
-                granted.set()
+            for queue in (self._waiting, self._background):
+                while queue and self._busy + queue[0][0] <= self.cores:
+                    wanted, granted = queue.popleft()
+                    self._count(wanted)
+                    granted.set()
+                if queue:  # the head waits for room: nothing behind it, nor background
+                    return
 
     def _count(self, threads: int) -> None:
         self._busy += threads

@@ -72,14 +72,16 @@ class DataPlane:
         # Admitted now, it is served even if the server begins to drain during the load.
         if self._draining():
             raise UnavailableError(SHUTTING_DOWN)
-        body = await call.receive()
-        for _ in range(LOAD_ATTEMPTS):  # unloaded again before this request took its turn
-            await _until_done_or_gone(loading, call)
-            loading = self._repository.load_on_request(call.model)
-            if loading is None:
-                break
-        loaded = self._repository.version(call.model, call.version)
-        return await self._infer(call, loaded, started, arrived, body)
+        # Waiting, it keeps the model from being evicted between its load and its turn.
+        with self._repository.waiting_for(call.model):
+            body = await call.receive()
+            for _ in range(LOAD_ATTEMPTS):  # unloaded again before this request's turn
+                await _until_done_or_gone(loading, call)
+                loading = self._repository.load_on_request(call.model)
+                if loading is None:
+                    break
+            loaded = self._repository.version(call.model, call.version)
+            return await self._infer(call, loaded, started, arrived, body)
 
     async def _infer(
         self,
@@ -93,8 +95,7 @@ class DataPlane:
         protocol = call.protocol
         metrics.request_started()
         holder = loaded  # held (never evicted) until answered
-        holder.users += 1
-        holder.last_used = arrived
+        holder.hold(arrived)
         try:
             if received is None and self._draining():
                 raise UnavailableError(SHUTTING_DOWN)
@@ -104,9 +105,9 @@ class DataPlane:
                 # The version serving now: a reload may have swapped it in meanwhile.
                 loaded = self._repository.version(call.model, call.version)
                 if loaded is not holder:
-                    holder.users -= 1
+                    holder.release()
                     holder = loaded
-                    holder.users += 1
+                    holder.hold(arrived)
             else:
                 body = received
             if call.size(body) > self._decode_in_thread_bytes:  # the loop keeps answering
@@ -141,7 +142,7 @@ class DataPlane:
             metrics.request_done("cancelled", time.perf_counter() - started, protocol)
             raise
         finally:
-            holder.users -= 1
+            holder.release()
         metrics.request_done("success", time.perf_counter() - started, protocol)
         return encoded
 

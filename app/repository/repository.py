@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,13 +30,15 @@ from app.repository.model_versions import (
 )
 from app.repository.residency import (
     CostBook,
+    MemoryBudgetFullError,
     ResidencyObserver,
     ResidencySettings,
-    choose_evictions,
+    Room,
     load_finished,
     over_budget,
     wait_for_load,
 )
+from app.repository.retirement import Retirement, VersionGone
 from app.repository.state import (
     EVICTED,
     NOT_LOADED,
@@ -44,14 +46,11 @@ from app.repository.state import (
     LoadedVersion,
     ModelEntry,
     ModelState,
+    Uses,
 )
-from app.runtime.memory import prime_runtime, return_freed_memory
+from app.runtime.memory import held_bytes, prime_runtime
 
 log = logging.getLogger(__name__)
-
-
-#: Told (model, version) once a version is gone for good: drained, released, not serving.
-VersionGone = Callable[[str, int], None]
 
 
 class ModelRepository:
@@ -59,8 +58,8 @@ class ModelRepository:
 
     Without a memory budget every model loads at start and stays. With one, only pinned
     models do; the others load when a request asks for them (one load per model however
-    many ask: single flight) and are unloaded, least recently used first, when a load needs
-    their room and nothing holds them (app.repository.residency)."""
+    many ask: single flight) and are unloaded, those asked least per byte first, when a
+    load needs their room and nothing holds them (app.repository.residency)."""
 
     def __init__(
         self,
@@ -76,13 +75,10 @@ class ModelRepository:
         self.root = root
         self._defaults = defaults or ServingDefaults()
         self._observer_factory = observer_factory
-        self._on_version_gone = on_version_gone
         self.residency = residency or ResidencySettings()
         self._residency_observer = residency_observer
         self._costs = costs
         self.models: dict[str, ModelEntry] = {}
-        #: Replaced and unloaded versions still serving what they hold, then released.
-        self._retiring: set[asyncio.Task[None]] = set()
         #: One load or unload at a time per model (the API and the poller may both ask).
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         #: Loads run a bounded number at a time, so each measures what it alone added.
@@ -93,8 +89,15 @@ class ModelRepository:
         self._load_threads = ThreadPoolExecutor(
             self.residency.max_concurrent_loads, thread_name_prefix="model-load"
         )
-        #: What loads in progress are expected to take, by model.
-        self._reserved: dict[str, int] = {}
+        #: What loads in progress are expected to take, and the wait for room.
+        self._room = Room(self.residency.budget_bytes or 0, self.residency.room_wait_s)
+        #: Requests holding versions: told to the room, read by loads measuring their cost.
+        self._uses = Uses(on_idle=self._room.changed)
+        #: Replaced and unloaded versions still serving what they hold, then released.
+        self._retirement = Retirement(
+            models=self.models, locks=self._locks, on_version_gone=on_version_gone,
+            on_released=self._room.changed,
+        )  # fmt: skip
 
     @property
     def budget_bytes(self) -> int | None:
@@ -115,6 +118,7 @@ class ModelRepository:
         for path in self.model_dirs():
             self._add(ModelEntry(name=path.name, path=path))
         await asyncio.to_thread(prime_runtime)  # before the first model is measured
+        self._room.base_held = await asyncio.to_thread(held_bytes)
         for entry in list(self.models.values()):
             if self.budget_bytes is not None and not await self._register(entry):
                 continue
@@ -153,6 +157,17 @@ class ModelRepository:
         return entry.loading
 
     async def _load_in_budget(self, entry: ModelEntry, reason: str) -> None:
+        """Load `entry` once there is room for it under the budget. When requests hold the
+        room, wait for them to let go (up to the room wait) without holding a load slot,
+        so that loads which fit go meanwhile."""
+        give_up = asyncio.get_running_loop().time() + self.residency.room_wait_s
+        while True:
+            try:
+                return await self._load_in_slot(entry, reason)
+            except MemoryBudgetFullError as full:
+                await self._room.wait(full, give_up)
+
+    async def _load_in_slot(self, entry: ModelEntry, reason: str) -> None:
         """Make room for `entry` under the budget, load it, and if it measured more than
         expected, unload what may go until everything fits again."""
         # The load slot before the model's lock: a load waiting for a slot must not hold
@@ -161,19 +176,20 @@ class ModelRepository:
             budget = self.budget_bytes
             selection = None
             if budget is not None:
-                selection, entry.expected_bytes = await asyncio.to_thread(self._expected, entry)
-                reserved = sum(self._reserved.values())
-                await self._evict(
-                    choose_evictions(
-                        entry, budget=budget, reserved=reserved, resident=self.models.values()
-                    )
+                selection, entry.expected_bytes, held = await asyncio.to_thread(
+                    self._expected, entry
                 )
-            self._reserved[entry.name] = entry.expected_bytes
+                self._room.measured(held, self.models.values())
+                now = asyncio.get_running_loop().time()
+                await self._evict(self._room.victims(entry, self.models.values(), now))
+            reserved = self._room.reserved
+            reserved[entry.name] = entry.expected_bytes
             began = time.perf_counter()
             try:
                 await self._load(entry, selection)
             finally:
-                del self._reserved[entry.name]
+                del reserved[entry.name]
+                self._room.changed()
             seconds = time.perf_counter() - began
             log.info(
                 "model %s: loaded in %.3f s for %s, holding %s",
@@ -196,8 +212,9 @@ class ModelRepository:
                 )
             await self._evict(
                 over_budget(
-                    budget=budget, reserved=sum(self._reserved.values()),
+                    budget=budget, reserved=sum(reserved.values()),
                     resident=self.models.values(), keep=entry,
+                    now=asyncio.get_running_loop().time(), grown=self._room.grown,
                 )
             )  # fmt: skip
 
@@ -219,10 +236,11 @@ class ModelRepository:
         now = asyncio.get_running_loop().time()
         for loaded in versions.values():
             loaded.last_used = now
+            loaded.uses = self._uses
             loaded.start()
         replaced = entry.versions
         entry.versions, entry.state, entry.reason = versions, ModelState.READY, ""
-        self._retire_later(entry.name, replaced)
+        self._retirement.later(entry.name, replaced)
 
     async def load(self, name: str, *, reason: str = "explicit") -> None:
         """Load or reload one model by name (the v2 repository extension's load)."""
@@ -247,12 +265,26 @@ class ModelRepository:
         """Under a budget, for a model known but not resident: the load a request waits
         for (single flight), which raises UnavailableError if it fails; None otherwise."""
         entry = self.entry(name)
+        entry.demand.note(asyncio.get_running_loop().time())
         if entry.versions or not entry.on_demand:
             return None
         if self._residency_observer is not None:
             self._residency_observer.load_waited(name)
         load = self._single_flight(entry, "request")
         return asyncio.ensure_future(wait_for_load(entry, load, self._residency_observer))
+
+    @contextlib.contextmanager
+    def waiting_for(self, name: str) -> Iterator[None]:
+        """A request waits for `name`'s load and then its answer: the model is not evicted
+        meanwhile, so the load it waited for is not undone before its turn."""
+        entry = self.entry(name)
+        entry.waiters += 1
+        try:
+            yield
+        finally:
+            entry.waiters -= 1
+            if not entry.waiters:
+                self._room.changed()
 
     async def unload(self, name: str) -> None:
         """Stop serving a model: new requests get 503, queued ones are still served."""
@@ -264,7 +296,7 @@ class ModelRepository:
         replaced = entry.versions
         entry.versions, entry.state, entry.reason = {}, ModelState.UNAVAILABLE, reason
         entry.on_demand = on_demand
-        self._retire_later(entry.name, replaced)
+        self._retirement.later(entry.name, replaced)
 
     async def _evict(self, victims: list[ModelEntry]) -> None:
         """Unload `victims` (none in use) to make room, and wait until their memory is
@@ -272,7 +304,7 @@ class ModelRepository:
         retired = []
         for entry in victims:  # at once: nothing can start using them between the choice and this
             log.info(
-                "model %s: unloading it (%s, least recently used) to fit the memory budget",
+                "model %s: unloading it (%s, asked least per byte) to fit the memory budget",
                 entry.name, shown_bytes(entry.resident_bytes),
             )  # fmt: skip
             retired.append((entry.name, entry.versions))
@@ -280,8 +312,9 @@ class ModelRepository:
             entry.on_demand = True
             if self._residency_observer is not None:
                 self._residency_observer.model_evicted(entry.name)
-        for name, versions in retired:
-            await self._retire(name, versions)
+        for index, (name, versions) in enumerate(retired, start=1):
+            # One trim for all of them, after the last.
+            await self._retirement.retire(name, versions, trim=index == len(retired))
 
     async def remove(self, name: str) -> None:
         """Unload a model whose directory is gone and drop it from the index (new requests
@@ -294,66 +327,39 @@ class ModelRepository:
     def _model_dir(self, name: str) -> Path:
         return model_dir(self.root, name)
 
-    def _retire_later(self, name: str, versions: dict[int, LoadedVersion]) -> None:
-        """Retire replaced versions in the background (`_retire`); `versions` is theirs."""
-        if not versions:
-            return
-        task = asyncio.get_running_loop().create_task(self._retire(name, versions))
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
-
-    async def _retire(self, name: str, versions: dict[int, LoadedVersion]) -> None:
-        """Serve what the versions hold, stop their threads and release their sessions,
-        drop the last references to them, forget those not serving again, and hand the
-        freed memory back to the OS."""
-        numbers = list(versions)
-        for number in numbers:  # one at a time; the others serve on their workers meanwhile
-            loaded = versions.pop(number)
-            try:
-                await loaded.close()
-            except Exception as exc:  # a bug: the others are still closed and released
-                log.error("model %s v%d did not close cleanly: %r", name, number, exc)
-        del loaded  # the repository's last reference to any of them
-        if self._on_version_gone is not None:
-            # Under the model's lock: a load of the same version in progress keeps it.
-            async with self._locks[name]:
-                entry = self.models.get(name)
-                for number in numbers:
-                    if entry is None or number not in entry.versions:
-                        self._on_version_gone(name, number)
-        await asyncio.to_thread(return_freed_memory)
-        listed = ", ".join(f"v{number}" for number in numbers)
-        log.info("model %s: released %s (what they held served, sessions freed)", name, listed)
-
     async def settled(self) -> None:
         """Wait until every version unloaded or replaced so far is retired."""
-        while self._retiring:
-            await asyncio.gather(*self._retiring)
+        await self._retirement.settled()
 
     def _selected(self, entry: ModelEntry) -> Selection:
         return selected_versions(entry.path)
 
-    def _expected(self, entry: ModelEntry) -> tuple[Selection | None, int]:
+    def _expected(self, entry: ModelEntry) -> tuple[Selection | None, int, int | None]:
         """The versions a load of `entry` takes and what they are expected to hold: as
         measured before, else estimated (none and 0 when the selection fails: the load
-        itself then fails, with the reason)."""
+        itself then fails, with the reason); and what the process holds now."""
+        held = held_bytes()
         try:
             selection = self._selected(entry)
         except ModelLoadError:
-            return None, 0
+            return None, 0, held
         if self._costs is None:
-            return selection, 0
+            return selection, 0, held
         dirs = (entry.path / str(version) for version in selection[1])
-        return selection, self._costs.expected(dirs)
+        return selection, self._costs.expected(dirs), held
 
     def _load_versions(
         self, entry: ModelEntry, selection: Selection | None
     ) -> dict[int, LoadedVersion]:
         config, selected = selection or self._selected(entry)
-        return load_measured(
-            entry.name, entry.path, config=config, selected=selected, defaults=self._defaults,
-            observer_factory=self._observer_factory, costs=self._costs,
-        )  # fmt: skip
+        cores = self._defaults.cores
+        # A core in the background: the models serving keep theirs (app.batching.cores).
+        with cores.held(1, background=True) if cores else contextlib.nullcontext():
+            return load_measured(
+                entry.name, entry.path, config=config, selected=selected,
+                defaults=self._defaults, observer_factory=self._observer_factory,
+                costs=self._costs, quiet_mark=self._uses.quiet_mark,
+            )  # fmt: skip
 
     def begin_drain(self) -> None:
         for entry in self.models.values():
@@ -366,7 +372,7 @@ class ModelRepository:
         loads = [e.loading for e in self.models.values() if e.loading is not None]
         await asyncio.gather(*loads, return_exceptions=True)
         versions = [v for e in self.models.values() for v in e.versions.values()]
-        await asyncio.gather(*(v.close() for v in versions), *self._retiring)
+        await asyncio.gather(*(v.close() for v in versions), *self._retirement.running)
         self._load_threads.shutdown(wait=False)
 
     # -- lookups --------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """Which models stay in memory under a budget: what a load is expected to take, and which
-resident models go, least recently used first, to make room for it.
+resident models go to make room for it: those asked for least per byte they hold first (a
+tiny popular model stays while a large rarely asked one goes), the least recently used
+first among equals.
 
 Residency is per model, not per version: the v2 repository extension loads and unloads
 models, a model's version policy picks the versions that serve together, and a reload swaps
@@ -9,6 +11,7 @@ them together; each version's cost is still measured and shown on its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -52,22 +55,39 @@ class ResidencySettings:
     budget_bytes: int | None = None
     preload: frozenset[str] = frozenset()
     max_concurrent_loads: int = 1
+    #: How long a load waits for requests to let go of the models in its way.
+    room_wait_s: float = 5.0
 
 
 class MemoryBudgetFullError(UnavailableError):
     """No room for a load: what holds the budget is in use or pinned (HTTP 503, retry)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, requests_hold_room: bool = False) -> None:
         super().__init__(message)
         self.retry_after_s = RETRY_AFTER_S
+        #: Whether the room is held by requests (not pinned models, not loads), which let
+        #: go of it once answered: a load may wait for them.
+        self.requests_hold_room = requests_hold_room
 
 
 def choose_evictions(
-    entry: ModelEntry, *, budget: int, reserved: int, resident: Iterable[ModelEntry]
+    entry: ModelEntry,
+    *,
+    budget: int,
+    reserved: int,
+    resident: Iterable[ModelEntry],
+    now: float = 0.0,
+    grown: int = 0,
+    patient: bool = False,
 ) -> list[ModelEntry]:
-    """The resident models to unload, least recently used first, so that `entry` fits with
-    what loads in progress have `reserved`; raises MemoryBudgetFullError when those that
-    may go (not pinned, not in use) do not make enough room."""
+    """The resident models to unload, those asked for least per byte first (`eviction_order`),
+    so that `entry` fits with what loads in progress have `reserved` and what the process
+    holds beyond the models' measured costs (`grown`: arenas grown by serving, requests in
+    flight); raises MemoryBudgetFullError when those that may go (not pinned, not in use)
+    do not make enough room.
+
+    A `patient` choice never passes over a model that requests hold to unload one asked
+    for more per byte: it refuses (for the load to wait for them) instead."""
     others = [e for e in resident if e is not entry and e.versions]
     need = entry.expected_bytes
     if need > budget:
@@ -75,10 +95,17 @@ def choose_evictions(
             f"model '{entry.name}' needs {shown_bytes(need)}, more than the whole memory "
             f"budget of {shown_bytes(budget)}; raise BATCHSERVE_MODEL_MEMORY"
         )
-    free = budget - reserved - sum(e.resident_bytes for e in others) - entry.resident_bytes
+    free = budget - reserved - grown - sum(e.resident_bytes for e in others) - entry.resident_bytes
     chosen: list[ModelEntry] = []
-    movable = sorted((e for e in others if not e.pinned and not e.in_use), key=_recency)
-    for candidate in movable:
+    candidates = [e for e in others if not e.pinned]
+    if patient:
+        order, room = eviction_order(candidates, now), free
+        candidates = []
+        while room < need and order:
+            candidates.append(order.pop(0))
+            room += candidates[-1].resident_bytes
+    movable = [e for e in candidates if not e.in_use]
+    for candidate in eviction_order(movable, now):
         if free >= need:
             break
         chosen.append(candidate)
@@ -87,22 +114,32 @@ def choose_evictions(
         return chosen
     held = ", ".join(_holder(e) for e in sorted(others, key=lambda e: -e.resident_bytes))
     loads = f"; loads in progress hold {shown_bytes(reserved)}" if reserved else ""
+    if grown:
+        loads += f"; serving holds {shown_bytes(grown)} beyond the models' measured costs"
+    held_by_requests = sum(e.resident_bytes for e in candidates if _held_by_requests(e))
     raise MemoryBudgetFullError(
         f"model '{entry.name}' needs {shown_bytes(need)} and the memory budget of "
         f"{shown_bytes(budget)} has no room: what holds it is pinned or in use ({held}{loads}); "
-        "retry, or raise BATCHSERVE_MODEL_MEMORY"
+        "retry, or raise BATCHSERVE_MODEL_MEMORY",
+        requests_hold_room=free + held_by_requests >= need,
     )
 
 
 def over_budget(
-    *, budget: int, reserved: int, resident: Iterable[ModelEntry], keep: ModelEntry
+    *,
+    budget: int,
+    reserved: int,
+    resident: Iterable[ModelEntry],
+    keep: ModelEntry,
+    now: float,
+    grown: int = 0,
 ) -> list[ModelEntry]:
     """After a load measured more than expected: the resident models (never `keep`) to
-    unload, least recently used first, to be within the budget again; as many as may go."""
+    unload, in `eviction_order`, to be within the budget again; as many as may go."""
     entries = [e for e in resident if e.versions]
-    excess = reserved + sum(e.resident_bytes for e in entries) - budget
+    excess = reserved + grown + sum(e.resident_bytes for e in entries) - budget
     chosen = []
-    for candidate in sorted(entries, key=_recency):
+    for candidate in eviction_order(entries, now):
         if excess <= 0:
             break
         if candidate is keep or candidate.pinned or candidate.in_use:
@@ -112,8 +149,78 @@ def over_budget(
     return chosen
 
 
-def _recency(entry: ModelEntry) -> float:
-    return entry.last_used
+def eviction_order(entries: Iterable[ModelEntry], now: float) -> list[ModelEntry]:
+    """Those asked for least per byte they hold first: evicting them frees the most room
+    for the fewest loads again (a cache's hit ratio under a byte budget, as GreedyDual-Size
+    weighs it; plain least-recently-used would unload a tiny model asked ten times a second
+    to make room for a large one asked once a minute). Among equals, least recently used."""
+    return sorted(entries, key=lambda e: (_per_byte(e, now), e.last_used))
+
+
+def _per_byte(entry: ModelEntry, now: float) -> float:
+    return entry.demand.level(now) / max(entry.resident_bytes, 1)
+
+
+def _held_by_requests(entry: ModelEntry) -> bool:
+    return not entry.pinned and entry.loading is None and entry.in_use
+
+
+class Room:
+    """The budget's account of loads in progress (what each is expected to take), and the
+    wait of a load for room that requests hold: told each time a request lets go of a
+    model, a load ends or a model is released."""
+
+    def __init__(self, budget: int, wait_s: float) -> None:
+        self.budget, self.wait_s = budget, wait_s
+        self.reserved: dict[str, int] = {}
+        #: What the process held for itself before any model loaded (None: not measured).
+        self.base_held: int | None = None
+        #: What it holds beyond its base and the models' measured costs, as last measured.
+        self.grown = 0
+        self._changed = asyncio.Event()
+
+    def measured(self, held: int | None, resident: Iterable[ModelEntry]) -> None:
+        """Note what the process holds now (app.runtime.memory.held_bytes): the room counts
+        what serving grew beyond the models' measured costs as taken."""
+        if held is not None and self.base_held is not None:
+            accounted = sum(e.resident_bytes for e in resident)
+            self.grown = max(0, held - self.base_held - accounted)
+
+    def changed(self) -> None:
+        self._changed.set()
+
+    def victims(
+        self, entry: ModelEntry, resident: Iterable[ModelEntry], now: float
+    ) -> list[ModelEntry]:
+        """What to unload for `entry` to fit (choose_evictions), or MemoryBudgetFullError.
+        A load waits for less popular models that requests hold rather than unload a more
+        popular idle one (a tiny model asked every few milliseconds would only be loaded
+        again at once); where waiting cannot help, any idle one goes."""
+        self._changed.clear()  # before looking: a change after it ends the wait that follows
+        entries = list(resident)
+        reserved = sum(self.reserved.values())
+        try:
+            return choose_evictions(
+                entry, budget=self.budget, reserved=reserved, resident=entries,
+                now=now, grown=self.grown, patient=True,
+            )  # fmt: skip
+        except MemoryBudgetFullError as full:
+            if full.requests_hold_room:
+                raise
+        return choose_evictions(
+            entry, budget=self.budget, reserved=reserved, resident=entries,
+            now=now, grown=self.grown,
+        )  # fmt: skip
+
+    async def wait(self, full: MemoryBudgetFullError, give_up: float) -> None:
+        """After `victims` refused: when only models that requests hold stand in the way,
+        wait (until `give_up`, loop time) for a change worth looking again; else, or past
+        `give_up`, raise the refusal."""
+        left = give_up - asyncio.get_running_loop().time()
+        if not full.requests_hold_room or left <= 0:
+            raise full
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), left)
 
 
 def _holder(entry: ModelEntry) -> str:
@@ -157,20 +264,48 @@ class CostBook:
         cost = result.get("bytes") if result else None
         return cost if isinstance(cost, int) and cost >= 0 else None
 
-    def write(self, version_dir: Path, cost: int) -> None:
-        """Keep `cost`, unless what is kept is already within REWRITE_TOLERANCE of it."""
-        known = self.read(version_dir)
-        if known is None or abs(known - cost) > REWRITE_TOLERANCE * max(known, 1):
-            self._cache.write(_cost_key(version_dir), {"bytes": cost})
+    def write(
+        self, version_dir: Path, cost: int, *, alone: bool = True, overshoot: int | None = None
+    ) -> None:
+        """Keep `cost`, measured by a load that ran `alone` or not, and how far above it
+        that load went (`overshoot`, kept only from a load alone)."""
+        record = {"bytes": cost, "alone": alone}
+        if overshoot is not None and alone:
+            record["overshoot"] = overshoot
+        self._cache.write(_cost_key(version_dir), record)
+
+    def keep(self, version_dir: Path, cost: int, *, alone: bool, overshoot: int | None) -> int:
+        """The cost to count for a load that measured `cost`: the kept one when this load
+        ran among requests (their allocations counted as its own), else its own, kept
+        unless what is kept is already within REWRITE_TOLERANCE of it."""
+        kept = self._cache.read(_cost_key(version_dir)) or {}
+        known = kept.get("bytes")
+        if not isinstance(known, int):
+            self.write(version_dir, cost, alone=alone, overshoot=overshoot)
+            return cost
+        if not alone:
+            return known
+        if (
+            not kept.get("alone", True)
+            or abs(known - cost) > REWRITE_TOLERANCE * max(known, 1)
+            or (overshoot is not None and "overshoot" not in kept)
+        ):
+            self.write(version_dir, cost, overshoot=overshoot)
+        return cost
 
     def expected(self, version_dirs: Iterable[Path]) -> int:
         """What loading these versions is expected to take at its peak: what they hold once
-        loaded (measured, else estimated), and their files, which a load holds parsed while
-        it builds the sessions."""
+        loaded (measured, else estimated) and how far above that a load went on its way
+        (measured, else their files' size, which a load may hold parsed while it builds the
+        sessions)."""
         total = 0
         for version_dir in version_dirs:
             files = _files_bytes(version_dir)
-            total += (self.read(version_dir) or ESTIMATE_PER_FILE_BYTE * files) + files
+            kept = self._cache.read(_cost_key(version_dir)) or {}
+            cost, overshoot = kept.get("bytes"), kept.get("overshoot")
+            if not isinstance(cost, int):
+                cost = ESTIMATE_PER_FILE_BYTE * files
+            total += cost + (overshoot if isinstance(overshoot, int) else files)
         return total
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,25 @@ UNLOADED = "unloaded"
 #: The reasons for a model the budget keeps out of memory; a request to it loads it.
 NOT_LOADED = "not loaded yet; a request to it loads it"
 EVICTED = "unloaded to fit the memory budget; a request to it loads it again"
+#: Requests asked of a model count for half as much after this many seconds: demand follows
+#: a fleet whose popular models change over minutes, not over a burst.
+DEMAND_HALF_LIFE_S = 60.0
+
+
+@dataclass(slots=True)
+class Demand:
+    """How much a model is asked for lately: its requests, each counting for less as it
+    ages (halved every DEMAND_HALF_LIFE_S). It outlives the model's evictions, so a model
+    loaded again is known as the popular one it was."""
+
+    count: float = 0.0
+    at: float = 0.0
+
+    def note(self, now: float) -> None:
+        self.count, self.at = self.level(now) + 1.0, now
+
+    def level(self, now: float) -> float:
+        return float(self.count * 0.5 ** (max(now - self.at, 0.0) / DEMAND_HALF_LIFE_S))
 
 
 class ModelState(enum.StrEnum):
@@ -29,6 +49,21 @@ class ModelState(enum.StrEnum):
     LOADING = "LOADING"
     READY = "READY"
     UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(slots=True)
+class Uses:
+    """Requests holding any version, across the process: a load measures its cost alone
+    only while none runs (their allocations would count as its own), and a load waiting
+    for room is told when a version is let go."""
+
+    started: int = 0
+    holding: int = 0
+    on_idle: Callable[[], None] | None = None
+
+    def quiet_mark(self) -> tuple[int, int]:
+        """Equal before and after a stretch, with nothing holding, when no request ran."""
+        return self.started, self.holding
 
 
 @dataclass(slots=True)
@@ -63,6 +98,8 @@ class LoadedVersion:
     warmup_s: float = 0.0
     #: Requests holding it now (from lookup to answer): while any do, it is not evicted.
     users: int = 0
+    #: The process's count of them, and whom to tell when the last lets go.
+    uses: Uses | None = None
     #: When a request last looked it up (loop time): eviction goes least recent first.
     last_used: float = 0.0
     outputs_by_name: dict[str, TensorSpec] = field(init=False)
@@ -89,6 +126,22 @@ class LoadedVersion:
             image = TensorSpec(self.image.input, "BYTES", (-1,), opaque=True, one_per_sample=True)
             self.request_inputs = (image, *tensors)
             self.input_sets = ((image.name,), tuple(spec.name for spec in tensors))
+
+    def hold(self, now: float) -> None:
+        """A request holds this version from its lookup to its answer."""
+        self.users += 1
+        self.last_used = now
+        if self.uses is not None:
+            self.uses.started += 1
+            self.uses.holding += 1
+
+    def release(self) -> None:
+        self.users -= 1
+        uses = self.uses
+        if uses is not None:
+            uses.holding -= 1
+            if not self.users and uses.on_idle is not None:
+                uses.on_idle()
 
     def start(self) -> None:
         self.batcher.start()
@@ -196,6 +249,11 @@ class ModelEntry:
     loading: asyncio.Task[None] | None = None
     #: What loading it is expected to take at its peak (residency.CostBook.expected).
     expected_bytes: int = 0
+    #: How much it is asked for lately, resident or not: eviction keeps what is asked most
+    #: per byte it holds.
+    demand: Demand = field(default_factory=Demand)
+    #: Requests waiting for its load, then for their answers: they hold it once it is in.
+    waiters: int = 0
 
     def latest(self) -> LoadedVersion | None:
         return self.versions[max(self.versions)] if self.versions else None
@@ -207,8 +265,13 @@ class ModelEntry:
 
     @property
     def in_use(self) -> bool:
-        """Whether a request holds one of its versions, or a load of it is in progress."""
-        return self.loading is not None or any(v.users for v in self.versions.values())
+        """Whether a request holds one of its versions or waits for its load, or a load of
+        it is in progress."""
+        return (
+            self.loading is not None
+            or self.waiters > 0
+            or any(v.users for v in self.versions.values())
+        )
 
     @property
     def last_used(self) -> float:

@@ -97,6 +97,29 @@ def _mallinfo2() -> Callable[[], _MallInfo2] | None:
 _MALLINFO2 = _mallinfo2()
 
 
+def restart_peak_resident() -> bool:
+    """Start the resident set's high-water mark (VmHWM) again from now; False where the
+    system cannot (not Linux, or /proc/self/clear_refs is not writable)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as stream:
+            stream.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_resident_bytes() -> int | None:
+    """The most the resident set reached since it started or its mark was restarted."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as stream:
+            for line in stream:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def held_bytes() -> int | None:
     """The bytes the process holds for its objects now: what malloc has handed out and not
     got back (glibc), else the resident set; None where neither can be read.

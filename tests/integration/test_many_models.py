@@ -112,7 +112,8 @@ def states(server: ServerProcess) -> dict[str, tuple[str, str]]:
 def test_states_loads_and_evictions_as_tritonclient_sees_them(
     repository: Path, cache: Path, costs: dict[str, int]
 ) -> None:
-    # Room for the pinned model and two others: the third evicts the least recently used.
+    # Room for the pinned model and two others: the third evicts m1, asked as often as m2
+    # but less recently.
     small = [costs[name] for name in ("m1", "m2", "m3")]
     budget = costs["keep"] + sorted(small)[-1] + sorted(small)[-2] + min(small) // 2
     server = budgeted(repository, cache, budget)
@@ -136,7 +137,7 @@ def test_states_loads_and_evictions_as_tritonclient_sees_them(
 
         grpc_inputs = [triton_grpc.InferInput("x", list(x.shape), "FP32")]
         grpc_inputs[0].set_data_from_numpy(x)
-        grpc.infer("m3", grpc_inputs)  # needs room: m1 is the least recently used
+        grpc.infer("m3", grpc_inputs)  # needs room: m1 goes
         grpc_index = {row.name: row for row in grpc.get_model_repository_index().models}
         assert grpc_index["m1"].state == "UNAVAILABLE"
         assert (
@@ -207,42 +208,54 @@ def inflight(client: httpx.Client, model: str) -> float:
     return float(found[1]) if found else 0.0
 
 
+@pytest.mark.parametrize("room_wait", ["0", "60"])
 def test_a_model_in_use_is_never_evicted(
-    repository: Path, cache: Path, costs: dict[str, int]
+    repository: Path, cache: Path, costs: dict[str, int], room_wait: str
 ) -> None:
+    """B needs A's room while A computes a batch: with no room wait B is refused at once,
+    naming A in use; with one, B's load waits for A's answer, then unloads A."""
     # Room for the pinned small model and one long one, not both: a load is expected to take
     # the model's cost and its file (which it holds parsed while it builds sessions).
     cost = max(costs["long_a"], costs["long_b"])
     file = (repository / "long_a" / "1" / "model.onnx").stat().st_size
     budget = costs["keep"] + cost + file + cost // 2
-    server = budgeted(repository, cache, budget)
+    server = budgeted(repository, cache, budget, BATCHSERVE_MODEL_ROOM_WAIT_S=room_wait)
     request, x = body(64)
-    long_answer: list[httpx.Response] = []
+    long_answer: list[tuple[httpx.Response, float]] = []
     try:
         sender = threading.Thread(
             target=lambda: long_answer.append(
-                httpx.post(f"{server.url}/v2/models/long_a/infer", json=request, timeout=120)
+                (
+                    httpx.post(f"{server.url}/v2/models/long_a/infer", json=request, timeout=120),
+                    time.monotonic(),
+                )
             )
         )
         sender.start()
         with httpx.Client(base_url=server.url) as client:
             wait_for(server, "long_a computing", lambda: inflight(client, "long_a") >= 1)
-        refused = httpx.post(f"{server.url}/v2/models/long_b/infer", json=body(1)[0], timeout=60)
+        other = httpx.post(f"{server.url}/v2/models/long_b/infer", json=body(1)[0], timeout=60)
+        other_done = time.monotonic()
         sender.join()
-        assert long_answer[0].status_code == 200, long_answer[0].text
-        got = np.array(long_answer[0].json()["outputs"][0]["data"], np.float32).reshape(64, WIDTH)
+        answer, long_done = long_answer[0]
+        assert answer.status_code == 200, answer.text
+        got = np.array(answer.json()["outputs"][0]["data"], np.float32).reshape(64, WIDTH)
         np.testing.assert_allclose(
             got, expected_output(repository, "long_a", x), rtol=1e-4, atol=1e-5
         )
-        assert refused.status_code == 503, refused.text
-        assert refused.headers["retry-after"] == "1"
-        message = refused.json()["error"]
-        assert "'long_b' needs" in message and "memory budget" in message
-        assert "'long_a'" in message and "in use" in message
-        assert server.metric("batchserve_model_load_refusals_total", model="long_b") == 1
-        # Now long_a is idle: the retry evicts it.
-        again = httpx.post(f"{server.url}/v2/models/long_b/infer", json=body(1)[0], timeout=60)
-        assert again.status_code == 200
+        refusals = server.metric("batchserve_model_load_refusals_total", model="long_b")
+        if room_wait == "0":
+            assert other.status_code == 503, other.text
+            assert other.headers["retry-after"] == "1"
+            message = other.json()["error"]
+            assert "'long_b' needs" in message and "memory budget" in message
+            assert "'long_a'" in message and "in use" in message
+            assert refusals == 1
+            # Now long_a is idle: the retry evicts it.
+            other = httpx.post(f"{server.url}/v2/models/long_b/infer", json=body(1)[0], timeout=60)
+        else:
+            assert refusals == 0 and long_done < other_done  # it waited for long_a's answer
+        assert other.status_code == 200, other.text
         assert states(server)["long_a"][1].startswith("unloaded to fit the memory budget")
     finally:
         assert server.stop() == 0

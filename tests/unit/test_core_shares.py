@@ -1,5 +1,6 @@
 """The cores every model's CPU workers share: never more threads busy than cores, a batch
-asking for more than all of them takes all, and waiting batches go in arrival order."""
+asking for more than all of them takes all, waiting batches go in arrival order, and a load
+(in the background) only gets a core while no batch waits for one."""
 
 from __future__ import annotations
 
@@ -66,6 +67,30 @@ def test_waiting_batches_go_in_arrival_order() -> None:
     cores.release(2)
     narrow.join()
     assert order == ["wide", "narrow"] and cores.busy == 1
+
+
+def test_a_load_takes_a_free_core_when_no_batch_waits() -> None:
+    cores = CoreShares(2)
+    cores.take(1)
+    assert cores.take(1, background=True) == 1 and cores.busy == 2
+
+
+def test_a_load_waits_while_a_batch_waits_and_batches_arriving_later_go_first() -> None:
+    cores = CoreShares(2)
+    cores.take(2)
+    order: list[str] = []
+    load = in_thread(lambda: (cores.take(1, background=True), order.append("load")))
+    until(lambda: cores.waiting_in_background == 1)
+    batch = in_thread(lambda: (cores.take(2), order.append("batch")))
+    until(lambda: cores.waiting == 1)
+    cores.release(1)  # one core free: the batch at the head wants two, so the load still waits
+    assert cores.waiting_in_background == 1 and cores.busy == 1
+    cores.release(1)
+    batch.join()
+    assert order == ["batch"] and cores.waiting_in_background == 1
+    cores.release(2)
+    load.join()
+    assert order == ["batch", "load"] and cores.busy == 1
 
 
 def test_no_cores_is_refused() -> None:

@@ -1,5 +1,7 @@
 """The memory budget's rules on given models: parsing the setting, which resident models
-go to make room (least recently used, never pinned or in use), and the refusals' wording."""
+go to make room (those asked for least per byte first, the least recently used among equals,
+never pinned or in use), when a load waits for room, the refusals' wording, and the costs
+kept between loads."""
 
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ from app.repository.residency import (
     ESTIMATE_PER_FILE_BYTE,
     CostBook,
     MemoryBudgetFullError,
+    Room,
     choose_evictions,
     over_budget,
 )
-from app.repository.state import ModelEntry, ModelState
+from app.repository.state import Demand, ModelEntry, ModelState
 
 MiB = 1 << 20
 
@@ -143,7 +146,7 @@ def test_after_a_load_measured_more_the_least_recent_idle_go_never_the_new_one()
         resident("pinned", 20, 0.1, pinned=True),
     )
     chosen = over_budget(
-        budget=100 * MiB, reserved=0, resident=[new, older, busy, pinned], keep=new
+        budget=100 * MiB, reserved=0, resident=[new, older, busy, pinned], keep=new, now=0.0
     )
     assert chosen == [older]
 
@@ -159,3 +162,98 @@ def test_costs_are_remembered_per_version_and_unknown_ones_estimated(tmp_path: P
     assert book.read(version) == 12345 and book.expected([version]) == 12345 + 1000
     (tmp_path / "model" / "config.toml").write_text("max_batch_size = 4\n")
     assert book.read(version) is None  # another config: measured again
+
+
+def asked(entry: ModelEntry, times: int, at: float = 0.0) -> ModelEntry:
+    for _ in range(times):
+        entry.demand.note(at)
+    return entry
+
+
+def test_demand_halves_each_minute_and_outlives_the_model() -> None:
+    demand = Demand()
+    for _ in range(4):
+        demand.note(0.0)
+    assert demand.level(0.0) == 4 and demand.level(60.0) == pytest.approx(2.0)
+    demand.note(60.0)
+    assert demand.level(60.0) == pytest.approx(3.0)
+
+
+def test_a_tiny_popular_model_stays_while_a_large_rarely_asked_one_goes() -> None:
+    tiny = asked(resident("tiny", 2, 1.0), 100)  # 50 requests per MiB
+    large = asked(resident("large", 60, 9.0), 30)  # 0.5 per MiB, though used last
+    chosen = choose_evictions(
+        cold("next", 40), budget=100 * MiB, reserved=0, resident=[tiny, large]
+    )
+    assert chosen == [large]
+
+
+def test_what_serving_grew_beyond_the_costs_counts_as_taken() -> None:
+    idle = resident("idle", 30, 1.0)
+    assert choose_evictions(cold("next", 60), budget=100 * MiB, reserved=0, resident=[idle]) == []
+    chosen = choose_evictions(
+        cold("next", 60), budget=100 * MiB, reserved=0, resident=[idle], grown=20 * MiB
+    )
+    assert chosen == [idle]
+
+
+def test_a_patient_load_waits_for_a_less_popular_model_in_use() -> None:
+    popular = asked(resident("popular", 10, 1.0), 100)
+    busy = asked(resident("busy", 60, 2.0, users=1), 1)
+    entries = [popular, busy]
+    with pytest.raises(MemoryBudgetFullError) as refused:
+        choose_evictions(
+            cold("next", 50), budget=100 * MiB, reserved=0, resident=entries, patient=True
+        )
+    assert refused.value.requests_hold_room  # the load may wait for 'busy' to be let go
+    # Not patient, the popular idle one would go (and the load would still not fit).
+    with pytest.raises(MemoryBudgetFullError):
+        choose_evictions(cold("next", 50), budget=100 * MiB, reserved=0, resident=entries)
+
+
+def test_room_waits_for_requests_to_let_go_then_unloads_what_they_held() -> None:
+    asyncio.run(_room_waits())
+
+
+async def _room_waits() -> None:
+    popular = asked(resident("popular", 10, 1.0), 100)
+    busy = asked(resident("busy", 60, 2.0, users=1), 1)
+    room = Room(100 * MiB, wait_s=30.0)
+    entry = cold("next", 50)
+    with pytest.raises(MemoryBudgetFullError) as refused:
+        room.victims(entry, [popular, busy], now=0.0)
+    loop = asyncio.get_running_loop()
+    waited = asyncio.ensure_future(room.wait(refused.value, give_up=loop.time() + 30.0))
+    await asyncio.sleep(0)
+    assert not waited.done()
+    cast(Held, busy.versions[1]).users = 0
+    room.changed()  # as LoadedVersion.release tells it
+    await asyncio.wait_for(waited, 5.0)
+    assert room.victims(entry, [popular, busy], now=0.0) == [busy]
+
+
+def test_room_refuses_at_once_when_waiting_cannot_help() -> None:
+    asyncio.run(_room_refuses())
+
+
+async def _room_refuses() -> None:
+    pinned = resident("pinned", 80, 1.0, pinned=True)
+    room = Room(100 * MiB, wait_s=30.0)
+    with pytest.raises(MemoryBudgetFullError) as refused:
+        room.victims(cold("next", 50), [pinned], now=0.0)
+    assert not refused.value.requests_hold_room
+    with pytest.raises(MemoryBudgetFullError):
+        await room.wait(refused.value, give_up=asyncio.get_running_loop().time() + 30.0)
+
+
+def test_a_load_among_requests_counts_the_cost_a_load_alone_measured(tmp_path: Path) -> None:
+    version = tmp_path / "model" / "1"
+    version.mkdir(parents=True)
+    (version / "model.onnx").write_bytes(b"x" * 1000)
+    book = CostBook(tmp_path / "cache")
+    assert book.keep(version, 5000, alone=False, overshoot=None) == 5000  # nothing better
+    assert book.keep(version, 9000, alone=False, overshoot=None) == 5000
+    assert book.keep(version, 4000, alone=True, overshoot=300) == 4000  # replaces a noisy one
+    assert book.keep(version, 12000, alone=False, overshoot=None) == 4000
+    assert book.read(version) == 4000
+    assert book.expected([version]) == 4000 + 300  # its measured overshoot, not its files
