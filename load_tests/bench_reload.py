@@ -7,6 +7,9 @@ preloaded where installed), and the fixed threshold's cost in served throughput 
 glibc's own, in alternating rounds (load_tests/report/RELOAD.md; ~25 min).
 
     python -m load_tests.bench_reload --out load_tests/report [--cycles 100] [--compare 30]
+
+With `--model-memory BYTES` it runs the hundred cycles alone, under that memory budget (the
+server loading on request and evicting to fit), into RELOAD_BUDGET.md.
 """
 
 from __future__ import annotations
@@ -237,9 +240,13 @@ def main() -> None:
     parser.add_argument("--compare", type=int, default=30, help="cycles per allocator")
     parser.add_argument("--rounds", type=int, default=6, help="throughput rounds")
     parser.add_argument("--seconds", type=float, default=5.0, help="throughput window")
+    parser.add_argument("--model-memory", help="only the cycles, under this memory budget")
     args = parser.parse_args()
     models = args.models.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.model_memory:
+        under_budget(models, args.cycles, args.model_memory, args.out)
+        return
     data: dict[str, Any] = {
         "cpu": f"{cpu_identity()}, {os.cpu_count()} cores", "cycles": args.cycles,
         "compare_cycles": args.compare, "main": {}, "compare": {}, "throughput": {},
@@ -265,6 +272,42 @@ def main() -> None:
     plot(data["main"], args.out / "reload.png")
     (args.out / "RELOAD.md").write_text(report(data))
     print(report(data))
+
+
+def under_budget(models: list[str], cycles: int, budget: str, out: Path) -> None:
+    """The cycles with BATCHSERVE_MODEL_MEMORY set: the reload issue's bar with a budget on."""
+    data: dict[str, Any] = {
+        "cpu": f"{cpu_identity()}, {os.cpu_count()} cores", "cycles": cycles,
+        "model_memory": budget, "main": {},
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="bench-reload-cache-") as cache_dir:
+        for model in models:
+            print(f"{model}: {cycles} cycles under a budget of {budget}")
+            env = {"BATCHSERVE_MODEL_MEMORY": budget}
+            data["main"][model] = summarize(*run_cycles(model, cycles, env, Path(cache_dir)))
+    (out / "reload_budget.json").write_text(json.dumps(data, indent=1))
+    lines = [
+        "# Unload/load cycles under a memory budget",
+        "",
+        f"Machine: {data['cpu']}. `python -m load_tests.bench_reload --model-memory {budget}`: "
+        f"{cycles} unload/load cycles per model with requests in flight, the server under "
+        "a memory budget (loads on request, evictions to fit).",
+        "",
+        "| model | resident after load, first / last (MiB) | slope, cycles "
+        f"{SLOPE_FROM}-{cycles} (MiB/cycle, share of mean) | unload gives back (median, "
+        "min) | answers 200 / 503 | unexpected |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, row in data["main"].items():
+        loaded = row["loaded_mib"]
+        lines.append(
+            f"| {model} | {loaded[0]:.0f} / {loaded[-1]:.0f} | {row['slope_mib']:+.3f} "
+            f"({row['slope_share']:+.2%}) | {row['returned_median']:.2f}, "
+            f"{row['returned_min']:.2f} | {row['statuses']['200']} / {row['statuses']['503']} "
+            f"| {row['unexpected']} |"
+        )
+    (out / "RELOAD_BUDGET.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
