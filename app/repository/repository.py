@@ -48,7 +48,7 @@ from app.repository.state import (
     ModelState,
     Uses,
 )
-from app.runtime.memory import held_bytes, prime_runtime
+from app.runtime.memory import prime_runtime
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,6 @@ class ModelRepository:
         for path in self.model_dirs():
             self._add(ModelEntry(name=path.name, path=path))
         await asyncio.to_thread(prime_runtime)  # before the first model is measured
-        self._room.base_held = await asyncio.to_thread(held_bytes)
         for entry in list(self.models.values()):
             if self.budget_bytes is not None and not await self._register(entry):
                 continue
@@ -160,14 +159,18 @@ class ModelRepository:
         """Load `entry` once there is room for it under the budget. When requests hold the
         room, wait for them to let go (up to the room wait) without holding a load slot,
         so that loads which fit go meanwhile."""
-        give_up = asyncio.get_running_loop().time() + self.residency.room_wait_s
+        loop = asyncio.get_running_loop()
+        give_up, patient = loop.time() + self.residency.room_wait_s, True
         while True:
             try:
-                return await self._load_in_slot(entry, reason)
+                return await self._load_in_slot(entry, reason, patient=patient)
             except MemoryBudgetFullError as full:
+                if patient and loop.time() >= give_up:
+                    patient = False  # a last look, where any idle model may go
+                    continue
                 await self._room.wait(full, give_up)
 
-    async def _load_in_slot(self, entry: ModelEntry, reason: str) -> None:
+    async def _load_in_slot(self, entry: ModelEntry, reason: str, *, patient: bool) -> None:
         """Make room for `entry` under the budget, load it, and if it measured more than
         expected, unload what may go until everything fits again."""
         # The load slot before the model's lock: a load waiting for a slot must not hold
@@ -176,12 +179,10 @@ class ModelRepository:
             budget = self.budget_bytes
             selection = None
             if budget is not None:
-                selection, entry.expected_bytes, held = await asyncio.to_thread(
-                    self._expected, entry
-                )
-                self._room.measured(held, self.models.values())
+                selection, entry.expected_bytes = await asyncio.to_thread(self._expected, entry)
                 now = asyncio.get_running_loop().time()
-                await self._evict(self._room.victims(entry, self.models.values(), now))
+                victims = self._room.victims(entry, self.models.values(), now, patient=patient)
+                await self._evict(victims)
             reserved = self._room.reserved
             reserved[entry.name] = entry.expected_bytes
             began = time.perf_counter()
@@ -214,7 +215,7 @@ class ModelRepository:
                 over_budget(
                     budget=budget, reserved=sum(reserved.values()),
                     resident=self.models.values(), keep=entry,
-                    now=asyncio.get_running_loop().time(), grown=self._room.grown,
+                    now=asyncio.get_running_loop().time(),
                 )
             )  # fmt: skip
 
@@ -334,19 +335,18 @@ class ModelRepository:
     def _selected(self, entry: ModelEntry) -> Selection:
         return selected_versions(entry.path)
 
-    def _expected(self, entry: ModelEntry) -> tuple[Selection | None, int, int | None]:
+    def _expected(self, entry: ModelEntry) -> tuple[Selection | None, int]:
         """The versions a load of `entry` takes and what they are expected to hold: as
         measured before, else estimated (none and 0 when the selection fails: the load
-        itself then fails, with the reason); and what the process holds now."""
-        held = held_bytes()
+        itself then fails, with the reason)."""
         try:
             selection = self._selected(entry)
         except ModelLoadError:
-            return None, 0, held
+            return None, 0
         if self._costs is None:
-            return selection, 0, held
+            return selection, 0
         dirs = (entry.path / str(version) for version in selection[1])
-        return selection, self._costs.expected(dirs), held
+        return selection, self._costs.expected(dirs)
 
     def _load_versions(
         self, entry: ModelEntry, selection: Selection | None

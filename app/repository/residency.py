@@ -77,14 +77,12 @@ def choose_evictions(
     reserved: int,
     resident: Iterable[ModelEntry],
     now: float = 0.0,
-    grown: int = 0,
     patient: bool = False,
 ) -> list[ModelEntry]:
     """The resident models to unload, those asked for least per byte first (`eviction_order`),
-    so that `entry` fits with what loads in progress have `reserved` and what the process
-    holds beyond the models' measured costs (`grown`: arenas grown by serving, requests in
-    flight); raises MemoryBudgetFullError when those that may go (not pinned, not in use)
-    do not make enough room.
+    so that `entry` fits with what loads in progress have `reserved`; raises
+    MemoryBudgetFullError when those that may go (not pinned, not in use) do not make
+    enough room.
 
     A `patient` choice never passes over a model that requests hold to unload one asked
     for more per byte: it refuses (for the load to wait for them) instead."""
@@ -95,7 +93,7 @@ def choose_evictions(
             f"model '{entry.name}' needs {shown_bytes(need)}, more than the whole memory "
             f"budget of {shown_bytes(budget)}; raise BATCHSERVE_MODEL_MEMORY"
         )
-    free = budget - reserved - grown - sum(e.resident_bytes for e in others) - entry.resident_bytes
+    free = budget - reserved - sum(e.resident_bytes for e in others) - entry.resident_bytes
     chosen: list[ModelEntry] = []
     candidates = [e for e in others if not e.pinned]
     if patient:
@@ -114,8 +112,6 @@ def choose_evictions(
         return chosen
     held = ", ".join(_holder(e) for e in sorted(others, key=lambda e: -e.resident_bytes))
     loads = f"; loads in progress hold {shown_bytes(reserved)}" if reserved else ""
-    if grown:
-        loads += f"; serving holds {shown_bytes(grown)} beyond the models' measured costs"
     held_by_requests = sum(e.resident_bytes for e in candidates if _held_by_requests(e))
     raise MemoryBudgetFullError(
         f"model '{entry.name}' needs {shown_bytes(need)} and the memory budget of "
@@ -132,12 +128,11 @@ def over_budget(
     resident: Iterable[ModelEntry],
     keep: ModelEntry,
     now: float,
-    grown: int = 0,
 ) -> list[ModelEntry]:
     """After a load measured more than expected: the resident models (never `keep`) to
     unload, in `eviction_order`, to be within the budget again; as many as may go."""
     entries = [e for e in resident if e.versions]
-    excess = reserved + grown + sum(e.resident_bytes for e in entries) - budget
+    excess = reserved + sum(e.resident_bytes for e in entries) - budget
     chosen = []
     for candidate in eviction_order(entries, now):
         if excess <= 0:
@@ -173,43 +168,32 @@ class Room:
     def __init__(self, budget: int, wait_s: float) -> None:
         self.budget, self.wait_s = budget, wait_s
         self.reserved: dict[str, int] = {}
-        #: What the process held for itself before any model loaded (None: not measured).
-        self.base_held: int | None = None
-        #: What it holds beyond its base and the models' measured costs, as last measured.
-        self.grown = 0
         self._changed = asyncio.Event()
-
-    def measured(self, held: int | None, resident: Iterable[ModelEntry]) -> None:
-        """Note what the process holds now (app.runtime.memory.held_bytes): the room counts
-        what serving grew beyond the models' measured costs as taken."""
-        if held is not None and self.base_held is not None:
-            accounted = sum(e.resident_bytes for e in resident)
-            self.grown = max(0, held - self.base_held - accounted)
 
     def changed(self) -> None:
         self._changed.set()
 
     def victims(
-        self, entry: ModelEntry, resident: Iterable[ModelEntry], now: float
+        self, entry: ModelEntry, resident: Iterable[ModelEntry], now: float, *, patient: bool
     ) -> list[ModelEntry]:
         """What to unload for `entry` to fit (choose_evictions), or MemoryBudgetFullError.
-        A load waits for less popular models that requests hold rather than unload a more
-        popular idle one (a tiny model asked every few milliseconds would only be loaded
-        again at once); where waiting cannot help, any idle one goes."""
+        A `patient` load waits for less popular models that requests hold rather than
+        unload a more popular idle one (a tiny model asked every few milliseconds would
+        only be loaded again at once); where waiting cannot help, any idle one goes."""
         self._changed.clear()  # before looking: a change after it ends the wait that follows
         entries = list(resident)
         reserved = sum(self.reserved.values())
         try:
             return choose_evictions(
                 entry, budget=self.budget, reserved=reserved, resident=entries,
-                now=now, grown=self.grown, patient=True,
+                now=now, patient=patient,
             )  # fmt: skip
         except MemoryBudgetFullError as full:
-            if full.requests_hold_room:
+            if full.requests_hold_room or not patient:
                 raise
         return choose_evictions(
             entry, budget=self.budget, reserved=reserved, resident=entries,
-            now=now, grown=self.grown,
+            now=now,
         )  # fmt: skip
 
     async def wait(self, full: MemoryBudgetFullError, give_up: float) -> None:

@@ -188,15 +188,6 @@ def test_a_tiny_popular_model_stays_while_a_large_rarely_asked_one_goes() -> Non
     assert chosen == [large]
 
 
-def test_what_serving_grew_beyond_the_costs_counts_as_taken() -> None:
-    idle = resident("idle", 30, 1.0)
-    assert choose_evictions(cold("next", 60), budget=100 * MiB, reserved=0, resident=[idle]) == []
-    chosen = choose_evictions(
-        cold("next", 60), budget=100 * MiB, reserved=0, resident=[idle], grown=20 * MiB
-    )
-    assert chosen == [idle]
-
-
 def test_a_patient_load_waits_for_a_less_popular_model_in_use() -> None:
     popular = asked(resident("popular", 10, 1.0), 100)
     busy = asked(resident("busy", 60, 2.0, users=1), 1)
@@ -221,7 +212,7 @@ async def _room_waits() -> None:
     room = Room(100 * MiB, wait_s=30.0)
     entry = cold("next", 50)
     with pytest.raises(MemoryBudgetFullError) as refused:
-        room.victims(entry, [popular, busy], now=0.0)
+        room.victims(entry, [popular, busy], now=0.0, patient=True)
     loop = asyncio.get_running_loop()
     waited = asyncio.ensure_future(room.wait(refused.value, give_up=loop.time() + 30.0))
     await asyncio.sleep(0)
@@ -229,7 +220,7 @@ async def _room_waits() -> None:
     cast(Held, busy.versions[1]).users = 0
     room.changed()  # as LoadedVersion.release tells it
     await asyncio.wait_for(waited, 5.0)
-    assert room.victims(entry, [popular, busy], now=0.0) == [busy]
+    assert room.victims(entry, [popular, busy], now=0.0, patient=True) == [busy]
 
 
 def test_room_refuses_at_once_when_waiting_cannot_help() -> None:
@@ -240,7 +231,7 @@ async def _room_refuses() -> None:
     pinned = resident("pinned", 80, 1.0, pinned=True)
     room = Room(100 * MiB, wait_s=30.0)
     with pytest.raises(MemoryBudgetFullError) as refused:
-        room.victims(cold("next", 50), [pinned], now=0.0)
+        room.victims(cold("next", 50), [pinned], now=0.0, patient=True)
     assert not refused.value.requests_hold_room
     with pytest.raises(MemoryBudgetFullError):
         await room.wait(refused.value, give_up=asyncio.get_running_loop().time() + 30.0)
