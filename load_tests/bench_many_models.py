@@ -135,10 +135,13 @@ print(time.perf_counter() - began)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def our_cold_load(repository: Path, cache: Path, names: list[str], body: dict) -> float:
+def our_cold_load(
+    repository: Path, cache: Path, names: list[str], body: dict
+) -> tuple[float, list[int]]:
     """Seconds from the first request for a model not in memory to its answer (load,
     warm-up, first answer), caches warm, on a server started for it whose request path a
-    first model has warmed, over the one connection the first request opened."""
+    first model has warmed, over the one connection the first request opened; and the
+    sessions it made (threads of each: one-thread workers share one)."""
     server = serve(repository, cache, budget=1 << 34)
     try:
         warm, cold = names
@@ -147,10 +150,11 @@ def our_cold_load(repository: Path, cache: Path, names: list[str], body: dict) -
             began = time.perf_counter()
             answer = client.post(f"/v2/models/{cold}/infer", json=body)
             seconds = time.perf_counter() - began
-        answer.raise_for_status()
+            answer.raise_for_status()
+            workers = client.get(f"/v2/models/{cold}").json()["parameters"]["instances"]
     finally:
         server.stop()
-    return seconds
+    return seconds, sorted({worker["threads"] for worker in workers})
 
 
 def raw_feeds(kind: str) -> str:
@@ -163,8 +167,9 @@ def raw_feeds(kind: str) -> str:
     return json.dumps({"input": [[[1.0] * 64], "float32"]})
 
 
-def cold_loads(root: Path, cache: Path, layouts: dict[str, list[int]], rounds: int) -> dict:
-    """Per kind: ours and raw ONNX Runtime's, alternating, and their ratio."""
+def cold_loads(root: Path, cache: Path, rounds: int) -> dict:
+    """Per kind: ours and raw ONNX Runtime's creating the sessions ours made, alternating,
+    and their ratio."""
     result = {}
     for kind, body in (
         ("text", request_bodies("text", 1)[0]),
@@ -173,13 +178,14 @@ def cold_loads(root: Path, cache: Path, layouts: dict[str, list[int]], rounds: i
         repository = root / f"cold-{kind}"
         names = sorted(build_fleet(repository, {kind: 2}))
         model_path = next(repository.glob(f"{names[1]}/*/model.onnx"))
-        # The sessions the server made: one per thread count (one-thread workers share one).
-        threads = sorted(set(layouts[kind]))
-        ours, raw = [], []
+        ours, raw, made = [], [], []
         for _ in range(rounds):
+            # The sessions the server made (tuning may pick another layout on another run).
+            seconds, threads = our_cold_load(repository, cache, names, body)
+            ours.append(seconds)
+            made.append(threads)
             raw.append(raw_cold_load(model_path, threads, raw_feeds(kind)))
-            ours.append(our_cold_load(repository, cache, names, body))
-        result[kind] = {"ours_s": ours, "raw_s": raw, "sessions": threads,
+        result[kind] = {"ours_s": ours, "raw_s": raw, "sessions": made[-1],
                         "ratio": statistics.median(ours) / statistics.median(raw)}  # fmt: skip
     return result
 
@@ -271,8 +277,6 @@ def main() -> None:
             try:
                 rows = index(server)
                 costs = {row["name"]: row["memory_bytes"] for row in rows}
-                if round_ == 0:
-                    layouts = _layouts(server, kinds)
                 traffic, samples = run_traffic(server, plan, seed=round_)
                 resident.append({"traffic": traffic, "samples": samples})
                 if round_ == 0:
@@ -284,7 +288,7 @@ def main() -> None:
                     budget_round(root / "fleet", cache, fraction, costs, plan, seed=round_)
                 )
             print(f"round {round_ + 1} done", flush=True)
-        cold = cold_loads(root, cache, layouts, args.cold_rounds)
+        cold = cold_loads(root, cache, args.cold_rounds)
         alone = alone_or_among_idle(root, cache, root / "fleet", args.rounds + 1)
     data = {
         "machine": cpu_identity(), "fleet": FLEET, "zipf_s": ZIPF_S, "rate": args.rate,
@@ -304,23 +308,12 @@ def main() -> None:
 def remeasure_cold_loads(out: Path, rounds: int) -> None:
     """The cold loads against raw ONNX Runtime alone, put into the report in `out`."""
     data = json.loads((out / "many_models.json").read_text())
-    layouts = {kind: c["sessions"] for kind, c in data["cold_load_vs_raw"].items()}
     with tempfile.TemporaryDirectory(prefix="many-models-") as scratch:
         root = Path(scratch)
-        data["cold_load_vs_raw"] = cold_loads(root, root / "cache", layouts, rounds)
+        data["cold_load_vs_raw"] = cold_loads(root, root / "cache", rounds)
     (out / "many_models.json").write_text(json.dumps(data, indent=1, sort_keys=True))
     (out / "MANY_MODELS.md").write_text(report(data))
     print(report(data))
-
-
-def _layouts(server: ServerProcess, kinds: dict[str, str]) -> dict[str, list[int]]:
-    """Per kind: the threads of each worker the server made for it (one copy asked)."""
-    layouts = {}
-    for kind in ("text", "digits"):
-        name = next(n for n, k in kinds.items() if k == kind)
-        metadata = httpx.get(f"{server.url}/v2/models/{name}", timeout=30).json()
-        layouts[kind] = [worker["threads"] for worker in metadata["parameters"]["instances"]]
-    return layouts
 
 
 if __name__ == "__main__":
