@@ -40,7 +40,6 @@ from app.repository.residency import (
 )
 from app.repository.retirement import Retirement, VersionGone
 from app.repository.state import (
-    EVICTED,
     NOT_LOADED,
     UNLOADED,
     LoadedVersion,
@@ -96,7 +95,7 @@ class ModelRepository:
         #: Replaced and unloaded versions still serving what they hold, then released.
         self._retirement = Retirement(
             models=self.models, locks=self._locks, on_version_gone=on_version_gone,
-            on_released=self._room.changed,
+            on_released=self._room.changed, observer=residency_observer,
         )  # fmt: skip
 
     @property
@@ -182,7 +181,7 @@ class ModelRepository:
                 selection, entry.expected_bytes = await asyncio.to_thread(self._expected, entry)
                 now = asyncio.get_running_loop().time()
                 victims = self._room.victims(entry, self.models.values(), now, patient=patient)
-                await self._evict(victims)
+                await self._retirement.evict(victims)
             reserved = self._room.reserved
             reserved[entry.name] = entry.expected_bytes
             began = time.perf_counter()
@@ -211,7 +210,7 @@ class ModelRepository:
                     f"more than the whole memory budget of {shown_bytes(budget)}; raise "
                     "BATCHSERVE_MODEL_MEMORY"
                 )
-            await self._evict(
+            await self._retirement.evict(
                 over_budget(
                     budget=budget, reserved=sum(reserved.values()),
                     resident=self.models.values(), keep=entry,
@@ -298,24 +297,6 @@ class ModelRepository:
         entry.versions, entry.state, entry.reason = {}, ModelState.UNAVAILABLE, reason
         entry.on_demand = on_demand
         self._retirement.later(entry.name, replaced)
-
-    async def _evict(self, victims: list[ModelEntry]) -> None:
-        """Unload `victims` (none in use) to make room, and wait until their memory is
-        back with the system."""
-        retired = []
-        for entry in victims:  # at once: nothing can start using them between the choice and this
-            log.info(
-                "model %s: unloading it (%s, asked least per byte) to fit the memory budget",
-                entry.name, shown_bytes(entry.resident_bytes),
-            )  # fmt: skip
-            retired.append((entry.name, entry.versions))
-            entry.versions, entry.state, entry.reason = {}, ModelState.UNAVAILABLE, EVICTED
-            entry.on_demand = True
-            if self._residency_observer is not None:
-                self._residency_observer.model_evicted(entry.name)
-        for index, (name, versions) in enumerate(retired, start=1):
-            # One trim for all of them, after the last.
-            await self._retirement.retire(name, versions, trim=index == len(retired))
 
     async def remove(self, name: str) -> None:
         """Unload a model whose directory is gone and drop it from the index (new requests

@@ -1,6 +1,6 @@
-"""Versions leaving service (replaced by a reload, unloaded, evicted): they serve what they
-hold, then their threads stop and their sessions are released, and the memory goes back
-to the system."""
+"""Versions leaving service (replaced by a reload, unloaded, evicted to fit the memory
+budget): they serve what they hold, then their threads stop and their sessions are
+released, and the memory goes back to the system."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
-from app.repository.state import LoadedVersion, ModelEntry
+from app.repository.budget import shown_bytes
+from app.repository.residency import ResidencyObserver
+from app.repository.state import EVICTED, LoadedVersion, ModelEntry, ModelState
 from app.runtime.memory import return_freed_memory
 
 log = logging.getLogger("app.repository.repository")
@@ -27,9 +29,11 @@ class Retirement:
         locks: Mapping[str, asyncio.Lock],
         on_version_gone: VersionGone | None,
         on_released: Callable[[], None],
+        observer: ResidencyObserver | None = None,
     ) -> None:
         self._models, self._locks = models, locks
         self._on_version_gone, self._on_released = on_version_gone, on_released
+        self._observer = observer
         #: Retirements running in the background.
         self.running: set[asyncio.Task[None]] = set()
 
@@ -40,6 +44,24 @@ class Retirement:
         task = asyncio.get_running_loop().create_task(self.retire(name, versions))
         self.running.add(task)
         task.add_done_callback(self.running.discard)
+
+    async def evict(self, victims: list[ModelEntry]) -> None:
+        """Unload `victims` (none in use) to make room, and wait until their memory is
+        back with the system."""
+        retired = []
+        for entry in victims:  # at once: nothing can start using them between the choice and this
+            log.info(
+                "model %s: unloading it (%s, asked least per byte) to fit the memory budget",
+                entry.name, shown_bytes(entry.resident_bytes),
+            )  # fmt: skip
+            retired.append((entry.name, entry.versions))
+            entry.versions, entry.state, entry.reason = {}, ModelState.UNAVAILABLE, EVICTED
+            entry.on_demand = True
+            if self._observer is not None:
+                self._observer.model_evicted(entry.name)
+        for index, (name, versions) in enumerate(retired, start=1):
+            # One trim for all of them, after the last.
+            await self.retire(name, versions, trim=index == len(retired))
 
     async def retire(
         self, name: str, versions: dict[int, LoadedVersion], *, trim: bool = True

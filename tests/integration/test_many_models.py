@@ -1,6 +1,6 @@
 """Many models in bounded memory, against a real server: models load on their first request
-(one load however many ask), the least recently used idle ones are unloaded to make room,
-one in use never is, and Triton's client sees the states over HTTP and gRPC.
+(one load however many ask), idle ones are unloaded to make room (those asked least per
+byte first), one in use never is, and Triton's client sees the states over HTTP and gRPC.
 
 Each model's cost is measured first by a server without a budget (kept in the tuning cache,
 as a user's server keeps it), so the budgets here are set in those measured bytes."""
